@@ -1,0 +1,15 @@
+"""The architecture language of hwnas: blocks, architectures, their codec, search spaces. Pure Python + numpy."""
+
+from search_spaces.arch import ArchConfig, BlockConfig, BlockSite, HeadConfig, StemConfig
+from search_spaces.errors import ArchError, HwnasError, SpaceError
+from search_spaces.families import ACTIVATIONS, FAMILIES, Family, get_family, make_divisible
+from search_spaces.references import REFERENCES, reference
+from search_spaces.space import GeneSpec, SearchSpace, StageSpec
+from search_spaces.spaces import SPACES, get_space
+
+__all__ = [
+    "ACTIVATIONS", "FAMILIES", "REFERENCES", "SPACES",
+    "ArchConfig", "ArchError", "BlockConfig", "BlockSite", "Family", "GeneSpec", "HeadConfig", "HwnasError",
+    "SearchSpace", "SpaceError", "StageSpec", "StemConfig",
+    "get_family", "get_space", "make_divisible", "reference",
+]

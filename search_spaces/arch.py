@@ -1,0 +1,223 @@
+"""Frozen architecture descriptions: a block, the stem, the head and the whole network.
+
+Objects validate themselves on construction, so an `ArchConfig` that exists is buildable. Its text and
+JSON forms belong to `search_spaces.codec`; the methods here only delegate to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from search_spaces.errors import ArchError
+from search_spaces.families import ACTIVATIONS, MAX_CHANNELS, MAX_EXPAND, get_family
+
+MAX_RESOLUTION = 4096
+MAX_CLASSES = 1_000_000
+
+
+def _check_int(field: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArchError(f"{field} must be a whole number from {low} to {high}; got {value!r}")
+    if not low <= value <= high:
+        raise ArchError(f"{field} {value} is out of range; allowed: {low} to {high}")
+    return value
+
+
+def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> Any:
+    if value not in allowed:
+        shown = ", ".join(str(a) for a in allowed)
+        raise ArchError(f"{field} {value!r} is not allowed; allowed: {shown}")
+    return value
+
+
+def _check_ratio(field: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArchError(f"{field} must be a number from {low:g} to {high:g}; got {value!r}")
+    ratio = float(value)
+    if not low <= ratio <= high:
+        raise ArchError(f"{field} {ratio:g} is out of range; allowed: {low:g} to {high:g}")
+    if round(ratio, 3) != ratio:
+        raise ArchError(f"{field} {ratio!r} has more than 3 decimals; write it with at most 3 (e.g. 3.667)")
+    return ratio
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """One block. `se` and `act` default to the family's fixed value where the family has one."""
+
+    family: str
+    kernel: int
+    expand: float
+    out_channels: int
+    stride: int
+    se: float | None = None
+    act: str | None = None
+
+    def __post_init__(self) -> None:
+        fam = get_family(self.family)
+        _check_choice(f"kernel of a {fam.name} block", self.kernel, fam.kernels)
+        _check_choice(f"stride of a {fam.name} block", self.stride, fam.strides)
+        _check_int(f"out channels of a {fam.name} block", self.out_channels, 1, MAX_CHANNELS)
+        if fam.even_channels and self.out_channels % 2:
+            raise ArchError(
+                f"out channels of a {fam.name} block must be even (the unit splits them into two branches); "
+                f"got {self.out_channels}"
+            )
+        if fam.has_expand:
+            expand = _check_ratio(f"expand ratio of a {fam.name} block", self.expand, 1.0, MAX_EXPAND)
+        elif self.expand != 1:
+            raise ArchError(f"family {fam.name} has no expand ratio; got {self.expand!r} (leave it at 1)")
+        else:
+            expand = 1.0
+        object.__setattr__(self, "expand", expand)
+        se = fam.se_ratios[0] if self.se is None and not fam.se_is_knob else (self.se or 0.0)
+        if isinstance(se, bool) or not isinstance(se, (int, float)):
+            raise ArchError(f"SE ratio of a {fam.name} block must be a number; got {se!r}")
+        object.__setattr__(self, "se", float(_check_choice(f"SE ratio of a {fam.name} block", float(se), fam.se_ratios)))
+        if self.act is None and fam.act_is_knob:
+            raise ArchError(f"a {fam.name} block needs an activation; allowed: {', '.join(fam.activations)}")
+        act = fam.activations[0] if self.act is None else self.act
+        object.__setattr__(self, "act", _check_choice(f"activation of a {fam.name} block", act, fam.activations))
+
+    @property
+    def se_ratio(self) -> float:
+        """The SE ratio as a float (always set after construction)."""
+        return float(self.se or 0.0)
+
+    @property
+    def activation(self) -> str:
+        """The activation name (always set after construction)."""
+        return str(self.act)
+
+
+@dataclass(frozen=True)
+class StemConfig:
+    """First convolution (k x k, stride, BN, activation), optionally followed by a 3x3 stride-2 max pool."""
+
+    channels: int
+    kernel: int = 3
+    stride: int = 2
+    act: str = "relu"
+    maxpool: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("stem channels", self.channels, 1, MAX_CHANNELS)
+        _check_choice("stem kernel", self.kernel, (1, 3, 5, 7))
+        _check_choice("stem stride", self.stride, (1, 2))
+        _check_choice("stem activation", self.act, ACTIVATIONS)
+        _check_choice("stem maxpool", self.maxpool, (False, True))
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """1x1 conv to `channels` (BN, activation), global average pool, optional hidden linear layer, classifier."""
+
+    channels: int
+    hidden: int = 0
+    act: str = "relu"
+
+    def __post_init__(self) -> None:
+        _check_int("head channels", self.channels, 1, MAX_CHANNELS)
+        _check_int("head hidden features", self.hidden, 0, MAX_CHANNELS)
+        _check_choice("head activation", self.act, ACTIVATIONS)
+
+
+class BlockSite(NamedTuple):
+    """A block with its position and the width it receives."""
+
+    stage: int
+    index: int
+    block: BlockConfig
+    in_channels: int
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A whole network: input, stem, stages of blocks, head. Canonical string and JSON round-trip exactly."""
+
+    resolution: int
+    in_channels: int
+    num_classes: int
+    stem: StemConfig
+    stages: tuple[tuple[BlockConfig, ...], ...]
+    head: HeadConfig
+
+    def __post_init__(self) -> None:
+        _check_int("resolution", self.resolution, 1, MAX_RESOLUTION)
+        _check_int("input channels", self.in_channels, 1, MAX_CHANNELS)
+        _check_int("number of classes", self.num_classes, 1, MAX_CLASSES)
+        if not isinstance(self.stem, StemConfig) or not isinstance(self.head, HeadConfig):
+            raise ArchError("stem must be a StemConfig and head a HeadConfig")
+        if isinstance(self.stages, (str, bytes)) or not isinstance(self.stages, Sequence):
+            raise ArchError(f"stages must be a sequence of sequences of blocks; got {type(self.stages).__name__}")
+        stages = tuple(tuple(stage) for stage in self.stages)
+        if not stages:
+            raise ArchError("an architecture needs at least one stage")
+        for s, stage in enumerate(stages):
+            if not stage:
+                raise ArchError(f"stage {s} is empty; every stage needs at least one block")
+            for b, block in enumerate(stage):
+                if not isinstance(block, BlockConfig):
+                    raise ArchError(f"stage {s} block {b} must be a BlockConfig; got {type(block).__name__}")
+        object.__setattr__(self, "stages", stages)
+
+    def sites(self) -> Iterator[BlockSite]:
+        """Every block in order, with the number of channels it receives."""
+        channels = self.stem.channels
+        for s, stage in enumerate(self.stages):
+            for b, block in enumerate(stage):
+                yield BlockSite(s, b, block, channels)
+                channels = block.out_channels
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(stage) for stage in self.stages)
+
+    @property
+    def last_channels(self) -> int:
+        return self.stages[-1][-1].out_channels
+
+    def to_str(self) -> str:
+        from search_spaces.codec import arch_to_str
+
+        return arch_to_str(self)
+
+    def to_json(self) -> str:
+        from search_spaces.codec import arch_to_json
+
+        return arch_to_json(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        from search_spaces.codec import arch_to_dict
+
+        return arch_to_dict(self)
+
+    @property
+    def key(self) -> str:
+        """Short stable hash of the canonical JSON (12 hex digits of SHA-256)."""
+        from search_spaces.codec import arch_key
+
+        return arch_key(self)
+
+    @classmethod
+    def from_str(cls, text: str) -> ArchConfig:
+        from search_spaces.codec import arch_from_str
+
+        return arch_from_str(text)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchConfig:
+        from search_spaces.codec import arch_from_json
+
+        return arch_from_json(text)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ArchConfig:
+        from search_spaces.codec import arch_from_dict
+
+        return arch_from_dict(data)
+
+    def __str__(self) -> str:
+        return self.to_str()
