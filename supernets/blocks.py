@@ -1,0 +1,115 @@
+"""One static torch module per block family, each faithful to its paper, and a factory keyed by family.
+
+Channel widths (expansion, SE squeeze) come from `search_spaces.families`, the same place the analytic
+counters take them from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from search_spaces import BlockConfig, get_family
+from supernets.layers import ConvBNAct, SqueezeExcite
+
+
+class InvertedResidual(nn.Module):
+    """mbv2 / mbv3 / effnet: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 linear project (+ identity).
+
+    The expansion layer is skipped when the expand ratio is 1; the residual applies at stride 1 with
+    equal input and output widths (Sandler et al. 2018; Howard et al. 2019; Tan & Le 2019).
+    """
+
+    def __init__(self, block: BlockConfig, in_channels: int) -> None:
+        super().__init__()
+        fam = get_family(block.family)
+        mid = fam.mid_channels(in_channels, block.expand)
+        layers: list[nn.Module] = []
+        if block.expand != 1.0:
+            layers.append(ConvBNAct(in_channels, mid, 1, act=block.activation))
+        layers.append(ConvBNAct(mid, mid, block.kernel, block.stride, groups=mid, act=block.activation))
+        if block.se_ratio > 0:
+            squeeze = fam.se_channels(in_channels, mid, block.se_ratio)
+            layers.append(SqueezeExcite(mid, squeeze, fam.se_inner_act, fam.se_gate))
+        layers.append(ConvBNAct(mid, block.out_channels, 1))
+        self.body = nn.Sequential(*layers)
+        self.residual = block.stride == 1 and in_channels == block.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+class FusedMBConv(nn.Module):
+    """fused: kxk expand conv -> 1x1 linear project; a single kxk conv when expand is 1 (Tan & Le 2021)."""
+
+    def __init__(self, block: BlockConfig, in_channels: int) -> None:
+        super().__init__()
+        fam = get_family(block.family)
+        mid = fam.mid_channels(in_channels, block.expand)
+        if block.expand != 1.0:
+            self.body: nn.Module = nn.Sequential(
+                ConvBNAct(in_channels, mid, block.kernel, block.stride, act=block.activation),
+                ConvBNAct(mid, block.out_channels, 1),
+            )
+        else:
+            self.body = ConvBNAct(in_channels, block.out_channels, block.kernel, block.stride, act=block.activation)
+        self.residual = block.stride == 1 and in_channels == block.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2)
+    return x.reshape(batch, channels, height, width)
+
+
+class ShuffleV2Unit(nn.Module):
+    """shufflev2 (Ma et al. 2018, Fig. 3): at stride 1 with equal widths, split the channels, transform one half
+    (1x1 -> kxk depthwise -> 1x1), concatenate and shuffle. Otherwise both branches see the whole input:
+    kxk depthwise -> 1x1 on the left, 1x1 -> kxk depthwise -> 1x1 on the right (the paper's stride-2 unit)."""
+
+    def __init__(self, block: BlockConfig, in_channels: int) -> None:
+        super().__init__()
+        branch = block.out_channels // 2
+        k, s, act = block.kernel, block.stride, block.activation
+        self.split = block.stride == 1 and in_channels == block.out_channels
+        right_in = branch if self.split else in_channels
+        self.left: nn.Module | None = None
+        if not self.split:
+            self.left = nn.Sequential(
+                ConvBNAct(in_channels, in_channels, k, s, groups=in_channels),
+                ConvBNAct(in_channels, branch, 1, act=act),
+            )
+        self.right = nn.Sequential(
+            ConvBNAct(right_in, branch, 1, act=act),
+            ConvBNAct(branch, branch, k, s, groups=branch),
+            ConvBNAct(branch, branch, 1, act=act),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.left is None:
+            keep, work = x.chunk(2, dim=1)
+            out = torch.cat((keep, self.right(work)), dim=1)
+        else:
+            out = torch.cat((self.left(x), self.right(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+BLOCKS: dict[str, Callable[[BlockConfig, int], nn.Module]] = {
+    "mbv2": InvertedResidual,
+    "mbv3": InvertedResidual,
+    "effnet": InvertedResidual,
+    "fused": FusedMBConv,
+    "shufflev2": ShuffleV2Unit,
+}
+
+
+def build_block(block: BlockConfig, in_channels: int) -> nn.Module:
+    """The static module for `block` receiving `in_channels` channels."""
+    return BLOCKS[block.family](block, in_channels)
