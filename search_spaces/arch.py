@@ -28,7 +28,7 @@ def _check_int(field: str, value: Any, low: int, high: int) -> int:
 def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> Any:
     if value not in allowed:
         shown = ", ".join(str(a) for a in allowed)
-        raise ArchError(f"{field} {value!r} is not allowed; allowed: {shown}")
+        raise ArchError(f"{field} is {value!r}, which is not allowed; allowed: {shown}")
     return value
 
 

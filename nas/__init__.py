@@ -1,0 +1,1 @@
+"""Search, compression, export and the `hwnas` command line (grows with each stage of the pipeline)."""

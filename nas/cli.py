@@ -1,0 +1,177 @@
+"""The `hwnas` command line. Bad input prints one line naming what was wrong and exits with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latency_tables import DTYPE_BYTES, AnalyticCostModel
+from search_spaces import REFERENCES, SPACES, ArchConfig, HwnasError, SearchSpace, get_space, reference
+from search_spaces.codec import format_ratio
+
+
+def load_arch(text: str) -> ArchConfig:
+    """An architecture from a canonical string, a reference network name, or a path to a JSON/text file."""
+    if text in REFERENCES:
+        return reference(text)
+    if "|" not in text and not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise HwnasError(
+                f"{text!r} is not an architecture string, a reference network ({', '.join(REFERENCES)}) "
+                "or an existing file"
+            )
+        text = path.read_text(encoding="utf-8")
+    return ArchConfig.from_json(text) if text.lstrip().startswith("{") else ArchConfig.from_str(text)
+
+
+def _print(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    print(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+def _space(args: argparse.Namespace, name: str) -> SearchSpace:
+    return get_space(name, in_channels=args.in_channels, num_classes=args.num_classes)
+
+
+def cmd_space_show(args: argparse.Namespace) -> None:
+    space = _space(args, args.name)
+    stages = [
+        {"families": list(st.families), "widths": list(st.widths), "depths": list(st.depths), "stride": st.stride,
+         "kernels": list(st.kernels), "expands": list(st.expands), "act": st.act, "se": st.se}
+        for st in space.stages
+    ]
+    data = {"name": space.name, "description": space.description, "resolutions": list(space.resolutions),
+            "in_channels": space.in_channels, "num_classes": space.num_classes,
+            "stem": asdict(space.stem), "head": asdict(space.head),
+            "stages": stages, "size": space.size(), "genes": len(space.genes),
+            "encoding_length": space.encoding_length}
+    lines = [f"space {space.name}: {' '.join(space.description.split())}",
+             f"  resolutions  {', '.join(map(str, space.resolutions))}",
+             f"  input        {space.in_channels} channels, {space.num_classes} classes",
+             f"  stem         {data['stem']}", f"  head         {data['head']}"]
+    for j, st in enumerate(space.stages):
+        lines.append(
+            f"  stage {j}  stride {st.stride}  families {'/'.join(st.families)}  widths {_join(st.widths)}  "
+            f"depths {_join(st.depths)}  kernels {_join(st.kernels)}  expands {_join(st.expands)}"
+            f"  act {st.act}  se {format_ratio(st.se)}"
+        )
+    lines.append(f"  subnets      {space.size():,} ({space.size():.3e})")
+    lines.append(f"  genes        {len(space.genes)} (one-hot encoding length {space.encoding_length})")
+    _print(data, args.json, lines)
+
+
+def _join(values: Sequence[Any]) -> str:
+    return "/".join(format_ratio(v) if isinstance(v, float) else str(v) for v in values)
+
+
+def cmd_space_list(args: argparse.Namespace) -> None:
+    spaces = {name: get_space(name) for name in SPACES}
+    data = {name: {"size": sp.size(), "description": " ".join(sp.description.split())} for name, sp in spaces.items()}
+    _print(data, args.json, [f"{name:10s} {sp.size():.3e} subnets  {data[name]['description']}"
+                             for name, sp in spaces.items()])
+
+
+def cmd_space_sample(args: argparse.Namespace) -> None:
+    space, rng = _space(args, args.name), np.random.default_rng(args.seed)
+    archs = [space.sample(rng) for _ in range(args.n)]
+    _print({"archs": [a.to_str() for a in archs]}, args.json, [a.to_str() for a in archs])
+
+
+def cmd_arch_reference(args: argparse.Namespace) -> None:
+    if args.name is None:
+        _print({"references": list(REFERENCES)}, args.json, list(REFERENCES))
+        return
+    arch = reference(args.name)
+    _print(arch.to_dict() | {"arch": arch.to_str(), "key": arch.key}, args.json, [arch.to_str()])
+
+
+def cmd_arch_cost(args: argparse.Namespace) -> None:
+    arch = load_arch(args.arch)
+    if args.space:
+        _space(args, args.space).validate(arch)
+    cost = AnalyticCostModel(args.dtype).estimate(arch)
+    data = {"arch": arch.to_str(), "key": arch.key} | cost.to_dict()
+    mib = 1 << 20
+    lines = [
+        f"arch             {arch.to_str()}",
+        f"key              {arch.key}",
+        f"params           {cost.params:,}",
+        f"macs             {cost.macs:,}  ({cost.macs / 1e6:.2f} M multiply-accumulates)",
+        f"flops            {cost.flops:,}  (= 2 x MACs)",
+        f"memory_access    {cost.memory_access:,} elements  ({cost.memory_access_bytes / mib:.2f} MiB at {cost.dtype})",
+        f"peak_activation  {cost.peak_activation:,} elements  ({cost.peak_activation_bytes / mib:.2f} MiB at {cost.dtype})",
+    ]
+    _print(data, args.json, lines)
+
+
+def cmd_arch_validate(args: argparse.Namespace) -> None:
+    arch = load_arch(args.arch)
+    if args.space:
+        _space(args, args.space).validate(arch)
+    where = f" and in space {args.space}" if args.space else ""
+    _print({"arch": arch.to_str(), "key": arch.key, "valid": True}, args.json,
+           [f"valid{where}: {arch.to_str()} (key {arch.key})"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    def command(group: argparse._SubParsersAction, name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.set_defaults(func=func)
+        return sub
+
+    def space_options(sub: argparse.ArgumentParser, positional: bool) -> None:
+        if positional:
+            sub.add_argument("name", help=f"space name: {', '.join(SPACES)}")
+        sub.add_argument("--in-channels", type=int, help="input channels (default: the space's)")
+        sub.add_argument("--num-classes", type=int, help="classes (default: the space's)")
+
+    space = groups.add_parser("space", help="search spaces").add_subparsers(dest="command", required=True)
+    space_options(command(space, "show", cmd_space_show, "print a space's choice sets and its number of subnets"),
+                  True)
+    command(space, "list", cmd_space_list, "list the named spaces")
+    sample = command(space, "sample", cmd_space_sample, "print random architectures of a space")
+    space_options(sample, True)
+    sample.add_argument("--n", type=int, default=5, help="how many (default 5)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    arch = groups.add_parser("arch", help="architectures").add_subparsers(dest="command", required=True)
+    ref = command(arch, "reference", cmd_arch_reference, "print a published network in the architecture language")
+    ref.add_argument("name", nargs="?", choices=list(REFERENCES), help="network (omit to list them)")
+    for name, func, text in (("cost", cmd_arch_cost, "analytic costs: params, MACs, FLOPs, memory access, peak"),
+                             ("validate", cmd_arch_validate, "check an architecture (and its membership of a space)")):
+        sub = command(arch, name, func, text)
+        sub.add_argument("arch", help="architecture string, reference network name, or file (string or JSON)")
+        sub.add_argument("--space", metavar="SPACE", help="also check membership of this space")
+        space_options(sub, False)
+        if name == "cost":
+            sub.add_argument("--dtype", default="fp32", choices=list(DTYPE_BYTES), help="element type for bytes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
+    except (HwnasError, OSError) as err:
+        print(f"hwnas: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
