@@ -250,8 +250,14 @@ class SearchSpace:
         return self.from_genes(self.canonical_genes(genes)[0])
 
     def crossover(self, a: ArchConfig, b: ArchConfig, rng: np.random.Generator) -> ArchConfig:
-        """Each gene from either parent with equal chance (once-for-all's crossover)."""
-        ga, gb = self._fill_inactive(self.to_genes(a), rng), self._fill_inactive(self.to_genes(b), rng)
+        """Each gene from either parent with equal chance (once-for-all's crossover).
+
+        A gene one parent does not use is taken from the other parent, and is random only if neither uses it.
+        """
+        ga, gb = self.to_genes(a), self.to_genes(b)
+        ma, mb = self.active_mask(ga)[0], self.active_mask(gb)[0]
+        fill = self._random_genes(rng, 1)[0]
+        ga, gb = np.where(ma, ga, np.where(mb, gb, fill)), np.where(mb, gb, np.where(ma, ga, fill))
         take_b = rng.random(len(ga)) < 0.5
         return self.from_genes(self.canonical_genes(np.where(take_b, gb, ga))[0])
 
