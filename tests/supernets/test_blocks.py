@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from search_spaces import REFERENCES, ArchConfig, BlockConfig, get_space, reference
+from search_spaces.references import PUBLISHED_MACS_M, TORCHVISION_PARAMS
+from supernets import FusedMBConv, InvertedResidual, ShuffleV2Unit, SqueezeExcite, build_block, build_model
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_reference_networks_match_torchvision_and_the_papers(name):
+    model = build_model(reference(name)).eval()
+    assert n_params(model) == TORCHVISION_PARAMS[name]
+    measured = macs(model, torch.zeros(1, 3, 224, 224)) / 1e6
+    assert abs(measured - PUBLISHED_MACS_M[name]) / PUBLISHED_MACS_M[name] <= 0.02
+
+
+def test_inverted_residual_structure_follows_the_papers():
+    # MobileNetV2 t=1 block: no expansion conv, depthwise then linear projection, no residual (16 -> 16 at s1
+    # would have one; 32 -> 16 does not).
+    block = build_block(BlockConfig("mbv2", 3, 1, 16, 1), 32)
+    convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.groups) for c in convs] == [(32, 32, 32), (32, 16, 1)]
+    assert not block.residual
+    # MobileNetV3 SE squeezes the expanded width to make_divisible(72 // 4, 8) = 24 with a hard-sigmoid gate.
+    se = next(m for m in build_block(BlockConfig("mbv3", 5, 3, 40, 2, 0.25, "relu"), 24).modules()
+              if isinstance(m, SqueezeExcite))
+    assert (se.reduce.in_channels, se.reduce.out_channels) == (72, 24)
+    assert isinstance(se.gate, torch.nn.Hardsigmoid) and isinstance(se.act, torch.nn.ReLU)
+    # EfficientNet SE squeezes the block input: 24 // 4 = 6, swish inside, sigmoid gate.
+    se = next(m for m in build_block(BlockConfig("effnet", 3, 6, 24, 1), 24).modules() if isinstance(m, SqueezeExcite))
+    assert (se.reduce.in_channels, se.reduce.out_channels) == (144, 6)
+    assert isinstance(se.gate, torch.nn.Sigmoid) and isinstance(se.act, torch.nn.SiLU)
+    residual = build_block(BlockConfig("effnet", 3, 6, 24, 1), 24)
+    assert residual.residual
+    # Activation after expansion and depthwise only; the projection is linear.
+    body = build_block(BlockConfig("mbv3", 3, 4, 24, 2, 0.0, "hswish"), 16).body
+    assert [type(layer[-1]).__name__ for layer in body] == ["Hardswish", "Hardswish", "BatchNorm2d"]
+
+
+def test_fused_mbconv_uses_one_conv_when_expand_is_one():
+    single = build_block(BlockConfig("fused", 3, 1, 24, 2), 16)
+    double = build_block(BlockConfig("fused", 3, 4, 24, 1), 24)
+    assert isinstance(single, FusedMBConv) and [c.kernel_size for c in single.modules()
+                                                if isinstance(c, torch.nn.Conv2d)] == [(3, 3)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in double.modules()
+            if isinstance(c, torch.nn.Conv2d)] == [(24, 96, (3, 3)), (96, 24, (1, 1))]
+    assert double.residual and not single.residual
+
+
+def test_shufflenet_split_keeps_half_the_channels_untouched_and_shuffles():
+    unit = build_block(BlockConfig("shufflev2", 3, 1, 8, 1), 8).eval()
+    assert isinstance(unit, ShuffleV2Unit) and unit.left is None
+    x = torch.randn(2, 8, 5, 5)
+    out = unit(x)
+    # After concat(kept, transformed) and a 2-group shuffle, the kept half sits at the even channels.
+    assert torch.equal(out[:, 0::2], x[:, :4])
+    assert not torch.allclose(out[:, 1::2], x[:, 4:])
+    down = build_block(BlockConfig("shufflev2", 5, 1, 12, 2), 8)
+    assert down.left is not None and down(x).shape == (2, 12, 3, 3)
+
+
+def test_every_family_builds_and_runs_at_both_strides():
+    x = torch.randn(2, 16, 9, 9)
+    for family in ("mbv2", "mbv3", "effnet", "fused", "shufflev2"):
+        for stride in (1, 2):
+            act = "hswish" if family == "mbv3" else None
+            block = build_block(BlockConfig(family, 5, 1 if family == "shufflev2" else 3, 24, stride, None, act), 16)
+            assert block(x).shape == (2, 24, 9 if stride == 1 else 5, 9 if stride == 1 else 5)
+    assert isinstance(build_block(BlockConfig("mbv2", 3, 3, 16, 1), 16), InvertedResidual)
+
+
+def test_sampled_models_run_and_give_logits_for_the_space():
+    space = get_space("small")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        arch = space.sample(rng)
+        model = build_model(arch).eval()
+        out = model(torch.randn(3, 1, arch.resolution, arch.resolution))
+        assert out.shape == (3, 10) and torch.isfinite(out).all()
+    assert isinstance(build_model(ArchConfig.from_str(arch.to_str())).arch, ArchConfig)
