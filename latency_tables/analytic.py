@@ -37,13 +37,12 @@ class _SpaceTables:
             shape = (len(sizes), len(st.families), len(st.kernels), len(st.expands))
             first = np.zeros((*shape, len(prev_widths), len(st.widths), 4), dtype=np.int64)
             rest = np.zeros((*shape, len(st.widths), 4), dtype=np.int64)
-            for idx in itertools.product(*(range(n) for n in shape), range(len(st.widths))):
-                r, f, k, e, w = idx
-                make = lambda i: st.block(st.families[f], st.kernels[k], st.expands[e], st.widths[w], i)  # noqa: E731
+            for r, f, k, e, w in itertools.product(*(range(n) for n in shape), range(len(st.widths))):
+                choice = (st.families[f], st.kernels[k], st.expands[e], st.widths[w])
                 out_size = conv_out(sizes[r], st.kernels[k], st.stride)
-                rest[r, f, k, e, w] = block_summary(make(1), st.widths[w], out_size)
+                rest[r, f, k, e, w] = block_summary(st.block(*choice, 1), st.widths[w], out_size)
                 for p, cin in enumerate(prev_widths):
-                    first[r, f, k, e, p, w] = block_summary(make(0), cin, sizes[r])
+                    first[r, f, k, e, p, w] = block_summary(st.block(*choice, 0), cin, sizes[r])
             self.first.append(first)
             self.rest.append(rest)
             sizes = [conv_out(s, 3, st.stride) for s in sizes]  # the same for every odd kernel

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from search_spaces import ArchConfig, BlockConfig, StemConfig, get_family
 from latency_tables.cost import Cost
+from search_spaces import ArchConfig, BlockConfig, StemConfig, get_family
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def trace_arch(arch: ArchConfig) -> list[Op]:
     """Every op of the network in execution order, names prefixed by where they are."""
     ops, size = stem_ops(arch.stem, arch.in_channels, arch.resolution)
     for site in arch.sites():
-        prefix = f"s{site.stage}.b{site.index}."
+        prefix = f"s{site.stage}.b{site.position}."
         ops += [replace(op, name=prefix + op.name) for op in trace_block(site.block, site.in_channels, size, size)]
         size = conv_out(size, site.block.kernel, site.block.stride)
     head = arch.head

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +98,15 @@ def cmd_arch_cost(args: argparse.Namespace) -> None:
         _space(args, args.space).validate(arch)
     cost = AnalyticCostModel(args.dtype).estimate(arch)
     data = {"arch": arch.to_str(), "key": arch.key} | cost.to_dict()
-    mib = 1 << 20
+    mib, dtype = 1 << 20, cost.dtype
     lines = [
         f"arch             {arch.to_str()}",
         f"key              {arch.key}",
         f"params           {cost.params:,}",
         f"macs             {cost.macs:,}  ({cost.macs / 1e6:.2f} M multiply-accumulates)",
         f"flops            {cost.flops:,}  (= 2 x MACs)",
-        f"memory_access    {cost.memory_access:,} elements  ({cost.memory_access_bytes / mib:.2f} MiB at {cost.dtype})",
-        f"peak_activation  {cost.peak_activation:,} elements  ({cost.peak_activation_bytes / mib:.2f} MiB at {cost.dtype})",
+        f"memory_access    {cost.memory_access:,} elements  ({cost.memory_access_bytes / mib:.2f} MiB at {dtype})",
+        f"peak_activation  {cost.peak_activation:,} elements  ({cost.peak_activation_bytes / mib:.2f} MiB at {dtype})",
     ]
     _print(data, args.json, lines)
 

@@ -75,7 +75,8 @@ class BlockConfig:
         se = fam.se_ratios[0] if self.se is None and not fam.se_is_knob else (self.se or 0.0)
         if isinstance(se, bool) or not isinstance(se, (int, float)):
             raise ArchError(f"SE ratio of a {fam.name} block must be a number; got {se!r}")
-        object.__setattr__(self, "se", float(_check_choice(f"SE ratio of a {fam.name} block", float(se), fam.se_ratios)))
+        se = _check_choice(f"SE ratio of a {fam.name} block", float(se), fam.se_ratios)
+        object.__setattr__(self, "se", se)
         if self.act is None and fam.act_is_knob:
             raise ArchError(f"a {fam.name} block needs an activation; allowed: {', '.join(fam.activations)}")
         act = fam.activations[0] if self.act is None else self.act
@@ -128,7 +129,7 @@ class BlockSite(NamedTuple):
     """A block with its position and the width it receives."""
 
     stage: int
-    index: int
+    position: int
     block: BlockConfig
     in_channels: int
 

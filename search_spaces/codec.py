@@ -111,6 +111,7 @@ def _tokens(segment: str, where: str, spec: dict[str, str], allow_act: bool) -> 
         allowed.append("|".join(ACTIVATIONS))
     prefixes = sorted(spec, key=len, reverse=True)  # 'se' before 's'
     for token in segment.split("_"):
+        value: Any
         if allow_act and token in ACTIVATIONS:
             name, value = "act", token
         else:
@@ -181,7 +182,8 @@ def block_from_str(text: str, where: str = "block") -> BlockConfig:
         required["e"] = "expand ratio"
     _require(found, required, where)
     try:
-        return BlockConfig(name, found["k"], found.get("e", 1.0), found["c"], found["s"], found.get("se"), found.get("act"))
+        return BlockConfig(name, found["k"], found.get("e", 1.0), found["c"], found["s"], found.get("se"),
+                           found.get("act"))
     except ArchError as err:
         raise ArchError(f"{where}: {err}") from None
 
@@ -205,7 +207,8 @@ def arch_from_str(text: str) -> ArchConfig:
     for s, segment in enumerate(segments[2:-1]):
         if not segment:
             raise ArchError(f"stage {s} is empty; every stage needs at least one block")
-        stages.append(tuple(block_from_str(t.strip(), f"stage {s} block {b}") for b, t in enumerate(segment.split(","))))
+        texts = segment.split(",")
+        stages.append(tuple(block_from_str(t.strip(), f"stage {s} block {b}") for b, t in enumerate(texts)))
     return ArchConfig(io["r"], io["i"], io["n"], stem, tuple(stages), head)
 
 

@@ -110,7 +110,7 @@ def mobilenet_v3_small() -> ArchConfig:
 
 def _shufflenet_v2(widths: tuple[int, int, int]) -> ArchConfig:
     # Ma et al. 2018, Table 5: stages 2-4 repeat 4, 8, 4 units; conv1 24 channels + max pool; conv5 1024.
-    stages = tuple(_repeat("shufflev2", 3, 1, c, n, 2) for c, n in zip(widths, (4, 8, 4)))
+    stages = tuple(_repeat("shufflev2", 3, 1, c, n, 2) for c, n in zip(widths, (4, 8, 4), strict=True))
     return ArchConfig(**_IMAGENET, stem=StemConfig(24, 3, 2, "relu", maxpool=True), stages=stages,
                       head=HeadConfig(1024, 0, "relu"))
 

@@ -61,7 +61,8 @@ class StageSpec:
                             self.block(family, kernel, expand, width, 0)
                             self.block(family, kernel, expand, width, 1)
                         except ArchError as err:
-                            raise SpaceError(f"stage choice {family}/k{kernel}/e{expand:g}/c{width} is invalid: {err}")
+                            choice = f"{family}/k{kernel}/e{expand:g}/c{width}"
+                            raise SpaceError(f"stage choice {choice} is invalid: {err}") from None
 
     def block(self, family: str, kernel: int, expand: float, width: int, index: int) -> BlockConfig:
         """The block this stage puts at position `index` for the given choices."""
@@ -197,7 +198,7 @@ class SearchSpace:
         self._check_frame(arch)
         genes = np.zeros(len(self.genes), dtype=np.int64)
         genes[0] = self._index("resolution", arch.resolution, self.resolutions)
-        for j, (st, blocks) in enumerate(zip(self.stages, arch.stages)):
+        for j, (st, blocks) in enumerate(zip(self.stages, arch.stages, strict=True)):
             base, first = self._stage_offsets[j], blocks[0]
             genes[base] = self._index(f"stage {j} family", first.family, st.families)
             genes[base + 1] = self._index(f"stage {j} depth", len(blocks), st.depths)

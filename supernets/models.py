@@ -21,10 +21,10 @@ class StaticNet(nn.Module):
         if arch.stem.maxpool:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
-        stages, sites = [], list(arch.sites())
-        for s, stage in enumerate(arch.stages):
-            stages.append(nn.Sequential(*(build_block(site.block, site.in_channels) for site in sites if site.stage == s)))
-        self.stages = nn.Sequential(*stages)
+        stages: list[list[nn.Module]] = [[] for _ in arch.stages]
+        for site in arch.sites():
+            stages[site.stage].append(build_block(site.block, site.in_channels))
+        self.stages = nn.Sequential(*(nn.Sequential(*blocks) for blocks in stages))
         head = arch.head
         self.head = ConvBNAct(arch.last_channels, head.channels, 1, act=head.act)
         classifier: list[nn.Module] = []

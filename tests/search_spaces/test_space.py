@@ -3,8 +3,17 @@ import itertools
 import numpy as np
 import pytest
 
-from search_spaces import (SPACES, ArchConfig, HeadConfig, SearchSpace, SpaceError, StageSpec, StemConfig, get_space,
-                           reference)
+from search_spaces import (
+    SPACES,
+    ArchConfig,
+    HeadConfig,
+    SearchSpace,
+    SpaceError,
+    StageSpec,
+    StemConfig,
+    get_space,
+    reference,
+)
 
 
 def tiny_space() -> SearchSpace:
