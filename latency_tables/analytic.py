@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from latency_tables.cost import Cost, dtype_bytes, flops_from_macs
-from latency_tables.counting import block_summary, conv_out, count_arch, head_summary, stem_ops, summarize
+from latency_tables.counting import analytic_cost, block_summary, conv_out, head_summary, stem_ops, summarize
 from search_spaces import ArchConfig, SearchSpace
 
 _FIELDS = ("params", "macs", "memory_access", "peak_activation")
@@ -57,8 +57,7 @@ class _SpaceTables:
         r = g[:, 0]
         total = self.stem[r].copy()
         prev = np.zeros(len(g), dtype=np.int64)
-        base = 1
-        for j, st in enumerate(space.stages):
+        for j, (st, base) in enumerate(zip(space.stages, space.stage_offsets, strict=True)):
             f, w = g[:, base], g[:, base + 2]
             depth = np.asarray(st.depths)[g[:, base + 1]]
             parts = [self.first[j][r, f, g[:, base + 3], g[:, base + 4], prev, w]]
@@ -66,7 +65,7 @@ class _SpaceTables:
                 part = self.rest[j][r, f, g[:, base + 3 + 2 * i], g[:, base + 4 + 2 * i], w]
                 parts.append(part * (depth > i)[:, None])
             total = _add(total, parts)
-            prev, base = w, base + 3 + 2 * st.max_depth
+            prev = w
         return _add(total, [self.head[r, prev]])
 
 
@@ -88,8 +87,7 @@ class AnalyticCostModel:
         self._tables: dict[SearchSpace, _SpaceTables] = {}
 
     def estimate(self, arch: ArchConfig) -> Cost:
-        params, macs, mem, peak = count_arch(arch)
-        return Cost(params, macs, mem, peak, self.dtype)
+        return analytic_cost(arch, self.dtype)
 
     def estimate_many(self, archs: Iterable[ArchConfig]) -> list[Cost]:
         return [self.estimate(a) for a in archs]

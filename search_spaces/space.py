@@ -138,8 +138,8 @@ class SearchSpace:
         return np.array([g.choices for g in self.genes], dtype=np.int64)
 
     @cached_property
-    def _stage_offsets(self) -> tuple[int, ...]:
-        """Index of each stage's family gene."""
+    def stage_offsets(self) -> tuple[int, ...]:
+        """Index of each stage's first gene (family; then depth, width, and kernel/expand per slot)."""
         return tuple(i for i, g in enumerate(self.genes) if g.kind == "family")
 
     def active_mask(self, genes: np.ndarray) -> np.ndarray:
@@ -147,7 +147,7 @@ class SearchSpace:
         genes = np.atleast_2d(genes)
         mask = np.ones(genes.shape, dtype=bool)
         for j, st in enumerate(self.stages):
-            base = self._stage_offsets[j]
+            base = self.stage_offsets[j]
             depth = np.asarray(st.depths)[genes[:, base + 1]]
             has_expand = np.array([get_family(f).has_expand for f in st.families])[genes[:, base]]
             for i in range(st.max_depth):
@@ -184,7 +184,7 @@ class SearchSpace:
         g = self._check_genes(genes)
         stages = []
         for j, st in enumerate(self.stages):
-            base = self._stage_offsets[j]
+            base = self.stage_offsets[j]
             family, depth, width = st.families[g[base]], st.depths[g[base + 1]], st.widths[g[base + 2]]
             stages.append(tuple(
                 st.block(family, st.kernels[g[base + 3 + 2 * i]], st.expands[g[base + 4 + 2 * i]], width, i)
@@ -199,7 +199,7 @@ class SearchSpace:
         genes = np.zeros(len(self.genes), dtype=np.int64)
         genes[0] = self._index("resolution", arch.resolution, self.resolutions)
         for j, (st, blocks) in enumerate(zip(self.stages, arch.stages, strict=True)):
-            base, first = self._stage_offsets[j], blocks[0]
+            base, first = self.stage_offsets[j], blocks[0]
             genes[base] = self._index(f"stage {j} family", first.family, st.families)
             genes[base + 1] = self._index(f"stage {j} depth", len(blocks), st.depths)
             genes[base + 2] = self._index(f"stage {j} width", first.out_channels, st.widths)
