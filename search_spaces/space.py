@@ -234,6 +234,19 @@ class SearchSpace:
 
     # ------------------------------------------------------------------------------------ the API
 
+    def extreme(self, largest: bool = True, families: tuple[int, ...] | None = None) -> ArchConfig:
+        """The largest (or smallest) member: every depth, width, kernel, expand ratio and the resolution at its
+        maximum (minimum) value. `families` picks each stage's family by index (default: the first listed)."""
+        pick = (lambda values: int(np.argmax(values))) if largest else (lambda values: int(np.argmin(values)))
+        genes = np.zeros(len(self.genes), dtype=np.int64)
+        genes[0] = pick(self.resolutions)
+        for j, (st, base) in enumerate(zip(self.stages, self.stage_offsets, strict=True)):
+            genes[base] = families[j] if families is not None else 0
+            genes[base + 1], genes[base + 2] = pick(st.depths), pick(st.widths)
+            genes[base + 3:base + 3 + 2 * st.max_depth:2] = pick(st.kernels)
+            genes[base + 4:base + 4 + 2 * st.max_depth:2] = pick(st.expands)
+        return self.from_genes(self.canonical_genes(genes)[0])
+
     def validate(self, arch: ArchConfig) -> ArchConfig:
         """Return `arch` if it is in this space; raise a `SpaceError` naming field, value and choices."""
         self.to_genes(arch)
