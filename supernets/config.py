@@ -1,0 +1,125 @@
+"""Supernet training recipes as dataclasses, read from and written to YAML."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_spaces.errors import HwnasError
+
+#: What each progressive-shrinking phase samples at random (the rest stays at its largest value).
+#: Resolution and family are elastic from the start (once-for-all: elastic resolution throughout).
+PHASE_ELASTIC: dict[str, tuple[str, ...]] = {
+    "full": ("resolution", "family"),
+    "kernel": ("resolution", "family", "kernel"),
+    "depth": ("resolution", "family", "kernel", "depth"),
+    "expand": ("resolution", "family", "kernel", "depth", "expand", "width"),
+    "sandwich": ("resolution", "family", "kernel", "depth", "expand", "width"),
+}
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One phase: what is elastic, how long, and its peak learning rate (cosine to 0 within the phase)."""
+
+    name: str
+    epochs: int
+    lr: float
+
+    def __post_init__(self) -> None:
+        if self.name not in PHASE_ELASTIC:
+            raise HwnasError(f"unknown phase {self.name!r}; allowed: {', '.join(PHASE_ELASTIC)}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise HwnasError(f"phase {self.name}: epochs must be a whole number >= 1; got {self.epochs!r}")
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10:
+            raise HwnasError(f"phase {self.name}: lr must be a number in (0, 10); got {self.lr!r}")
+
+
+def _default_phases() -> tuple[PhaseConfig, ...]:
+    return (PhaseConfig("full", 6, 0.1), PhaseConfig("kernel", 3, 0.03), PhaseConfig("depth", 3, 0.03),
+            PhaseConfig("expand", 4, 0.03))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A supernet training recipe. `recipe` is progressive shrinking or the sandwich rule.
+
+    kd_weight a and kd_temperature T: loss = (1 - a) CE(y, p_s) + a T^2 KL(p_t^T || p_s^T) (Hinton et al.).
+    """
+
+    space: str = "small"
+    dataset: str = "mnist5k"
+    data_path: str | None = None
+    recipe: str = "progressive"
+    phases: tuple[PhaseConfig, ...] = field(default_factory=_default_phases)
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    kd_weight: float = 0.5
+    kd_temperature: float = 4.0
+    sandwich_random: int = 2
+    augment_shift: int = 2
+    val_fraction: float = 0.2
+    bn_recal_images: int = 1000
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        if self.recipe not in ("progressive", "sandwich"):
+            raise HwnasError(f"recipe must be 'progressive' or 'sandwich'; got {self.recipe!r}")
+        phases = tuple(p if isinstance(p, PhaseConfig) else PhaseConfig(**_only(p, PhaseConfig, "phase"))
+                       for p in self.phases)
+        if not phases:
+            raise HwnasError("a recipe needs at least one phase")
+        if self.recipe == "sandwich" and any(p.name != "sandwich" for p in phases):
+            raise HwnasError("the sandwich recipe takes phases named 'sandwich' only")
+        if self.recipe == "progressive" and (phases[0].name != "full" or any(p.name == "sandwich" for p in phases)):
+            raise HwnasError("progressive shrinking starts with a 'full' phase and has no 'sandwich' phase")
+        object.__setattr__(self, "phases", phases)
+        for name, low in (("batch_size", 1), ("bn_recal_images", 1), ("sandwich_random", 0), ("augment_shift", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise HwnasError(f"{name} must be a whole number >= {low}; got {value!r}")
+        if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
+            raise HwnasError("kd_weight must be in [0, 1] and kd_temperature > 0")
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["phases"] = [asdict(p) for p in self.phases]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainConfig:
+        return cls(**_only(data, cls, "training config"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise HwnasError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise HwnasError(f"config file {path} is not valid YAML: {err}") from None
+        return cls.from_dict(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _only(data: Any, cls: type, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise HwnasError(f"{what} must be a mapping; got {type(data).__name__}")
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise HwnasError(f"{what}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return data
