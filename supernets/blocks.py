@@ -101,6 +101,21 @@ class ShuffleV2Unit(nn.Module):
         return channel_shuffle(out, 2)
 
 
+@torch.no_grad()
+def zero_init_residual(block: nn.Module) -> None:
+    """Start a residual block as the identity: zero the scale of the BatchNorm that ends its branch.
+
+    (Goyal et al. 2017.) Deep stacks of freshly initialised blocks then pass their input through, which
+    matters most in a supernet whose later stages must accept any earlier stage's family.
+    """
+    if isinstance(block, (InvertedResidual, FusedMBConv)) and block.residual:
+        last = block.body[-1] if isinstance(block.body, nn.Sequential) and isinstance(block.body[-1], ConvBNAct) \
+            else block.body
+        last[1].weight.zero_()
+    elif isinstance(block, ShuffleV2Unit) and block.split:
+        block.right[-1][1].weight.zero_()
+
+
 BLOCKS: dict[str, Callable[[BlockConfig, int], nn.Module]] = {
     "mbv2": InvertedResidual,
     "mbv3": InvertedResidual,

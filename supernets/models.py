@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from search_spaces import ArchConfig
-from supernets.blocks import build_block
+from supernets.blocks import build_block, zero_init_residual
 from supernets.layers import ConvBNAct, get_act_layer
 
 
@@ -34,6 +34,8 @@ class StaticNet(nn.Module):
             features = head.hidden
         classifier += [nn.Dropout(dropout), nn.Linear(features, arch.num_classes)]
         self.classifier = nn.Sequential(*classifier)
+        for block in self.stages.modules():
+            zero_init_residual(block)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))

@@ -53,6 +53,9 @@ class ElasticInvertedResidual(nn.Module):
         h = self.project(h, block.out_channels, 1)
         return x + h if block.stride == 1 and in_ch == block.out_channels else h
 
+    def zero_init_residual(self) -> None:
+        self.project.bn.weight.zero_()
+
     @torch.no_grad()
     def copy_into(self, static: InvertedResidual, block: BlockConfig, in_ch: int) -> None:
         mid = self.fam.mid_channels(in_ch, block.expand)
@@ -112,6 +115,11 @@ class ElasticFused(nn.Module):
             h = self.project(h, block.out_channels, 1)
         return x + h if s == 1 and in_ch == block.out_channels else h
 
+    def zero_init_residual(self) -> None:
+        for layer in (self.project, self.single):
+            if layer is not None:
+                layer.bn.weight.zero_()
+
     @torch.no_grad()
     def copy_into(self, static: FusedMBConv, block: BlockConfig, in_ch: int) -> None:
         if block.expand == 1.0 and self.single is not None:
@@ -158,6 +166,10 @@ class ElasticShuffle(nn.Module):
         else:
             raise ValueError(f"this ShuffleNet slot has no weights for {block} on {x.shape[1]} channels")
         return channel_shuffle(out, 2)
+
+    def zero_init_residual(self) -> None:
+        if self.split is not None:
+            self.split[2].bn.weight.zero_()
 
     @torch.no_grad()
     def copy_into(self, static: ShuffleV2Unit, block: BlockConfig, in_ch: int) -> None:
@@ -211,6 +223,7 @@ class Supernet(nn.Module):
                 for family in st.families
             }))
             in_widths = st.widths
+        self._zero_init_residual()
         head = space.head
         self.head = ElasticConvBN(max(in_widths), head.channels, (1,))
         self.hidden = nn.Linear(head.channels, head.hidden) if head.hidden else None
@@ -233,6 +246,15 @@ class Supernet(nn.Module):
         if self.hidden is not None:
             h = ACT_FUNCS[head.act](self.hidden(h))
         return self.classifier(h)
+
+    @torch.no_grad()
+    def _zero_init_residual(self) -> None:
+        """Blocks after a stage's first always keep the stage width at stride 1, so they are always residual:
+        zero the scale of the BatchNorm ending each one's branch (see `blocks.zero_init_residual`)."""
+        for stage in self.stages:
+            for slots in stage.values():
+                for slot in list(slots)[1:]:
+                    slot.zero_init_residual()
 
     @torch.no_grad()
     def materialize(self, arch: ArchConfig) -> StaticNet:

@@ -1,0 +1,275 @@
+"""Supernet training: progressive shrinking or the sandwich rule, checkpointed every epoch, resumable.
+
+Progressive shrinking (Cai et al. 2020): train the full network, then make kernel, depth and expand/width
+elastic in turn, each later phase distilling from a frozen copy of the full network. The sandwich rule
+(BigNAS / AttentiveNAS): each step trains the largest subnet on labels, and the smallest plus N random
+subnets on the largest's soft outputs (in-place distillation). Under `torchrun` (gloo on CPU) every
+process takes its share of each batch and gradients are averaged, so all processes keep equal weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from search_spaces import ArchConfig, SearchSpace, get_space
+from search_spaces.errors import HwnasError
+from supernets.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
+from supernets.data import Dataset, batches, load_dataset
+from supernets.evaluation import evaluate_subnet
+from supernets.supernet import Supernet
+
+
+def phase_arch(space: SearchSpace, rng: np.random.Generator, elastic: tuple[str, ...], largest: bool = True
+               ) -> ArchConfig:
+    """A subnet whose `elastic` gene kinds are random and all other genes at their largest (smallest) value."""
+    random = space.sample_genes(rng, 1)[0]
+    families = tuple(int(random[b]) for b in space.stage_offsets)
+    genes = space.to_genes(space.extreme(largest, families))
+    kinds = np.array([g.kind for g in space.genes])
+    mask = np.isin(kinds, elastic)
+    genes[mask] = random[mask]
+    return space.from_genes(space.canonical_genes(genes)[0])
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(p_t^T || p_s^T) (Hinton et al. 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
+
+
+def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `max_shift` pixels (zero padding)."""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def resized(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    if x.shape[-1] == resolution:
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class _World:
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def current(cls) -> _World:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return cls()
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        if self.size == 1:
+            return
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.size
+
+
+def _phase_at(config: TrainConfig, epoch: int) -> tuple[int, PhaseConfig, int]:
+    """(phase index, phase, epoch within phase) for a global epoch index."""
+    for index, phase in enumerate(config.phases):
+        if epoch < phase.epochs:
+            return index, phase, epoch
+        epoch -= phase.epochs
+    raise IndexError(epoch)
+
+
+class SupernetTrainer:
+    """Trains a supernet into `run_dir`. Nothing is read or written until `run()`."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, data: Dataset | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.config, self.run_dir, self.data, self.progress, self.log = config, Path(run_dir), data, progress, log
+        self.world = _World.current()
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _setup(self, resume: bool) -> None:
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        existing = checkpoint_dir(self.run_dir)
+        if existing is not None and not resume:
+            raise HwnasError(f"{self.run_dir} already holds a checkpoint; pass --resume to continue it or choose "
+                             "another run directory (nothing was changed)")
+        if self.data is None:
+            self.data = load_dataset(cfg.dataset, cfg.data_path, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        self.space = get_space(cfg.space, in_channels=self.data.in_channels, num_classes=self.data.num_classes)
+        torch.manual_seed(cfg.seed)
+        self.net = Supernet(self.space)
+        self.teacher: Supernet | None = None
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=cfg.phases[0].lr, momentum=cfg.momentum,
+                                         nesterov=True, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.epoch, self.history = 0, []
+        if existing is not None:
+            self._restore()
+        elif self.world.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.run_dir / "config.yaml", cfg.to_yaml())
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir)
+        if ckpt.meta["config"] != self.config.to_dict():
+            raise HwnasError(f"the checkpoint in {self.run_dir} was trained with another config; resume with the "
+                             f"same config (see {self.run_dir / 'config.yaml'})")
+        self.net.load_state_dict(ckpt.weights)
+        if ckpt.teacher is not None:
+            self.teacher = self._frozen(Supernet(self.space))
+            self.teacher.load_state_dict(ckpt.teacher)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.rng.bit_generator.state = ckpt.rng["numpy"]
+        self.gen.set_state(torch.tensor(ckpt.rng["torch"], dtype=torch.uint8))
+        self.epoch, self.history = int(ckpt.meta["epoch"]), list(ckpt.meta["metrics"])
+        self.log(f"resumed {self.run_dir} after epoch {self.epoch} of {self.config.total_epochs}")
+
+    @staticmethod
+    def _frozen(net: Supernet) -> Supernet:
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net.eval()
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def run(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Train to the end of the recipe (continuing from the last checkpoint with `resume`); return the log."""
+        self._setup(resume)
+        while self.epoch < self.config.total_epochs:
+            index, phase, _ = _phase_at(self.config, self.epoch)
+            if phase.name in ("kernel", "depth", "expand") and self.teacher is None:
+                self.teacher = self._frozen(copy.deepcopy(self.net))
+            if phase.name == "expand" and _phase_at(self.config, self.epoch)[2] == 0:
+                self.net.sort_channels()
+            started = time.perf_counter()
+            loss = self._train_epoch(phase)
+            self._end_epoch(index, phase, loss, time.perf_counter() - started)
+        return self.history
+
+    def _train_epoch(self, phase: PhaseConfig) -> float:
+        cfg, data = self.config, self.data
+        assert data is not None
+        self.net.train()
+        steps = math.ceil(len(data.train) / cfg.batch_size)
+        _, _, in_phase = _phase_at(cfg, self.epoch)
+        total, count = 0.0, 0
+        native = data.train.images.shape[-1]
+        bar = tqdm(batches(data.train, cfg.batch_size, native, data.mean, data.std, self.rng), total=steps,
+                   disable=not self.progress or self.world.rank != 0, leave=False,
+                   desc=f"epoch {self.epoch + 1}/{cfg.total_epochs} {phase.name}")
+        for step, (x, y) in enumerate(bar):
+            t = (in_phase * steps + step) / (phase.epochs * steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = 0.5 * phase.lr * (1 + math.cos(math.pi * t))
+            x = shift_augment(x, cfg.augment_shift, self.gen)
+            x, y = x[self.world.rank::self.world.size], y[self.world.rank::self.world.size]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._sandwich_step(x, y) if phase.name == "sandwich" else self._progressive_step(x, y, phase)
+            self.world.average_gradients(self.net)
+            self.optimizer.step()
+            total, count = total + loss, count + 1
+            bar.set_postfix(loss=f"{total / count:.3f}")
+        return total / max(1, count)
+
+    def _progressive_step(self, x: torch.Tensor, y: torch.Tensor, phase: PhaseConfig) -> float:
+        cfg = self.config
+        arch = phase_arch(self.space, self.rng, PHASE_ELASTIC[phase.name])
+        xr = resized(x, arch.resolution)
+        logits = self.net(xr, arch)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if self.teacher is not None and cfg.kd_weight > 0:
+            teacher_arch = _at_resolution(self.space.extreme(True, arch_families(self.space, arch)), arch.resolution)
+            with torch.no_grad():
+                soft = self.teacher(xr, teacher_arch)
+            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(logits, soft, cfg.kd_temperature)
+        loss.backward()
+        return float(loss.detach())
+
+    def _sandwich_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        cfg, elastic = self.config, PHASE_ELASTIC["sandwich"]
+        families = tuple(int(g) for g in self.space.sample_genes(self.rng, 1)[0][list(self.space.stage_offsets)])
+        largest = self.space.extreme(True, families)
+        logits = self.net(resized(x, largest.resolution), largest)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        loss.backward()
+        soft, total = logits.detach(), float(loss)
+        students = [phase_arch(self.space, self.rng, elastic, largest=False)]
+        students += [self.space.sample(self.rng) for _ in range(cfg.sandwich_random)]
+        for arch in students:
+            student = self.net(resized(x, arch.resolution), arch)
+            distill = kd_loss(student, soft, cfg.kd_temperature)
+            distill.backward()
+            total += float(distill)
+        return total
+
+    def _end_epoch(self, index: int, phase: PhaseConfig, loss: float, seconds: float) -> None:
+        cfg, data = self.config, self.data
+        assert data is not None
+        self.epoch += 1
+        if self.world.rank != 0:
+            return
+        elastic = PHASE_ELASTIC[phase.name]
+        row: dict[str, Any] = {"epoch": self.epoch, "phase": phase.name, "loss": round(loss, 5),
+                               "seconds": round(seconds, 2)}
+        for name, arch in (("largest", self.space.extreme(True)),
+                           ("smallest", _smallest_for_phase(self.space, elastic))):
+            row[f"acc_{name}"] = round(evaluate_subnet(self.net, arch, data, cfg.bn_recal_images, cfg.seed)[0], 5)
+        self.history.append(row)
+        meta = {"space": {"name": self.space.name, "in_channels": self.space.in_channels,
+                          "num_classes": self.space.num_classes},
+                "config": cfg.to_dict(), "phase": index, "phase_name": phase.name, "epoch": self.epoch,
+                "total_epochs": cfg.total_epochs, "metrics": self.history, "dataset": data.name,
+                "torch_version": torch.__version__}
+        rng = {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state().tolist()}
+        save_checkpoint(self.run_dir, meta, self.net, self.optimizer, self.teacher, rng)
+        with (self.run_dir / "train_log.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.log(f"epoch {self.epoch}/{cfg.total_epochs} [{phase.name}] loss {loss:.4f}  largest "
+                 f"{row['acc_largest']:.2%}  smallest {row['acc_smallest']:.2%}  ({seconds:.0f} s)")
+
+
+def _smallest_for_phase(space: SearchSpace, elastic: tuple[str, ...]) -> ArchConfig:
+    """The smallest subnet the phase has trained so far (non-elastic dimensions stay at their largest)."""
+    genes, small = space.to_genes(space.extreme(True)), space.to_genes(space.extreme(False))
+    kinds = np.array([g.kind for g in space.genes])
+    mask = np.isin(kinds, elastic) & (kinds != "family")
+    genes[mask] = small[mask]
+    return space.from_genes(space.canonical_genes(genes)[0])
+
+
+def arch_families(space: SearchSpace, arch: ArchConfig) -> tuple[int, ...]:
+    """Each stage's family as an index into the space's choices."""
+    return tuple(st.families.index(stage[0].family) for st, stage in zip(space.stages, arch.stages, strict=True))
+
+
+def _at_resolution(arch: ArchConfig, resolution: int) -> ArchConfig:
+    return ArchConfig(resolution, arch.in_channels, arch.num_classes, arch.stem, arch.stages, arch.head)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
