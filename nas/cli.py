@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +41,7 @@ def _space(args: argparse.Namespace, name: str) -> SearchSpace:
 
 def cmd_space_show(args: argparse.Namespace) -> None:
     space = _space(args, args.name)
-    stages = [
-        {"families": list(st.families), "widths": list(st.widths), "depths": list(st.depths), "stride": st.stride,
-         "kernels": list(st.kernels), "expands": list(st.expands), "act": st.act, "se": st.se}
-        for st in space.stages
-    ]
-    data = {"name": space.name, "description": space.description, "resolutions": list(space.resolutions),
-            "in_channels": space.in_channels, "num_classes": space.num_classes,
-            "stem": asdict(space.stem), "head": asdict(space.head),
-            "stages": stages, "size": space.size(), "genes": len(space.genes),
-            "encoding_length": space.encoding_length}
+    data = space.to_dict()
     lines = [f"space {space.name}: {' '.join(space.description.split())}",
              f"  resolutions  {', '.join(map(str, space.resolutions))}",
              f"  input        {space.in_channels} channels, {space.num_classes} classes",
@@ -120,6 +110,56 @@ def cmd_arch_validate(args: argparse.Namespace) -> None:
            [f"valid{where}: {arch.to_str()} (key {arch.key})"])
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    from supernets.config import TrainConfig
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    overrides = {k: v for k, v in (("space", args.space), ("dataset", args.dataset), ("data_path", args.data_path),
+                                   ("seed", args.seed), ("threads", args.threads)) if v is not None}
+    return TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+
+def cmd_supernet_train(args: argparse.Namespace) -> None:
+    from supernets.training import SupernetTrainer
+
+    config = _train_config(args)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    trainer = SupernetTrainer(config, args.run_dir, progress=not args.no_progress, log=log)
+    history = trainer.run(resume=args.resume)
+    if trainer.world.rank != 0:
+        return
+    last = history[-1] if history else {}
+    _print({"run_dir": str(args.run_dir), "epochs": config.total_epochs, "history": history}, args.json,
+           [f"trained {args.run_dir} ({config.total_epochs} epochs): largest {last.get('acc_largest', 0):.2%}, "
+            f"smallest {last.get('acc_smallest', 0):.2%} validation accuracy after BN recalibration"])
+
+
+def cmd_supernet_eval(args: argparse.Namespace) -> None:
+    from supernets.data import load_dataset
+    from supernets.evaluation import evaluate_subnet
+    from supernets.training import load_supernet
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    net, meta = load_supernet(args.run_dir)
+    space, cfg = net.space, meta["config"]
+    data = load_dataset(cfg["dataset"], args.data_path or cfg["data_path"], val_fraction=cfg["val_fraction"],
+                        seed=cfg["seed"])
+    named: list[tuple[str, ArchConfig]] = [(text, space.validate(load_arch(text))) for text in args.arch or []]
+    rng = np.random.default_rng(args.seed)
+    named += [(f"random{i}", space.sample(rng)) for i in range(args.random)]
+    if not named:
+        named = [("largest", space.extreme(True)), ("smallest", space.extreme(False))]
+    rows = []
+    for name, arch in named:
+        acc = evaluate_subnet(net, arch, data, args.recal_images or cfg["bn_recal_images"], cfg["seed"])[0]
+        rows.append({"name": name, "arch": arch.to_str(), "key": arch.key, "accuracy": acc})
+    _print({"run_dir": str(args.run_dir), "epoch": meta["epoch"], "dataset": data.name, "subnets": rows}, args.json,
+           [f"{r['accuracy']:7.2%}  {r['name'] if r['name'] != r['arch'] else ''}  {r['arch']}" for r in rows])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
     groups = parser.add_subparsers(dest="group", required=True)
@@ -156,6 +196,30 @@ def build_parser() -> argparse.ArgumentParser:
         space_options(sub, False)
         if name == "cost":
             sub.add_argument("--dtype", default="fp32", choices=list(DTYPE_BYTES), help="element type for bytes")
+
+    supernet = groups.add_parser("supernet", help="train and evaluate once-for-all supernets").add_subparsers(
+        dest="command", required=True)
+    train = command(supernet, "train", cmd_supernet_train,
+                    "train a supernet (progressive shrinking or sandwich rule); checkpoints every epoch")
+    train.add_argument("--config", help="YAML recipe (default: the built-in recipe, see configs/mnist5k.yaml)")
+    train.add_argument("--run-dir", default="runs/supernet", help="where checkpoints and logs go (default %(default)s)")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    train.add_argument("--space", help=f"override the recipe's search space ({', '.join(SPACES)})")
+    train.add_argument("--dataset", help="override the dataset: mnist5k, digits, cifar10, cifar100, imagefolder")
+    train.add_argument("--data-path", help="local directory of a cifar10/cifar100/imagefolder dataset")
+    train.add_argument("--seed", type=int, help="override the seed")
+    train.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev = command(supernet, "eval", cmd_supernet_eval,
+                 "validation accuracy of subnets taken from a trained supernet, after BN recalibration")
+    ev.add_argument("run_dir", help="run directory of `hwnas supernet train`")
+    ev.add_argument("--arch", action="append", help="architecture (string, reference name or file); repeatable. "
+                    "Default: the largest and the smallest subnet")
+    ev.add_argument("--random", type=int, default=0, help="also evaluate this many random subnets")
+    ev.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+    ev.add_argument("--recal-images", type=int, help="training images for BN recalibration (default: the recipe's)")
+    ev.add_argument("--data-path", help="dataset directory, if it moved since training")
+    ev.add_argument("--threads", type=int, help="torch threads")
     return parser
 
 
@@ -164,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        print("hwnas: interrupted; finished work is kept (a training run continues with --resume)", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0

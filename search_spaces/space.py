@@ -10,7 +10,7 @@ analytic costs vectorised.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -233,6 +233,16 @@ class SearchSpace:
         return allowed.index(value)
 
     # ------------------------------------------------------------------------------------ the API
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space's definition as plain data (for `hwnas space show --json` and checkpoint metadata)."""
+        stages = [{"families": list(st.families), "widths": list(st.widths), "depths": list(st.depths),
+                   "stride": st.stride, "kernels": list(st.kernels), "expands": list(st.expands), "act": st.act,
+                   "se": st.se} for st in self.stages]
+        return {"name": self.name, "description": self.description, "resolutions": list(self.resolutions),
+                "in_channels": self.in_channels, "num_classes": self.num_classes, "stem": asdict(self.stem),
+                "head": asdict(self.head), "stages": stages, "size": self.size(), "genes": len(self.genes),
+                "encoding_length": self.encoding_length}
 
     def extreme(self, largest: bool = True, families: tuple[int, ...] | None = None) -> ArchConfig:
         """The largest (or smallest) member: every depth, width, kernel, expand ratio and the resolution at its

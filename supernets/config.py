@@ -39,8 +39,8 @@ class PhaseConfig:
 
 
 def _default_phases() -> tuple[PhaseConfig, ...]:
-    return (PhaseConfig("full", 6, 0.1), PhaseConfig("kernel", 3, 0.03), PhaseConfig("depth", 3, 0.03),
-            PhaseConfig("expand", 4, 0.03))
+    return (PhaseConfig("full", 12, 0.1), PhaseConfig("kernel", 4, 0.03), PhaseConfig("depth", 4, 0.03),
+            PhaseConfig("expand", 6, 0.03))
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,10 @@ class TrainConfig:
     data_path: str | None = None
     recipe: str = "progressive"
     phases: tuple[PhaseConfig, ...] = field(default_factory=_default_phases)
-    batch_size: int = 128
+    batch_size: int = 64
     momentum: float = 0.9
     weight_decay: float = 3e-5
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     kd_weight: float = 0.5
     kd_temperature: float = 4.0
     sandwich_random: int = 2

@@ -13,17 +13,38 @@ from supernets.supernet import Supernet
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> nn.Module:
-    """Recompute every BatchNorm's running statistics as the exact average over `images`; leaves `model` in eval."""
+    """Set every BatchNorm's running statistics to the exact mean and (unbiased) variance of its input over
+    `images`, with the network in training mode (as once-for-all does); leaves `model` in eval mode.
+
+    Statistics are summed per image, so uneven last batches weigh exactly as much as their images.
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: the plain mean over all batches
+    sums: dict[nn.Module, list[torch.Tensor | int]] = {}
+
+    def collect(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+        acc = sums.setdefault(module, [torch.zeros(x.shape[0], dtype=torch.float64),
+                                       torch.zeros(x.shape[0], dtype=torch.float64), 0])
+        acc[0] += x.sum(1)
+        acc[1] += (x * x).sum(1)
+        acc[2] += x.shape[1]
+
+    hooks = [m.register_forward_pre_hook(collect) for m in norms]
     model.train()
-    for start in range(0, len(images), batch_size):
-        model(images[start:start + batch_size])
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
+    try:
+        for start in range(0, len(images), batch_size):
+            model(images[start:start + batch_size])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for m in norms:
+        if m not in sums:  # a BatchNorm this model's forward does not use
+            continue
+        total, squares, n = sums[m]
+        mean = total / n
+        var = (squares / n - mean * mean).clamp_min(0) * (n / max(1, n - 1))
+        m.running_mean.copy_(mean.float())
+        m.running_var.copy_(var.float())
     return model.eval()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,13 @@ class _World:
     size: int = 1
 
     @classmethod
+    def join(cls) -> _World:
+        """Join the process group `torchrun` describes (gloo: CPU), or run alone when not under torchrun."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+        return cls.current()
+
+    @classmethod
     def current(cls) -> _World:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
@@ -103,7 +111,7 @@ class SupernetTrainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, data: Dataset | None = None,
                  progress: bool = True, log: Callable[[str], None] = print) -> None:
         self.config, self.run_dir, self.data, self.progress, self.log = config, Path(run_dir), data, progress, log
-        self.world = _World.current()
+        self.world = _World.join()
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -215,14 +223,14 @@ class SupernetTrainer:
         logits = self.net(resized(x, largest.resolution), largest)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loss.backward()
-        soft, total = logits.detach(), float(loss)
+        soft, total = logits.detach(), float(loss.detach())
         students = [phase_arch(self.space, self.rng, elastic, largest=False)]
         students += [self.space.sample(self.rng) for _ in range(cfg.sandwich_random)]
         for arch in students:
             student = self.net(resized(x, arch.resolution), arch)
             distill = kd_loss(student, soft, cfg.kd_temperature)
             distill.backward()
-            total += float(distill)
+            total += float(distill.detach())
         return total
 
     def _end_epoch(self, index: int, phase: PhaseConfig, loss: float, seconds: float) -> None:
@@ -238,8 +246,7 @@ class SupernetTrainer:
                            ("smallest", _smallest_for_phase(self.space, elastic))):
             row[f"acc_{name}"] = round(evaluate_subnet(self.net, arch, data, cfg.bn_recal_images, cfg.seed)[0], 5)
         self.history.append(row)
-        meta = {"space": {"name": self.space.name, "in_channels": self.space.in_channels,
-                          "num_classes": self.space.num_classes},
+        meta = {"space": self.space.to_dict(),
                 "config": cfg.to_dict(), "phase": index, "phase_name": phase.name, "epoch": self.epoch,
                 "total_epochs": cfg.total_epochs, "metrics": self.history, "dataset": data.name,
                 "torch_version": torch.__version__}
@@ -249,6 +256,20 @@ class SupernetTrainer:
             fh.write(json.dumps(row) + "\n")
         self.log(f"epoch {self.epoch}/{cfg.total_epochs} [{phase.name}] loss {loss:.4f}  largest "
                  f"{row['acc_largest']:.2%}  smallest {row['acc_smallest']:.2%}  ({seconds:.0f} s)")
+
+
+def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:
+    """The trained supernet of a run directory (in eval mode) and its checkpoint metadata."""
+    ckpt = load_checkpoint(Path(run_dir))
+    space_meta = ckpt.meta["space"]
+    space = get_space(space_meta["name"], in_channels=space_meta["in_channels"],
+                      num_classes=space_meta["num_classes"])
+    if space.to_dict() != space_meta:
+        raise HwnasError(f"the checkpoint in {run_dir} was trained on another definition of space "
+                         f"{space.name!r} than this hwnas has; use the hwnas version that trained it")
+    net = Supernet(space)
+    net.load_state_dict(ckpt.weights)
+    return net.eval(), ckpt.meta
 
 
 def _smallest_for_phase(space: SearchSpace, elastic: tuple[str, ...]) -> ArchConfig:

@@ -1,0 +1,206 @@
+"""Supernet recipes, checkpoints, BN recalibration, training, resume and the `hwnas supernet` CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from search_spaces import get_space
+from search_spaces.errors import HwnasError
+from supernets.checkpoint import checkpoint_dir, load_checkpoint
+from supernets.config import PhaseConfig, TrainConfig
+from supernets.data import Dataset, Split, load_dataset
+from supernets.evaluation import accuracy, recalibrate_bn, recalibration_images
+from supernets.supernet import Supernet
+from supernets.training import SupernetTrainer, load_supernet, phase_arch
+
+
+def tiny_digits(n_train: int = 96, n_val: int = 48) -> Dataset:
+    """A small, fixed subset of scikit-learn's 8x8 digits (resized to the space's 24-32 px on the fly)."""
+    full = load_dataset("digits", seed=0)
+    return replace(full, train=Split(full.train.images[:n_train], full.train.labels[:n_train]),
+                   val=Split(full.val.images[:n_val], full.val.labels[:n_val]))
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    base = dict(dataset="digits", batch_size=32, bn_recal_images=64, threads=1,
+                phases=(PhaseConfig("full", 1, 0.05), PhaseConfig("kernel", 1, 0.02)))
+    return TrainConfig(**{**base, **overrides})
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+
+
+def test_default_recipe_and_yaml_round_trip(tmp_path):
+    config = TrainConfig()
+    assert [p.name for p in config.phases] == ["full", "kernel", "depth", "expand"]
+    assert config.total_epochs == sum(p.epochs for p in config.phases)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(config.to_yaml())
+    assert TrainConfig.load(path) == config
+    shipped = TrainConfig.load(CONFIGS / "mnist5k.yaml")
+    assert shipped == config, "configs/mnist5k.yaml must spell out the built-in default recipe"
+    assert TrainConfig.load(CONFIGS / "sandwich.yaml").recipe == "sandwich"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"recipe": "magic"}, "recipe must be"),
+    ({"phases": [{"name": "kernel", "epochs": 1, "lr": 0.1}]}, "starts with a 'full' phase"),
+    ({"phases": [{"name": "full", "epochs": 0, "lr": 0.1}]}, "epochs must be"),
+    ({"phases": [{"name": "warp", "epochs": 1, "lr": 0.1}]}, "unknown phase 'warp'"),
+    ({"recipe": "sandwich", "phases": [{"name": "full", "epochs": 1, "lr": 0.1}]}, "phases named 'sandwich'"),
+    ({"batch_sise": 3}, "unknown key(s) batch_sise"),
+    ({"kd_weight": 2}, "kd_weight"),
+])
+def test_bad_recipes_name_the_field(data, message):
+    with pytest.raises(HwnasError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig.from_dict(data)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(HwnasError, match="does not exist"):
+        TrainConfig.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("phases: [unclosed")
+    with pytest.raises(HwnasError, match="not valid YAML"):
+        TrainConfig.load(bad)
+
+
+def test_phase_arch_keeps_non_elastic_genes_at_their_extreme():
+    space = get_space("small")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        arch = phase_arch(space, rng, ("resolution", "family", "kernel"))
+        for st, stage in zip(space.stages, arch.stages, strict=True):
+            assert len(stage) == max(st.depths)
+            assert all(b.expand == max(st.expands) and b.out_channels == max(st.widths) for b in stage
+                       if b.family != "shufflev2")
+    kernels = {b.kernel for _ in range(20) for s in phase_arch(space, rng, ("kernel",)).stages for b in s}
+    assert kernels == {3, 5, 7}
+    assert {phase_arch(space, rng, ("family",)).resolution for _ in range(10)} == {32}
+
+
+# ---------------------------------------------------------------------------------------------- BN recalibration
+
+
+def test_recalibration_sets_exact_statistics_and_restores_momentum():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    images = torch.randn(40, 1, 6, 6) * 3 + 2
+    recalibrate_bn(model, images, batch_size=7)  # uneven batches: the average must still be exact
+    with torch.no_grad():
+        features = model[0](images)
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, features.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, features.transpose(0, 1).reshape(4, -1).var(1, unbiased=True), rtol=1e-4)
+    assert bn.momentum == 0.1 and not model.training
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_training_writes_checkpoints_logs_and_a_loadable_supernet(tmp_path):
+    data = tiny_digits()
+    lines: list[str] = []
+    history = SupernetTrainer(tiny_config(), tmp_path, data=data, progress=False, log=lines.append).run()
+    assert [row["phase"] for row in history] == ["full", "kernel"]
+    assert all(np.isfinite(row["loss"]) and 0 <= row["acc_largest"] <= 1 for row in history)
+    assert len(lines) == 2 and "largest" in lines[0] and "smallest" in lines[0]
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert logged == history
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.meta["epoch"] == 2 and ckpt.meta["phase_name"] == "kernel" and ckpt.teacher is not None
+    assert ckpt.meta["space"]["name"] == "small" and ckpt.meta["config"] == tiny_config().to_dict()
+    net, meta = load_supernet(tmp_path)
+    space = net.space
+    assert (space.in_channels, space.num_classes) == (1, 10)
+    # The stored accuracy of the largest subnet is reproduced from the loaded weights.
+    arch = space.extreme(True)
+    model = net.materialize(arch)
+    recalibrate_bn(model, recalibration_images(data, arch.resolution, 64, 0))
+    assert accuracy(model, data.val, arch.resolution, data.mean, data.std) == pytest.approx(
+        meta["metrics"][-1]["acc_largest"], abs=5e-6)  # stored to 5 decimals
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    data = tiny_digits()
+    config = tiny_config()
+    SupernetTrainer(config, tmp_path / "straight", data=data, progress=False, log=quiet).run()
+
+    def interrupt(_: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SupernetTrainer(config, tmp_path / "cut", data=data, progress=False, log=interrupt).run()
+    assert load_checkpoint(tmp_path / "cut").meta["epoch"] == 1
+    lines: list[str] = []
+    SupernetTrainer(config, tmp_path / "cut", data=data, progress=False, log=lines.append).run(resume=True)
+    assert lines[0].startswith("resumed") and "after epoch 1 of 2" in lines[0]
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "cut")
+    timeless = [[{k: v for k, v in row.items() if k != "seconds"} for row in c.meta["metrics"]] for c in (a, b)]
+    assert timeless[0] == timeless[1]
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+
+
+def test_existing_runs_are_never_overwritten_and_resume_needs_the_same_recipe(tmp_path):
+    data = tiny_digits()
+    config = tiny_config(phases=(PhaseConfig("full", 1, 0.05),))
+    SupernetTrainer(config, tmp_path, data=data, progress=False, log=quiet).run()
+    before = (tmp_path / "checkpoint" / "supernet.safetensors").read_bytes()
+    with pytest.raises(HwnasError, match="already holds a checkpoint; pass --resume"):
+        SupernetTrainer(config, tmp_path, data=data, progress=False, log=quiet).run()
+    with pytest.raises(HwnasError, match="another config"):
+        SupernetTrainer(replace(config, seed=1), tmp_path, data=data, progress=False, log=quiet).run(resume=True)
+    assert (tmp_path / "checkpoint" / "supernet.safetensors").read_bytes() == before
+    # Resuming a finished run trains nothing more.
+    lines: list[str] = []
+    assert len(SupernetTrainer(config, tmp_path, data=data, progress=False, log=lines.append).run(resume=True)) == 1
+
+
+def test_a_damaged_checkpoint_is_refused_and_a_half_swapped_one_is_found(tmp_path):
+    SupernetTrainer(tiny_config(phases=(PhaseConfig("full", 1, 0.05),)), tmp_path, data=tiny_digits(),
+                    progress=False, log=quiet).run()
+    # An interruption between the two renames of the swap leaves only checkpoint.old: still found.
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
+    assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint.old"
+    weights = tmp_path / "checkpoint.old" / "supernet.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(HwnasError, match="does not match the sha256"):
+        load_supernet(tmp_path)
+    with pytest.raises(HwnasError, match="no supernet checkpoint"):
+        load_supernet(tmp_path / "elsewhere")
+
+
+def test_sandwich_recipe_trains_every_subnet_kind(tmp_path):
+    config = tiny_config(recipe="sandwich", phases=(PhaseConfig("sandwich", 1, 0.05),), sandwich_random=1)
+    history = SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run()
+    assert history[0]["phase"] == "sandwich" and np.isfinite(history[0]["loss"])
+    trained = load_checkpoint(tmp_path).weights
+    fresh = Supernet(get_space("small", in_channels=1, num_classes=10)).state_dict()
+    smallest = get_space("small").extreme(False)
+    # The smallest subnet's first-stage kernel (3x3 centre of the 7x7 weight) moved: it was trained.
+    family = smallest.stages[0][0].family
+    key = f"stages.0.{family}.0.dw.conv.weight" if family != "fused" else f"stages.0.{family}.0.expand.conv.weight"
+    assert not torch.equal(trained[key], fresh[key])
+
+
+@pytest.mark.slow
+def test_a_short_run_learns_digits(tmp_path):
+    data = tiny_digits(640, 200)
+    config = tiny_config(phases=(PhaseConfig("full", 6, 0.1),), bn_recal_images=320)
+    history = SupernetTrainer(config, tmp_path, data=data, progress=False, log=quiet).run()
+    assert history[-1]["acc_largest"] >= 0.8
