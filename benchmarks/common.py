@@ -21,20 +21,20 @@ def pin_one_core() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
 
-def machine() -> str:
+def machine(threads: str = "pinned to 1") -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         text = Path("/proc/cpuinfo").read_text()
         cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()  # type: ignore[union-attr]
     except (OSError, AttributeError):
         pass
-    return f"{cpu}, {os.cpu_count()} cores visible, pinned to 1; Python {platform.python_version()}, {sys.platform}"
+    return f"{cpu}, {os.cpu_count()} cores visible, {threads}; Python {platform.python_version()}, {sys.platform}"
 
 
-def write_section(title: str, command: str, body: str) -> None:
+def write_section(title: str, command: str, body: str, threads: str = "pinned to 1") -> None:
     """Replace (or append) the section `title` in docs/benchmarks.md; the rest of the file is kept."""
     text = DOC.read_text() if DOC.exists() else HEADER
-    section = (f"## {title}\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
+    section = (f"## {title}\n\nCommand: `{command}`  \nMachine: {machine(threads)}  \n"
                f"Date: {datetime.date.today().isoformat()}\n\n{body.strip()}\n")
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section

@@ -7,6 +7,7 @@ counters take them from.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -109,11 +110,15 @@ def zero_init_residual(block: nn.Module) -> None:
     matters most in a supernet whose later stages must accept any earlier stage's family.
     """
     if isinstance(block, (InvertedResidual, FusedMBConv)) and block.residual:
-        last = block.body[-1] if isinstance(block.body, nn.Sequential) and isinstance(block.body[-1], ConvBNAct) \
-            else block.body
-        last[1].weight.zero_()
+        # The branch ends in a ConvBNAct; a fused block at expand 1 is a single one.
+        body = cast(nn.Sequential, block.body)
+        norm = (body if isinstance(body, ConvBNAct) else cast(nn.Sequential, body[-1]))[1]
     elif isinstance(block, ShuffleV2Unit) and block.split:
-        block.right[-1][1].weight.zero_()
+        norm = cast(nn.Sequential, cast(nn.Sequential, block.right)[-1])[1]
+    else:
+        return
+    assert isinstance(norm, nn.BatchNorm2d)
+    norm.weight.zero_()
 
 
 BLOCKS: dict[str, Callable[[BlockConfig, int], nn.Module]] = {

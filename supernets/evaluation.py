@@ -19,15 +19,12 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
     Statistics are summed per image, so uneven last batches weigh exactly as much as their images.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    sums: dict[nn.Module, list[torch.Tensor | int]] = {}
+    sums: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def collect(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         x = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
-        acc = sums.setdefault(module, [torch.zeros(x.shape[0], dtype=torch.float64),
-                                       torch.zeros(x.shape[0], dtype=torch.float64), 0])
-        acc[0] += x.sum(1)
-        acc[1] += (x * x).sum(1)
-        acc[2] += x.shape[1]
+        total, squares, n = sums.get(module, (torch.zeros(()), torch.zeros(()), 0))
+        sums[module] = (total + x.sum(1), squares + (x * x).sum(1), n + x.shape[1])
 
     hooks = [m.register_forward_pre_hook(collect) for m in norms]
     model.train()
@@ -43,6 +40,7 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
         total, squares, n = sums[m]
         mean = total / n
         var = (squares / n - mean * mean).clamp_min(0) * (n / max(1, n - 1))
+        assert m.running_mean is not None and m.running_var is not None
         m.running_mean.copy_(mean.float())
         m.running_var.copy_(var.float())
     return model.eval()

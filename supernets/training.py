@@ -133,7 +133,7 @@ class SupernetTrainer:
                                          nesterov=True, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.epoch, self.history = 0, []
+        self.epoch, self.history = 0, list[dict[str, Any]]()
         if existing is not None:
             self._restore()
         elif self.world.rank == 0:
@@ -256,6 +256,31 @@ class SupernetTrainer:
             fh.write(json.dumps(row) + "\n")
         self.log(f"epoch {self.epoch}/{cfg.total_epochs} [{phase.name}] loss {loss:.4f}  largest "
                  f"{row['acc_largest']:.2%}  smallest {row['acc_smallest']:.2%}  ({seconds:.0f} s)")
+
+
+def train_alone(arch: ArchConfig, data: Dataset, *, epochs: int, lr: float, batch_size: int = 64,
+                momentum: float = 0.9, weight_decay: float = 3e-5, augment_shift: int = 2, seed: int = 0,
+                progress: bool = False) -> torch.nn.Module:
+    """Train the static model of `arch` from scratch on `data` (cosine learning rate from `lr`, the supernet
+    recipe's optimizer and augmentation): the stand-alone baseline a once-for-all subnet is compared with."""
+    from supernets.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
+                                weight_decay=weight_decay)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    steps, native = math.ceil(len(data.train) / batch_size), data.train.images.shape[-1]
+    for epoch in tqdm(range(epochs), disable=not progress, desc=f"train {arch.key} alone", leave=False):
+        model.train()
+        for step, (x, y) in enumerate(batches(data.train, batch_size, native, data.mean, data.std, rng)):
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * (epoch * steps + step) / (epochs * steps)))
+            x = resized(shift_augment(x, augment_shift, gen), arch.resolution)
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model.eval()
 
 
 def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:

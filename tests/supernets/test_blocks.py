@@ -90,3 +90,23 @@ def test_sampled_models_run_and_give_logits_for_the_space():
         out = model(torch.randn(3, 1, arch.resolution, arch.resolution))
         assert out.shape == (3, 10) and torch.isfinite(out).all()
     assert isinstance(build_model(ArchConfig.from_str(arch.to_str())).arch, ArchConfig)
+
+
+def test_fresh_residual_blocks_start_as_the_identity():
+    from search_spaces.codec import block_from_str
+    from supernets.blocks import zero_init_residual
+
+    x = torch.randn(2, 16, 8, 8)
+    for text in ("mbv2_k3_e4_c16_s1", "mbv3_k5_e3_c16_s1_se0.25_hswish", "effnet_k3_e4_c16_s1", "fused_k3_e2_c16_s1",
+                 "fused_k3_e1_c16_s1"):
+        block = build_block(block_from_str(text), 16).eval()
+        zero_init_residual(block)
+        assert torch.equal(block(x), x), text
+    unit = build_block(block_from_str("shufflev2_k3_c16_s1"), 16).eval()
+    zero_init_residual(unit)
+    keep = x[:, :8]
+    assert torch.equal(unit(x)[:, 0::2], keep) and not unit(x)[:, 1::2].any()
+    # Blocks without a residual are left alone.
+    down = build_block(block_from_str("mbv2_k3_e4_c24_s2"), 16)
+    zero_init_residual(down)
+    assert all(m.weight.abs().sum() > 0 for m in down.modules() if isinstance(m, torch.nn.BatchNorm2d))
