@@ -23,24 +23,29 @@ PHASE_ELASTIC: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    """One phase: what is elastic, how long, and its peak learning rate (cosine to 0 within the phase)."""
+    """One phase: what is elastic, how long, its peak learning rate (cosine to 0 within the phase), and how many
+    random subnets each step trains (gradients summed; once-for-all uses 1, 2 and 4 in its kernel, depth and
+    expand phases). The sandwich rule ignores `subnets` (see `TrainConfig.sandwich_random`)."""
 
     name: str
     epochs: int
     lr: float
+    subnets: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in PHASE_ELASTIC:
             raise HwnasError(f"unknown phase {self.name!r}; allowed: {', '.join(PHASE_ELASTIC)}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise HwnasError(f"phase {self.name}: epochs must be a whole number >= 1; got {self.epochs!r}")
+        if not isinstance(self.subnets, int) or self.subnets < 1:
+            raise HwnasError(f"phase {self.name}: subnets must be a whole number >= 1; got {self.subnets!r}")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10:
             raise HwnasError(f"phase {self.name}: lr must be a number in (0, 10); got {self.lr!r}")
 
 
 def _default_phases() -> tuple[PhaseConfig, ...]:
-    return (PhaseConfig("full", 12, 0.1), PhaseConfig("kernel", 4, 0.03), PhaseConfig("depth", 4, 0.03),
-            PhaseConfig("expand", 6, 0.03))
+    return (PhaseConfig("full", 36, 0.1), PhaseConfig("kernel", 5, 0.02), PhaseConfig("depth", 5, 0.01, 2),
+            PhaseConfig("expand", 6, 0.01, 2))
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class TrainConfig:
     weight_decay: float = 3e-5
     label_smoothing: float = 0.0
     kd_weight: float = 0.5
-    kd_temperature: float = 4.0
+    kd_temperature: float = 1.0
     sandwich_random: int = 2
     augment_shift: int = 2
     val_fraction: float = 0.2

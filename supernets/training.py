@@ -203,28 +203,31 @@ class SupernetTrainer:
         return total / max(1, count)
 
     def _progressive_step(self, x: torch.Tensor, y: torch.Tensor, phase: PhaseConfig) -> float:
-        cfg = self.config
-        arch = phase_arch(self.space, self.rng, PHASE_ELASTIC[phase.name])
-        xr = resized(x, arch.resolution)
-        logits = self.net(xr, arch)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        if self.teacher is not None and cfg.kd_weight > 0:
-            teacher_arch = _at_resolution(self.space.extreme(True, arch_families(self.space, arch)), arch.resolution)
-            with torch.no_grad():
-                soft = self.teacher(xr, teacher_arch)
-            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(logits, soft, cfg.kd_temperature)
-        loss.backward()
-        return float(loss.detach())
+        cfg, total = self.config, 0.0
+        for _ in range(phase.subnets):
+            arch = phase_arch(self.space, self.rng, PHASE_ELASTIC[phase.name])
+            xr = resized(x, arch.resolution)
+            logits = self.net(xr, arch)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if self.teacher is not None and cfg.kd_weight > 0:
+                teacher_arch = _at_resolution(self.space.extreme(True, arch_families(self.space, arch)),
+                                              arch.resolution)
+                with torch.no_grad():
+                    soft = self.teacher(xr, teacher_arch)
+                loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(logits, soft, cfg.kd_temperature)
+            (loss / phase.subnets).backward()
+            total += float(loss.detach()) / phase.subnets
+        return total
 
     def _sandwich_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        cfg, elastic = self.config, PHASE_ELASTIC["sandwich"]
+        cfg = self.config
         families = tuple(int(g) for g in self.space.sample_genes(self.rng, 1)[0][list(self.space.stage_offsets)])
         largest = self.space.extreme(True, families)
         logits = self.net(resized(x, largest.resolution), largest)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loss.backward()
         soft, total = logits.detach(), float(loss.detach())
-        students = [phase_arch(self.space, self.rng, elastic, largest=False)]
+        students = [phase_arch(self.space, self.rng, ("family",), largest=False)]  # the smallest
         students += [self.space.sample(self.rng) for _ in range(cfg.sandwich_random)]
         for arch in students:
             student = self.net(resized(x, arch.resolution), arch)

@@ -70,3 +70,50 @@ def test_console_entry_point_exits_2_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "nas.cli", "arch", "cost", "r32|nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("hwnas: error: ") and "Traceback" not in proc.stderr
+
+
+def test_supernet_train_then_eval_on_digits(capsys, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("dataset: digits\nbatch_size: 128\nbn_recal_images: 64\nthreads: 1\n"
+                      "phases:\n- {name: full, epochs: 1, lr: 0.05}\n")
+    run_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "supernet", "train", "--config", str(config), "--run-dir", str(run_dir),
+                       "--no-progress", "--json")
+    assert code == 0
+    trained = json.loads(out)
+    assert trained["epochs"] == 1 and len(trained["history"]) == 1
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoint" / "supernet.json").is_file()
+    # Training again into the same directory without --resume is refused; nothing is touched.
+    code, _, err = run(capsys, "supernet", "train", "--config", str(config), "--run-dir", str(run_dir))
+    assert code == 2 and "already holds a checkpoint; pass --resume" in err
+    space = get_space("small")
+    arch = space.sample(__import__("numpy").random.default_rng(3))
+    code, out, _ = run(capsys, "supernet", "eval", str(run_dir), "--arch", arch.to_str(), "--random", "1", "--json")
+    assert code == 0
+    rows = json.loads(out)["subnets"]
+    assert [r["arch"] for r in rows][0] == arch.to_str() and len(rows) == 2
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    # The default evaluation is the largest and the smallest subnet, with the accuracies training logged.
+    code, out, _ = run(capsys, "supernet", "eval", str(run_dir), "--json")
+    rows = json.loads(out)["subnets"]
+    assert [r["name"] for r in rows] == ["largest", "smallest"]
+    assert rows[0]["accuracy"] == pytest.approx(trained["history"][0]["acc_largest"], abs=5e-6)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["supernet", "train", "--config", "nope.yaml"], "config file nope.yaml does not exist"),
+    (["supernet", "eval", "no/such/run"], "no supernet checkpoint in no/such/run"),
+    (["supernet", "train", "--dataset", "cifar10", "--data-path", "/no/cifar", "--run-dir", "RUN"], "/no/cifar"),
+    (["supernet", "eval", "RUN", "--arch", "r32_i1_n10|bogus"], "segment"),
+])
+def test_supernet_bad_input_exits_2(capsys, tmp_path, argv, expected):
+    needs_run = argv[1] == "eval" and "RUN" in argv
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    if needs_run:
+        config = tmp_path / "tiny.yaml"
+        config.write_text("dataset: digits\nbatch_size: 256\nbn_recal_images: 32\nthreads: 1\n"
+                          "phases:\n- {name: full, epochs: 1, lr: 0.05}\n")
+        assert main(["supernet", "train", "--config", str(config), "--run-dir", argv[2], "--no-progress"]) == 0
+        capsys.readouterr()
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and expected in err and "Traceback" not in err

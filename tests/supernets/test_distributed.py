@@ -28,7 +28,7 @@ def test_two_processes_keep_equal_weights_and_follow_the_single_process_run(tmp_
     assert ranks[0]["weights"] == ranks[1]["weights"], "gradient averaging must keep the replicas identical"
     # One checkpoint, written by rank 0, in the same layout as a single-process run, and it resumes alone.
     ckpt = load_checkpoint(run)
-    assert ckpt.meta["epoch"] == 2 and [row["phase"] for row in ckpt.meta["metrics"]] == ["full", "kernel"]
+    assert ckpt.meta["epoch"] == 2 and [row["phase"] for row in ckpt.meta["metrics"]] == ["full", "depth"]
     alone = SupernetTrainer(tiny_config(), tmp_path / "alone", data=tiny_digits(), progress=False, log=quiet)
     history = alone.run()
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == \

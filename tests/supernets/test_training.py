@@ -29,7 +29,7 @@ def tiny_digits(n_train: int = 96, n_val: int = 48) -> Dataset:
 
 def tiny_config(**overrides) -> TrainConfig:
     base = dict(dataset="digits", batch_size=32, bn_recal_images=64, threads=1,
-                phases=(PhaseConfig("full", 1, 0.05), PhaseConfig("kernel", 1, 0.02)))
+                phases=(PhaseConfig("full", 1, 0.05), PhaseConfig("depth", 1, 0.02, subnets=2)))
     return TrainConfig(**{**base, **overrides})
 
 
@@ -115,13 +115,13 @@ def test_training_writes_checkpoints_logs_and_a_loadable_supernet(tmp_path):
     data = tiny_digits()
     lines: list[str] = []
     history = SupernetTrainer(tiny_config(), tmp_path, data=data, progress=False, log=lines.append).run()
-    assert [row["phase"] for row in history] == ["full", "kernel"]
+    assert [row["phase"] for row in history] == ["full", "depth"]
     assert all(np.isfinite(row["loss"]) and 0 <= row["acc_largest"] <= 1 for row in history)
     assert len(lines) == 2 and "largest" in lines[0] and "smallest" in lines[0]
     logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert logged == history
     ckpt = load_checkpoint(tmp_path)
-    assert ckpt.meta["epoch"] == 2 and ckpt.meta["phase_name"] == "kernel" and ckpt.teacher is not None
+    assert ckpt.meta["epoch"] == 2 and ckpt.meta["phase_name"] == "depth" and ckpt.teacher is not None
     assert ckpt.meta["space"]["name"] == "small" and ckpt.meta["config"] == tiny_config().to_dict()
     net, meta = load_supernet(tmp_path)
     space = net.space
