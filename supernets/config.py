@@ -25,12 +25,18 @@ PHASE_ELASTIC: dict[str, tuple[str, ...]] = {
 class PhaseConfig:
     """One phase: what is elastic, how long, its peak learning rate (cosine to 0 within the phase), and how many
     random subnets each step trains (gradients summed; once-for-all uses 1, 2 and 4 in its kernel, depth and
-    expand phases). The sandwich rule ignores `subnets` (see `TrainConfig.sandwich_random`)."""
+    expand phases). `largest`: each step also trains the largest subnet (random families, hard labels), which
+    keeps it from drifting while the smaller subnets that share its weights learn; `smallest`: each step also
+    trains the smallest subnet the phase allows (random families, distilled), so the low end of the space is
+    not left to chance (both BigNAS's sandwich rule inside each phase; once-for-all samples only at random).
+    The sandwich rule ignores `subnets`, `largest` and `smallest` (see `TrainConfig.sandwich_random`)."""
 
     name: str
     epochs: int
     lr: float
     subnets: int = 1
+    largest: bool = False
+    smallest: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in PHASE_ELASTIC:
@@ -39,13 +45,16 @@ class PhaseConfig:
             raise HwnasError(f"phase {self.name}: epochs must be a whole number >= 1; got {self.epochs!r}")
         if not isinstance(self.subnets, int) or self.subnets < 1:
             raise HwnasError(f"phase {self.name}: subnets must be a whole number >= 1; got {self.subnets!r}")
+        for flag in ("largest", "smallest"):
+            if not isinstance(getattr(self, flag), bool):
+                raise HwnasError(f"phase {self.name}: {flag} must be true or false; got {getattr(self, flag)!r}")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10:
             raise HwnasError(f"phase {self.name}: lr must be a number in (0, 10); got {self.lr!r}")
 
 
 def _default_phases() -> tuple[PhaseConfig, ...]:
-    return (PhaseConfig("full", 36, 0.1), PhaseConfig("kernel", 5, 0.02), PhaseConfig("depth", 5, 0.01, 2),
-            PhaseConfig("expand", 6, 0.01, 2))
+    return (PhaseConfig("full", 32, 0.1), PhaseConfig("kernel", 5, 0.02, 1, True, True),
+            PhaseConfig("depth", 5, 0.01, 1, True, True), PhaseConfig("expand", 6, 0.01, 1, True, True))
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class TrainConfig:
     augment_shift: int = 2
     val_fraction: float = 0.2
     bn_recal_images: int = 1000
+    eval_every: int = 6  # evaluate largest and smallest every N epochs and at every phase's end (0: phase ends)
     seed: int = 0
     threads: int = 0  # 0: torch's default
 
@@ -85,7 +95,8 @@ class TrainConfig:
         if self.recipe == "progressive" and (phases[0].name != "full" or any(p.name == "sandwich" for p in phases)):
             raise HwnasError("progressive shrinking starts with a 'full' phase and has no 'sandwich' phase")
         object.__setattr__(self, "phases", phases)
-        for name, low in (("batch_size", 1), ("bn_recal_images", 1), ("sandwich_random", 0), ("augment_shift", 0)):
+        for name, low in (("batch_size", 1), ("bn_recal_images", 1), ("sandwich_random", 0), ("augment_shift", 0),
+                          ("eval_every", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise HwnasError(f"{name} must be a whole number >= {low}; got {value!r}")

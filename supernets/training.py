@@ -204,8 +204,17 @@ class SupernetTrainer:
 
     def _progressive_step(self, x: torch.Tensor, y: torch.Tensor, phase: PhaseConfig) -> float:
         cfg, total = self.config, 0.0
-        for _ in range(phase.subnets):
-            arch = phase_arch(self.space, self.rng, PHASE_ELASTIC[phase.name])
+        elastic = PHASE_ELASTIC[phase.name]
+        if phase.largest and phase.name != "full":
+            largest = phase_arch(self.space, self.rng, ("family",))
+            loss = F.cross_entropy(self.net(resized(x, largest.resolution), largest), y,
+                                   label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            total += float(loss.detach())
+        students = [phase_arch(self.space, self.rng, elastic) for _ in range(phase.subnets)]
+        if phase.smallest and phase.name != "full":
+            students.append(_smallest_for_phase(self.space, elastic, random_families(self.space, self.rng)))
+        for arch in students:
             xr = resized(x, arch.resolution)
             logits = self.net(xr, arch)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -215,14 +224,13 @@ class SupernetTrainer:
                 with torch.no_grad():
                     soft = self.teacher(xr, teacher_arch)
                 loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(logits, soft, cfg.kd_temperature)
-            (loss / phase.subnets).backward()
-            total += float(loss.detach()) / phase.subnets
+            (loss / len(students)).backward()
+            total += float(loss.detach()) / len(students)
         return total
 
     def _sandwich_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         cfg = self.config
-        families = tuple(int(g) for g in self.space.sample_genes(self.rng, 1)[0][list(self.space.stage_offsets)])
-        largest = self.space.extreme(True, families)
+        largest = self.space.extreme(True, random_families(self.space, self.rng))
         logits = self.net(resized(x, largest.resolution), largest)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loss.backward()
@@ -245,9 +253,12 @@ class SupernetTrainer:
         elastic = PHASE_ELASTIC[phase.name]
         row: dict[str, Any] = {"epoch": self.epoch, "phase": phase.name, "loss": round(loss, 5),
                                "seconds": round(seconds, 2)}
-        for name, arch in (("largest", self.space.extreme(True)),
-                           ("smallest", _smallest_for_phase(self.space, elastic))):
-            row[f"acc_{name}"] = round(evaluate_subnet(self.net, arch, data, cfg.bn_recal_images, cfg.seed)[0], 5)
+        phase_end = _phase_at(cfg, self.epoch - 1)[2] == phase.epochs - 1
+        if phase_end or (cfg.eval_every and self.epoch % cfg.eval_every == 0):
+            for name, arch in (("largest", self.space.extreme(True)),
+                               ("smallest", _smallest_for_phase(self.space, elastic))):
+                accuracy = evaluate_subnet(self.net, arch, data, cfg.bn_recal_images, cfg.seed)[0]
+                row[f"acc_{name}"] = round(accuracy, 5)
         self.history.append(row)
         meta = {"space": self.space.to_dict(),
                 "config": cfg.to_dict(), "phase": index, "phase_name": phase.name, "epoch": self.epoch,
@@ -257,8 +268,9 @@ class SupernetTrainer:
         save_checkpoint(self.run_dir, meta, self.net, self.optimizer, self.teacher, rng)
         with (self.run_dir / "train_log.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        self.log(f"epoch {self.epoch}/{cfg.total_epochs} [{phase.name}] loss {loss:.4f}  largest "
-                 f"{row['acc_largest']:.2%}  smallest {row['acc_smallest']:.2%}  ({seconds:.0f} s)")
+        scores = (f"  largest {row['acc_largest']:.2%}  smallest {row['acc_smallest']:.2%}"
+                  if "acc_largest" in row else "")
+        self.log(f"epoch {self.epoch}/{cfg.total_epochs} [{phase.name}] loss {loss:.4f}{scores}  ({seconds:.0f} s)")
 
 
 def train_alone(arch: ArchConfig, data: Dataset, *, epochs: int, lr: float, batch_size: int = 64,
@@ -300,13 +312,20 @@ def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:
     return net.eval(), ckpt.meta
 
 
-def _smallest_for_phase(space: SearchSpace, elastic: tuple[str, ...]) -> ArchConfig:
-    """The smallest subnet the phase has trained so far (non-elastic dimensions stay at their largest)."""
-    genes, small = space.to_genes(space.extreme(True)), space.to_genes(space.extreme(False))
+def _smallest_for_phase(space: SearchSpace, elastic: tuple[str, ...], families: tuple[int, ...] | None = None
+                        ) -> ArchConfig:
+    """The smallest subnet the phase trains (non-elastic dimensions stay at their largest); each stage's family
+    from `families` (indices; default the first listed)."""
+    genes, small = space.to_genes(space.extreme(True, families)), space.to_genes(space.extreme(False, families))
     kinds = np.array([g.kind for g in space.genes])
     mask = np.isin(kinds, elastic) & (kinds != "family")
     genes[mask] = small[mask]
     return space.from_genes(space.canonical_genes(genes)[0])
+
+
+def random_families(space: SearchSpace, rng: np.random.Generator) -> tuple[int, ...]:
+    """One family index per stage, uniform over each stage's choices."""
+    return tuple(int(g) for g in space.sample_genes(rng, 1)[0][list(space.stage_offsets)])
 
 
 def arch_families(space: SearchSpace, arch: ArchConfig) -> tuple[int, ...]:

@@ -1,0 +1,220 @@
+"""Conversion of lookup-table pieces and whole networks to runtime files, and agreement checks.
+
+PyTorch -> ONNX (fp32; int8 through ONNX Runtime's static QDQ quantization with calibration data) and
+PyTorch -> TFLite with `litert-torch` (fp32, fp16 weights, full int8 through its PT2E quantizer). Every
+write is atomic (a temporary file renamed into place). Modules get seeded weights and non-trivial
+BatchNorm statistics, which is all latency depends on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from latency_tables.keys import LutKey
+from latency_tables.runtimes import RuntimeMissing, get_runtime
+from search_spaces import ArchConfig
+from search_spaces.codec import arch_from_str
+from search_spaces.errors import HwnasError
+from supernets.blocks import build_block
+from supernets.models import HeadNet, build_model, build_stem
+
+
+def piece_module(key: LutKey) -> nn.Module:
+    """The torch module a lookup-table key names (stem, block or head), untrained."""
+    if key.kind == "stem":
+        return build_stem(key.stem_config(), key.in_channels)
+    if key.kind == "head":
+        head, classes = key.head_config()
+        return HeadNet(head, key.in_channels, classes)
+    return build_block(key.block_config(), key.in_channels)
+
+
+@torch.no_grad()
+def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give `module` seeded weights and BatchNorm statistics away from the identity; return it in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p[0].numel()) ** 0.5 if p.dim() > 1 else 0.1))
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return module.eval()
+
+
+def spec_of(target: LutKey | ArchConfig, seed: int = 0) -> dict[str, Any]:
+    """JSON spec of a piece or a network (the torch runtime's model file)."""
+    if isinstance(target, LutKey):
+        return {"key": target.to_row(), "seed": seed}
+    return {"arch": target.to_str(), "seed": seed}
+
+
+def module_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """The seeded eval-mode module a spec describes."""
+    if "key" in spec:
+        return seeded(piece_module(LutKey.from_row(spec["key"])), int(spec.get("seed", 0)))
+    if "arch" in spec:
+        return seeded(build_model(arch_from_str(spec["arch"])), int(spec.get("seed", 0)))
+    raise HwnasError("a torch-runtime spec needs a 'key' or an 'arch' entry")
+
+
+def input_shape(target: LutKey | ArchConfig) -> tuple[int, int, int, int]:
+    if isinstance(target, LutKey):
+        return target.input_shape
+    return (1, target.in_channels, target.resolution, target.resolution)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix), renamed onto `path` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def calibration_inputs(shape: Sequence[int], n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Random standard-normal inputs of `shape` (what a block sees after the normalised input and BN)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(tuple(shape)).astype(np.float32) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(module: nn.Module, shape: Sequence[int], path: Path) -> Path:
+    """fp32 ONNX (opset 17, TorchScript exporter: fast and needs no onnxscript)."""
+    x = torch.zeros(tuple(shape))
+    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (x,), str(tmp), input_names=["input"], output_names=["output"],
+                          opset_version=17, dynamo=False)
+    return Path(path)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of arrays."""
+
+    def __init__(self, name: str, inputs: Sequence[np.ndarray]) -> None:
+        self._items = iter([{name: x} for x in inputs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def quantize_onnx(fp32_path: Path, path: Path, calibration: Sequence[np.ndarray]) -> Path:
+    """Static int8 QDQ model: per-channel int8 weights, uint8 activations, calibrated by min/max."""
+    try:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise RuntimeMissing("int8 ONNX needs onnxruntime; install it with `pip install -e '.[runtimes]'`") from None
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(fp32_path), str(tmp), _Reader("input", calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------- TFLite
+
+
+def _litert_torch() -> Any:
+    try:
+        import litert_torch
+    except ImportError:
+        raise RuntimeMissing("TFLite conversion needs litert-torch; install it with `pip install -e '.[runtimes]'`"
+                             " (or `pip install litert-torch`)") from None
+    return litert_torch
+
+
+def export_tflite(module: nn.Module, shape: Sequence[int], path: Path, precision: str = "fp32",
+                  calibration: Sequence[np.ndarray] = ()) -> Path:
+    """TFLite through litert-torch: fp32, fp16 weights, or full int8 (weights and activations, calibrated)."""
+    lt = _litert_torch()
+    module = module.eval()
+    x = torch.zeros(tuple(shape))
+    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if precision == "fp32":
+            edge = lt.convert(module, (x,))
+        elif precision == "fp16":
+            edge = _convert_fp16(lt, module, x)
+        elif precision == "int8":
+            edge = _convert_int8(lt, module, x, calibration)
+        else:
+            raise HwnasError(f"TFLite precision {precision!r} is not one of fp32, fp16, int8")
+        edge.export(str(tmp))
+    return Path(path)
+
+
+def _convert_fp16(lt: Any, module: nn.Module, x: torch.Tensor) -> Any:
+    raise NotImplementedError
+
+
+def _convert_int8(lt: Any, module: nn.Module, x: torch.Tensor, calibration: Sequence[np.ndarray]) -> Any:
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def export_for(runtime: str, precision: str, target: LutKey | ArchConfig, path: Path, seed: int = 0,
+               calibration: Sequence[np.ndarray] | None = None) -> Path:
+    """Write the runtime's model file for a piece or a network at `precision`; returns its path."""
+    import json
+
+    shape = input_shape(target)
+    if runtime == "torch":
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(spec_of(target, seed)))
+        return Path(path)
+    module = seeded(piece_module(target) if isinstance(target, LutKey) else build_model(target), seed)
+    calibration = list(calibration) if calibration is not None else calibration_inputs(shape, seed=seed)
+    if runtime == "ort":
+        if precision == "fp32":
+            return export_onnx(module, shape, path)
+        with tempfile.TemporaryDirectory() as tmpdir:
+            fp32 = export_onnx(module, shape, Path(tmpdir) / "fp32.onnx")
+            return quantize_onnx(fp32, path, calibration)
+    if runtime == "litert":
+        return export_tflite(module, shape, path, precision, calibration)
+    get_runtime(runtime)  # raises the unknown-runtime error
+    raise AssertionError
+
+
+def agreement(runtime: str, path: Path, module: nn.Module, inputs: Sequence[np.ndarray],
+              threads: int = 1) -> dict[str, float]:
+    """How the runtime's outputs agree with PyTorch's: largest absolute difference, and top-1 agreement when the
+    output is a (batch, classes) matrix."""
+    session = get_runtime(runtime).load(Path(path), threads)
+    diffs, same = [], []
+    module = module.eval()
+    for x in inputs:
+        with torch.inference_mode():
+            want = module(torch.from_numpy(x)).numpy()
+        got = np.asarray(session(x)).reshape(want.shape)
+        diffs.append(float(np.abs(got - want).max()))
+        if want.ndim == 2:
+            same.extend((got.argmax(1) == want.argmax(1)).tolist())
+    out = {"max_abs_diff": max(diffs), "inputs": float(len(inputs))}
+    if same:
+        out["top1_agreement"] = float(np.mean(same))
+    return out
