@@ -27,7 +27,7 @@ from search_spaces import ArchConfig
 from search_spaces.codec import arch_from_str
 from search_spaces.errors import HwnasError
 from supernets.blocks import build_block
-from supernets.models import HeadNet, build_model, build_stem
+from supernets.models import HeadNet, StaticNet, build_model, build_stem
 
 
 def piece_module(key: LutKey) -> nn.Module:
@@ -61,13 +61,22 @@ def spec_of(target: LutKey | ArchConfig, seed: int = 0) -> dict[str, Any]:
     return {"arch": target.to_str(), "seed": seed}
 
 
+def target_from_spec(spec: dict[str, Any]) -> LutKey | ArchConfig:
+    if "key" in spec:
+        return LutKey.from_row(spec["key"])
+    if "arch" in spec:
+        return arch_from_str(spec["arch"])
+    raise HwnasError("a torch-runtime spec needs a 'key' or an 'arch' entry")
+
+
+def target_module(target: LutKey | ArchConfig, seed: int = 0) -> nn.Module:
+    """The seeded eval-mode module of a piece or a network."""
+    return seeded(piece_module(target) if isinstance(target, LutKey) else build_model(target), seed)
+
+
 def module_from_spec(spec: dict[str, Any]) -> nn.Module:
     """The seeded eval-mode module a spec describes."""
-    if "key" in spec:
-        return seeded(piece_module(LutKey.from_row(spec["key"])), int(spec.get("seed", 0)))
-    if "arch" in spec:
-        return seeded(build_model(arch_from_str(spec["arch"])), int(spec.get("seed", 0)))
-    raise HwnasError("a torch-runtime spec needs a 'key' or an 'arch' entry")
+    return target_module(target_from_spec(spec), int(spec.get("seed", 0)))
 
 
 def input_shape(target: LutKey | ArchConfig) -> tuple[int, int, int, int]:
@@ -137,6 +146,7 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Sequence[np.ndarray]
 
 
 def _litert_torch() -> Any:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     try:
         import litert_torch
     except ImportError:
@@ -147,30 +157,44 @@ def _litert_torch() -> Any:
 
 def export_tflite(module: nn.Module, shape: Sequence[int], path: Path, precision: str = "fp32",
                   calibration: Sequence[np.ndarray] = ()) -> Path:
-    """TFLite through litert-torch: fp32, fp16 weights, or full int8 (weights and activations, calibrated)."""
+    """TFLite through litert-torch with channels-last input (and output, for feature maps), so a measured piece
+    has no layout transposes a whole network would not have. fp32; fp16 weights (activations stay fp32); or
+    full int8 (per-channel symmetric weights, calibrated static activations, int8 input and output)."""
     lt = _litert_torch()
-    module = module.eval()
-    x = torch.zeros(tuple(shape))
+    outputs = [0] if not isinstance(module, (HeadNet, StaticNet)) else []
+    nhwc = lt.to_channel_last_io(module.eval(), args=[0], outputs=outputs).eval()
+    x = torch.zeros(tuple(shape)).permute(0, 2, 3, 1).contiguous()
     with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if precision == "fp32":
-            edge = lt.convert(module, (x,))
+            edge = lt.convert(nhwc, (x,))
         elif precision == "fp16":
-            edge = _convert_fp16(lt, module, x)
+            from litert_torch.generative.quantize import quant_recipes
+
+            edge = lt.convert(nhwc, (x,), quant_config=quant_recipes.full_fp16_recipe())
         elif precision == "int8":
-            edge = _convert_int8(lt, module, x, calibration)
+            edge = _convert_int8(lt, nhwc, x, calibration)
         else:
             raise HwnasError(f"TFLite precision {precision!r} is not one of fp32, fp16, int8")
         edge.export(str(tmp))
     return Path(path)
 
 
-def _convert_fp16(lt: Any, module: nn.Module, x: torch.Tensor) -> Any:
-    raise NotImplementedError
-
-
 def _convert_int8(lt: Any, module: nn.Module, x: torch.Tensor, calibration: Sequence[np.ndarray]) -> Any:
-    raise NotImplementedError
+    """PT2E static quantization (torchao's prepare/convert with litert-torch's quantizer), calibrated on
+    `calibration` (NCHW arrays, permuted to the module's channels-last input)."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                             is_dynamic=False))
+    graph = prepare_pt2e(torch.export.export(module, (x,)).module(), quantizer)
+    with torch.no_grad():
+        for sample in calibration:
+            graph(torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 2, 3, 1))))
+    graph = convert_pt2e(graph, fold_quantize=False)
+    return lt.convert(graph, (x,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -186,7 +210,7 @@ def export_for(runtime: str, precision: str, target: LutKey | ArchConfig, path: 
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(spec_of(target, seed)))
         return Path(path)
-    module = seeded(piece_module(target) if isinstance(target, LutKey) else build_model(target), seed)
+    module = target_module(target, seed)
     calibration = list(calibration) if calibration is not None else calibration_inputs(shape, seed=seed)
     if runtime == "ort":
         if precision == "fp32":
@@ -210,7 +234,7 @@ def agreement(runtime: str, path: Path, module: nn.Module, inputs: Sequence[np.n
     for x in inputs:
         with torch.inference_mode():
             want = module(torch.from_numpy(x)).numpy()
-        got = np.asarray(session(x)).reshape(want.shape)
+        got = session.to_torch(session(session.from_torch(x))).reshape(want.shape)
         diffs.append(float(np.abs(got - want).max()))
         if want.ndim == 2:
             same.extend((got.argmax(1) == want.argmax(1)).tolist())

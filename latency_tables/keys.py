@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from latency_tables.counting import conv_out, stem_ops
 from search_spaces import ArchConfig, BlockConfig, HeadConfig, SearchSpace, StemConfig
 from search_spaces.codec import format_ratio
 from search_spaces.errors import HwnasError
-
-from latency_tables.counting import conv_out, stem_ops
 
 KINDS = ("stem", "block", "head")
 #: CSV columns that make up a key, in order.

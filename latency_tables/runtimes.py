@@ -58,11 +58,51 @@ class Measurement:
     runs: int
 
 
-Session = Callable[[np.ndarray], np.ndarray]
+class Session:
+    """A loaded model: `run(x)` on the model's own input (shape, dtype, layout), and conversions from and to
+    PyTorch's float NCHW tensors for agreement checks (`from_torch`, `to_torch`)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], input_shape: tuple[int, ...],
+                 input_dtype: Any = np.float32, channels_last: bool = False,
+                 input_quant: tuple[float, int] | None = None, output_quant: tuple[float, int] | None = None,
+                 ) -> None:
+        self.run, self.input_shape, self.input_dtype = run, tuple(input_shape), np.dtype(input_dtype)
+        self.channels_last, self.input_quant, self.output_quant = channels_last, input_quant, output_quant
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run(x)
+
+    def example(self, seed: int = 0) -> np.ndarray:
+        """A random input of the model's shape and type (what timing feeds it)."""
+        return self.from_torch(np.random.default_rng(seed).standard_normal(self.torch_shape).astype(np.float32))
+
+    @property
+    def torch_shape(self) -> tuple[int, ...]:
+        shape = self.input_shape
+        return (shape[0], shape[3], shape[1], shape[2]) if self.channels_last and len(shape) == 4 else shape
+
+    def from_torch(self, x: np.ndarray) -> np.ndarray:
+        if self.channels_last and x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
+        if self.input_quant is not None:
+            scale, zero = self.input_quant
+            info = np.iinfo(self.input_dtype)
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        return np.ascontiguousarray(x.astype(self.input_dtype))
+
+    def to_torch(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y)
+        if self.output_quant is not None:
+            scale, zero = self.output_quant
+            y = (y.astype(np.float32) - zero) * scale
+        if self.channels_last and y.ndim == 4:
+            y = y.transpose(0, 3, 1, 2)
+        return y.astype(np.float32)
 
 
-def time_session(session: Session, x: np.ndarray, protocol: Protocol) -> Measurement:
+def time_session(session: Session, protocol: Protocol, seed: int = 0) -> Measurement:
     """Warm up, then time `protocol.runs` single calls; median and interquartile range in milliseconds."""
+    x = session.example(seed)
     for _ in range(protocol.warmup):
         session(x)
     times = np.empty(protocol.runs)
@@ -101,10 +141,9 @@ class Runtime:
             raise HwnasError(f"{self.name} runs {self.suffix} files; got {path.name}")
         return path
 
-    def measure(self, path: Path, input_shape: tuple[int, ...], protocol: Protocol, seed: int = 0) -> Measurement:
-        session = self.load(self.check_file(path), protocol.threads)
-        x = np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
-        return time_session(session, x, protocol)
+    def measure(self, path: Path, protocol: Protocol, seed: int = 0) -> Measurement:
+        """Time the model file under `protocol` on a random input of the model's own shape and type."""
+        return time_session(self.load(self.check_file(path), protocol.threads), protocol, seed)
 
     def describe(self) -> dict[str, str]:
         return {"runtime": self.name, "runtime_version": self.version()}
@@ -139,8 +178,8 @@ class OrtRuntime(Runtime):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
+        inp = session.get_inputs()[0]
+        return Session(lambda x: session.run(None, {inp.name: x})[0], tuple(inp.shape))
 
 
 def litert_interpreter_class() -> tuple[Any, str]:
@@ -176,14 +215,20 @@ class LiteRTRuntime(Runtime):
         interpreter_class, _ = litert_interpreter_class()
         interpreter = interpreter_class(model_path=str(path), num_threads=threads)
         interpreter.allocate_tensors()
-        inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
         def run(x: np.ndarray) -> np.ndarray:
-            interpreter.set_tensor(inp, x)
+            interpreter.set_tensor(inp["index"], x)
             interpreter.invoke()
-            return interpreter.get_tensor(out)
+            return interpreter.get_tensor(out["index"])
 
-        return run
+        def quant(detail: dict[str, Any]) -> tuple[float, int] | None:
+            scale, zero = detail.get("quantization", (0.0, 0))
+            return (float(scale), int(zero)) if scale else None
+
+        # hwnas converts with channels-last input (no boundary transposes inside a measured piece).
+        return Session(run, tuple(int(d) for d in inp["shape"]), inp["dtype"], channels_last=True,
+                       input_quant=quant(inp), output_quant=quant(out))
 
 
 class TorchRuntime(Runtime):
@@ -200,16 +245,17 @@ class TorchRuntime(Runtime):
     def load(self, path: Path, threads: int) -> Session:
         import torch
 
-        from latency_tables.convert import module_from_spec
+        from latency_tables.convert import input_shape, module_from_spec, target_from_spec
 
-        module = module_from_spec(json.loads(Path(path).read_text()))
+        spec = json.loads(Path(path).read_text())
+        module = module_from_spec(spec)
         torch.set_num_threads(threads)
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return module(torch.from_numpy(x)).numpy()
 
-        return run
+        return Session(run, input_shape(target_from_spec(spec)))
 
 
 RUNTIMES: dict[str, type[Runtime]] = {"ort": OrtRuntime, "litert": LiteRTRuntime, "torch": TorchRuntime}

@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--recal-images", type=int, help="training images for BN recalibration (default: the recipe's)")
     ev.add_argument("--data-path", help="dataset directory, if it moved since training")
     ev.add_argument("--threads", type=int, help="torch threads")
+
+    from nas.cli_lut import register
+
+    register(groups, command)
     return parser
 
 
@@ -229,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print("hwnas: interrupted; finished work is kept (a training run continues with --resume)", file=sys.stderr)
+        print("hwnas: interrupted; finished work is kept (a training run continues with --resume, a table "
+              "build or validation continues when run again)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

@@ -1,0 +1,261 @@
+"""Build, fit and validate a latency table on this machine.
+
+`build_table` enumerates the keys a space needs, converts and measures each (one model file at a time, in a
+temporary directory), appends one CSV row per finished key (flushed and fsynced: an interrupted build resumes
+where it stopped and never rewrites a finished row), then measures `fit_networks` random whole networks and
+fits the network-level correction. `validate_table` measures N other random subnets end to end, compares them
+with the prediction and stores the summary with the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from latency_tables.keys import LutKey, SpaceIndex
+from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime, pin_to_cpu
+from latency_tables.table import (
+    DeviceProfile,
+    LatencyTable,
+    TableError,
+    atomic_write,
+    cpu_model,
+    default_device,
+    fit_correction,
+    header_line,
+    read_rows,
+    row_line,
+)
+from search_spaces import ArchConfig, SearchSpace, get_space
+
+NETWORK_COLUMNS = ("arch_key", "arch", "latency_ms_median", "latency_ms_iqr", "runs")
+Log = Callable[[str], None]
+
+
+def measure_target(runtime: str, precision: str, target: LutKey | ArchConfig, protocol: Protocol,
+                   seed: int = 0) -> Measurement:
+    """Convert a piece or a network for the runtime (in a temporary directory) and measure it."""
+    from latency_tables.convert import export_for
+
+    rt = get_runtime(runtime)
+    with tempfile.TemporaryDirectory(prefix="hwnas-lut-") as tmp:
+        path = export_for(runtime, precision, target, Path(tmp) / f"model{rt.suffix}", seed)
+        return rt.measure(path, protocol, seed)
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _drop_partial_line(path: Path) -> None:
+    """An interrupted append can leave an incomplete last line: cut it (finished rows stay as they are)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+def read_networks(path: Path) -> dict[str, tuple[str, float, float, int]]:
+    """arch key -> (arch string, median ms, IQR ms, runs) from a networks CSV (fit or validation)."""
+    if not path.is_file():
+        return {}
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
+    if tuple(reader.fieldnames or ()) != NETWORK_COLUMNS:
+        raise TableError(f"{path} has columns {reader.fieldnames}; expected {', '.join(NETWORK_COLUMNS)}")
+    out = {}
+    for line, row in enumerate(reader, start=2):
+        try:
+            out[row["arch_key"]] = (row["arch"], float(row["latency_ms_median"]), float(row["latency_ms_iqr"]),
+                                    int(row["runs"]))
+        except (TypeError, ValueError) as err:
+            raise TableError(f"{path} line {line} is corrupt: {err}") from None
+    return out
+
+
+def _network_line(arch: ArchConfig, m: Measurement) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([arch.key, arch.to_str(), f"{m.median_ms:.6g}",
+                                                   f"{m.iqr_ms:.6g}", m.runs])
+    return buf.getvalue()
+
+
+def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, precision: str, protocol: Protocol,
+                     *, progress: bool = True, desc: str = "networks") -> dict[str, tuple[str, float, float, int]]:
+    """Measure whole networks end to end into a networks CSV, skipping those already in it (resumable)."""
+    if not path.is_file():
+        atomic_write(path, ",".join(NETWORK_COLUMNS) + "\n")
+    _drop_partial_line(path)
+    done = read_networks(path)
+    todo = [a for a in archs if a.key not in done]
+    for arch in tqdm(todo, desc=desc, disable=not progress, leave=False):
+        m = measure_target(runtime, precision, arch, protocol)
+        _append(path, _network_line(arch, m))
+        done[arch.key] = (arch.to_str(), m.median_ms, m.iqr_ms, m.runs)
+    return done
+
+
+def unique_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
+    """`n` distinct random members of `space` (seeded), none of whose keys is in `exclude`."""
+    rng, seen, out = np.random.default_rng(seed), set(exclude), []
+    for _ in range(100 * n + 100):  # a bounded retry budget, not `while True`
+        if len(out) == n:
+            break
+        arch = space.sample(rng)
+        if arch.key not in seen:
+            seen.add(arch.key)
+            out.append(arch)
+    if len(out) < n:
+        raise TableError(f"could only find {len(out)} distinct subnets of space {space.name!r} (asked for {n})")
+    return out
+
+
+def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Path, *,
+                protocol: Protocol | None = None, device: str | None = None, fit_networks: int = 20,
+                fit_seed: int = 0, progress: bool = True, log: Log = print) -> LatencyTable:
+    """Measure every key `space` needs on `runtime` at `precision` into the table directory `out` (resumable)."""
+    protocol = protocol or Protocol()
+    rt = get_runtime(runtime)
+    check_precision(runtime, precision)
+    profile = DeviceProfile(device or default_device(), runtime, precision, protocol.threads, rt.version(),
+                            cpu_model())
+    out = Path(out)
+    index = SpaceIndex(space)
+    meta = _start_meta(out, space, profile, protocol, len(index.keys))
+    pin_to_cpu(protocol.pin_cpu)
+    table_csv = out / "table.csv"
+    if not table_csv.is_file():
+        atomic_write(table_csv, header_line())
+    _drop_partial_line(table_csv)
+    done = read_rows(table_csv)
+    todo = [k for k in index.keys if k not in done]
+    log(f"space {space.name!r} needs {len(index.keys)} keys on {profile.table_id}; {len(done)} measured, "
+        f"{len(todo)} to go")
+    started = time.perf_counter()
+    for key in tqdm(todo, desc=f"lut {profile.table_id}", disable=not progress, leave=False):
+        m = measure_target(runtime, precision, key, protocol)
+        _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
+    key_seconds = time.perf_counter() - started
+    build = meta.setdefault("build", {"key_seconds": 0.0, "keys_measured": 0, "network_seconds": 0.0})
+    build["key_seconds"] += key_seconds
+    build["keys_measured"] += len(todo)
+    build["seconds_per_key"] = build["key_seconds"] / max(1, build["keys_measured"])
+    meta["keys"] = len(index.keys)
+    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    table = LatencyTable.load(out)
+    started = time.perf_counter()
+    fit_correction_for(table, space, fit_networks, fit_seed, progress=progress)
+    table.meta["build"]["network_seconds"] += time.perf_counter() - started
+    table.meta["status"] = "complete"
+    table.save_meta()
+    return table
+
+
+def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol: Protocol,
+                keys: int) -> dict[str, Any]:
+    """meta.json of a new build, or of the unfinished (or finished) build in `out` if it is the same table."""
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise TableError(f"{meta_path} is not valid JSON ({err}); move the directory aside to rebuild") from None
+        want = {"space": space.name, "profile": profile.to_dict(), "protocol": protocol.to_dict()}
+        wrong = [f"{k}: has {meta.get(k)!r}, asked {v!r}" for k, v in want.items() if meta.get(k) != v]
+        if wrong:
+            raise TableError(f"{out} holds another table ({'; '.join(wrong)}); pick another output directory, "
+                             f"or build with the same settings to resume it")
+        if meta.get("space_definition") != space.to_dict():
+            raise TableError(f"{out} was built for another definition of space {space.name!r}; pick another "
+                             f"output directory")
+        return dict(meta)
+    if out.exists() and any(out.iterdir()):
+        raise TableError(f"{out} exists and is not a latency table; pick an empty or new directory")
+    meta = {"space": space.name, "space_definition": space.to_dict(), "profile": profile.to_dict(),
+            "table_id": profile.table_id, "protocol": protocol.to_dict(), "status": "building", "keys": keys,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "format": "hwnas latency table 1"}
+    atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def _measured(table: LatencyTable, space: SearchSpace, csv_name: str, archs: list[ArchConfig], progress: bool,
+              desc: str) -> tuple[list[ArchConfig], np.ndarray]:
+    assert table.path is not None
+    profile, protocol = table.profile, Protocol.from_dict(table.meta["protocol"])
+    rows = measure_networks(table.path / csv_name, archs, profile.runtime, profile.precision, protocol,
+                            progress=progress, desc=desc)
+    return archs, np.array([rows[a.key][1] for a in archs])
+
+
+def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, seed: int = 0,
+                       progress: bool = True) -> dict[str, float]:
+    """Measure `networks` random subnets end to end (networks.csv, resumable) and fit the correction."""
+    archs, measured = _measured(table, space, "networks.csv", unique_archs(space, networks, seed), progress,
+                                "fit networks")
+    raw = table.raw_sum(space, np.stack([space.to_genes(a) for a in archs])).latency_ms
+    table.meta["correction"] = {**fit_correction(raw, measured), "seed": seed}
+    table.save_meta()
+    return table.meta["correction"]
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b between two score vectors."""
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def accuracy_summary(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """nn-Meter's metrics: MAPE, RMSPE, share within +-5/10/15% (fractions), RMSE (ms), and Kendall tau."""
+    rel = (predicted - measured) / measured
+    return {"mape": float(np.mean(np.abs(rel))), "rmspe": float(np.sqrt(np.mean(rel ** 2))),
+            "within_5": float(np.mean(np.abs(rel) <= 0.05)), "within_10": float(np.mean(np.abs(rel) <= 0.10)),
+            "within_15": float(np.mean(np.abs(rel) <= 0.15)),
+            "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
+            "kendall_tau": kendall_tau(predicted, measured)}
+
+
+def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Measure `samples` random subnets (none used to fit the correction) end to end, compare with the
+    prediction, store the summary in meta.json (and the measurements in validation.csv); return it."""
+    table = LatencyTable.load(path)
+    space = get_space(table.space_name)
+    if table.meta.get("space_definition") not in (None, space.to_dict()):
+        raise TableError(f"table {path} was built for another definition of space {space.name!r}")
+    fitted = read_networks(Path(path) / "networks.csv")
+    archs = unique_archs(space, samples, seed, exclude=fitted)
+    archs, measured = _measured(table, space, f"validation-s{seed}.csv", archs, progress, "validate")
+    summary = validation_summary(table, space, np.stack([space.to_genes(a) for a in archs]), measured, seed)
+    table.save_meta()
+    return summary
+
+
+def validation_summary(table: LatencyTable, space: SearchSpace, genes: np.ndarray, measured: np.ndarray,
+                       seed: int) -> dict[str, Any]:
+    """Compare the table's prediction for gene rows with their measured latencies; store it in the table's
+    meta (not yet saved) and return it. Also ranks the subnets by MACs alone, to show what the table adds."""
+    from latency_tables.analytic import AnalyticCostModel
+
+    predicted = table.predict(space, genes).latency_ms
+    macs = AnalyticCostModel().estimate_genes(space, genes)["macs"]
+    summary = {**accuracy_summary(predicted, measured), "macs_kendall_tau": kendall_tau(macs, measured),
+               "samples": len(measured), "seed": seed,
+               "measured_ms_range": [float(measured.min()), float(measured.max())],
+               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    table.meta["validation"] = summary
+    return summary

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""hwnas device-kit runner: times every model listed in manifest.json on this device.
+
+Needs only Python 3.8+, numpy and the runtime the kit was made for: onnxruntime for .onnx models, or
+ai-edge-litert (or tflite_runtime) for .tflite models. It does not import torch or hwnas.
+
+    python3 runner.py                    # the kit's protocol (threads, warm-up, timed runs)
+    python3 runner.py --threads 4        # another thread count (the table then says so)
+
+Results go to results.csv (one row per model, appended as each finishes: run it again after an interruption
+and it continues) and results_meta.json (device, runtime version, protocol). Bring both back and run
+`hwnas lut kit-import KIT_DIR --device NAME`.
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+RESULT_COLUMNS = ["id", "latency_ms_median", "latency_ms_iqr", "runs"]
+
+
+def load_session(runtime, path, threads):
+    """A function running the model on one input, and the runtime's version string."""
+    if runtime == "ort":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return (lambda x: session.run(None, {name: x})[0]), "onnxruntime " + ort.__version__
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        version = "ai-edge-litert"
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+
+        version = "tflite_runtime"
+    interpreter = Interpreter(model_path=path, num_threads=threads)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+
+    def run(x):
+        interpreter.set_tensor(inp, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out)
+
+    return run, version
+
+
+def time_model(run, shape, warmup, runs, seed=0):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        run(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        run(x)
+        times[i] = time.perf_counter_ns() - start
+    q1, median, q3 = np.percentile(times / 1e6, [25, 50, 75])
+    return float(median), float(q3 - q1)
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kit", default=here, help="kit directory (default: this script's)")
+    parser.add_argument("--threads", type=int, help="threads (default: the kit's protocol)")
+    parser.add_argument("--warmup", type=int, help="warm-up runs (default: the kit's protocol)")
+    parser.add_argument("--runs", type=int, help="timed runs (default: the kit's protocol)")
+    parser.add_argument("--device", default=platform.node(), help="a name for this device")
+    args = parser.parse_args()
+    with open(os.path.join(args.kit, "manifest.json")) as fh:
+        manifest = json.load(fh)
+    protocol = dict(manifest["protocol"])
+    for name in ("threads", "warmup", "runs"):
+        if getattr(args, name) is not None:
+            protocol[name] = getattr(args, name)
+    results = os.path.join(args.kit, "results.csv")
+    done = set()
+    if os.path.exists(results):
+        with open(results, newline="") as fh:
+            text = fh.read()
+        if text and not text.endswith("\n"):  # an interrupted append: drop the incomplete line
+            text = text[: text.rfind("\n") + 1]
+            with open(results, "w", newline="") as fh:
+                fh.write(text)
+        done = {row["id"] for row in csv.DictReader(text.splitlines())}
+    else:
+        with open(results, "w", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerow(RESULT_COLUMNS)
+    version = None
+    entries = [e for e in manifest["entries"] if e["id"] not in done]
+    for n, entry in enumerate(entries, start=1):
+        run, version = load_session(manifest["runtime"], os.path.join(args.kit, entry["file"]), protocol["threads"])
+        median, iqr = time_model(run, tuple(entry["input_shape"]), protocol["warmup"], protocol["runs"])
+        with open(results, "a", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerow([entry["id"], f"{median:.6g}", f"{iqr:.6g}",
+                                                          protocol["runs"]])
+            fh.flush()
+            os.fsync(fh.fileno())
+        if n % 50 == 0 or n == len(entries):
+            print(f"{len(done) + n}/{len(manifest['entries'])} measured", file=sys.stderr)
+    if version is None and manifest["entries"]:
+        version = load_session(manifest["runtime"], os.path.join(args.kit, manifest["entries"][0]["file"]),
+                               protocol["threads"])[1]
+    meta = {"device": args.device, "machine": platform.machine(), "platform": platform.platform(),
+            "processor": platform.processor(), "runtime_version": version, "protocol": protocol,
+            "python": platform.python_version(), "numpy": np.__version__,
+            "torch_loaded": "torch" in sys.modules}
+    with open(os.path.join(args.kit, "results_meta.json"), "w") as fh:
+        json.dump(meta, fh, indent=2)
+    print(f"wrote {results}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

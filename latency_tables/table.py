@@ -1,0 +1,301 @@
+"""Measured latency lookup tables: the on-disk format, device profiles and vectorised prediction.
+
+A table is a directory (named after its space and table id) holding `table.csv` (one row per key: the key
+columns, `latency_ms_median`, `latency_ms_iqr`, `runs`) and `meta.json` (device, CPU model, runtime and
+version, precision, threads, protocol, date, the fitted network-level correction, the validation summary).
+Prediction sums the per-key medians of an architecture's keys (`SpaceIndex`), then applies the correction
+`latency = scale * sum + offset_ms` fitted on whole networks measured end to end. Torch-free.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latency_tables.keys import KEY_COLUMNS, LutKey, SpaceIndex, arch_keys
+from search_spaces import ArchConfig, SearchSpace
+from search_spaces.errors import HwnasError
+
+VALUE_COLUMNS = ("latency_ms_median", "latency_ms_iqr", "runs")
+COLUMNS = ("key", *KEY_COLUMNS, *VALUE_COLUMNS)
+
+
+class TableError(HwnasError):
+    """A table that is missing, corrupt, or not the one asked for."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def default_device() -> str:
+    """A device name for this machine: its CPU model and core count, as a slug (e.g. `amd-epyc-2c`)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-") or "cpu"
+    return f"{slug}-{os.cpu_count() or 1}c"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Where and how a table was measured. `table_id` names it (and keys `Cost.latency_ms`)."""
+
+    device: str
+    runtime: str
+    precision: str
+    threads: int
+    runtime_version: str = ""
+    cpu_model: str = ""
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.device):
+            raise HwnasError(f"device name {self.device!r} must be letters, digits, '.', '_' or '-'")
+
+    @property
+    def table_id(self) -> str:
+        return f"{self.device}-{self.runtime}-{self.precision}-t{self.threads}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def table_dirname(space: str, profile: DeviceProfile) -> str:
+    return f"{space}-{profile.table_id}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted latencies (ms) for a batch, and which rows used estimated (unmeasured) keys."""
+
+    latency_ms: np.ndarray
+    estimated: np.ndarray
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def row_line(key: LutKey, median_ms: float, iqr_ms: float, runs: int) -> str:
+    """One CSV line of `table.csv` (with its newline)."""
+    buf = io.StringIO()
+    row = {"key": key.to_str(), **key.to_row(), "latency_ms_median": f"{median_ms:.6g}",
+           "latency_ms_iqr": f"{iqr_ms:.6g}", "runs": runs}
+    csv.DictWriter(buf, COLUMNS, lineterminator="\n").writerow(row)
+    return buf.getvalue()
+
+
+def header_line() -> str:
+    return ",".join(COLUMNS) + "\n"
+
+
+def read_rows(path: Path) -> dict[LutKey, tuple[float, float, int]]:
+    """Parse `table.csv`; a `TableError` naming the file, the line and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path} does not exist (a table directory holds table.csv and meta.json)")
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        raise TableError(f"{path} is truncated (its last line is incomplete); rebuild it, or resume the build "
+                         f"with `hwnas lut build`, which drops the incomplete row")
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != COLUMNS:
+        raise TableError(f"{path} has columns {reader.fieldnames}; expected {', '.join(COLUMNS)}")
+    rows: dict[LutKey, tuple[float, float, int]] = {}
+    for line, row in enumerate(reader, start=2):
+        try:
+            key = LutKey.from_row(row)
+            if key.to_str() != row["key"]:
+                raise HwnasError(f"key {row['key']!r} does not match its columns ({key.to_str()})")
+            median, iqr, runs = float(row["latency_ms_median"]), float(row["latency_ms_iqr"]), int(row["runs"])
+            if not (math.isfinite(median) and median > 0 and math.isfinite(iqr) and iqr >= 0 and runs > 0):
+                raise HwnasError(f"latency {median} ms / IQR {iqr} / runs {runs} is not a valid measurement")
+        except (HwnasError, TypeError, ValueError) as err:
+            raise TableError(f"{path} line {line} is corrupt: {err}") from None
+        if key in rows:
+            raise TableError(f"{path} line {line} repeats key {key.to_str()}")
+        rows[key] = (median, iqr, runs)
+    return rows
+
+
+@dataclass
+class LatencyTable:
+    """A measured table. `rows` maps each key to (median ms, IQR ms, runs); `meta` is meta.json."""
+
+    meta: dict[str, Any]
+    rows: dict[LutKey, tuple[float, float, int]]
+    path: Path | None = None
+    _cache: dict[SearchSpace, tuple[SpaceIndex, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------------------------------ files
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        path = Path(path)
+        if not path.is_dir():
+            raise TableError(f"latency table {path} does not exist (expected a directory with table.csv and "
+                             f"meta.json; build one with `hwnas lut build`)")
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise TableError(f"{meta_path} is missing; a table directory holds table.csv and meta.json")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise TableError(f"{meta_path} is not valid JSON ({err}); restore it or rebuild the table") from None
+        missing = [k for k in ("space", "profile", "protocol") if k not in meta]
+        if missing:
+            raise TableError(f"{meta_path} lacks {', '.join(missing)}; it is not an hwnas latency table")
+        return cls(meta, read_rows(path / "table.csv"), path)
+
+    def save_meta(self, path: Path | None = None) -> None:
+        target = Path(path or self.path or ".")
+        atomic_write(target / "meta.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return DeviceProfile(**self.meta["profile"])
+
+    @property
+    def table_id(self) -> str:
+        return self.profile.table_id
+
+    @property
+    def space_name(self) -> str:
+        return str(self.meta["space"])
+
+    def check(self, *, space: str | None = None, runtime: str | None = None, precision: str | None = None,
+              device: str | None = None, threads: int | None = None) -> LatencyTable:
+        """Raise a `TableError` naming each field where this table is not what was asked for."""
+        profile = self.profile
+        have = {"space": self.space_name, "runtime": profile.runtime, "precision": profile.precision,
+                "device": profile.device, "threads": profile.threads}
+        asked = {"space": space, "runtime": runtime, "precision": precision, "device": device, "threads": threads}
+        wrong = [f"{name} is {have[name]!r}, not {want!r}" for name, want in asked.items()
+                 if want is not None and have[name] != want]
+        if wrong:
+            raise TableError(f"table {self.path or self.table_id} is for another setting: {'; '.join(wrong)}. "
+                             f"Use a table built for what you asked (`hwnas lut show DIR` describes one), or build "
+                             f"it with `hwnas lut build`")
+        return self
+
+    # ------------------------------------------------------------------------------------- prediction
+
+    @property
+    def correction(self) -> tuple[float, float]:
+        """(scale, offset_ms) of the network-level correction; (1, 0) before one is fitted."""
+        fit = self.meta.get("correction") or {}
+        return float(fit.get("scale", 1.0)), float(fit.get("offset_ms", 0.0))
+
+    def _values(self, space: SearchSpace) -> tuple[SpaceIndex, np.ndarray]:
+        """The space's key index and per-key medians (NaN where the table lacks a key; last entry 0 for -1)."""
+        if space not in self._cache:
+            index = SpaceIndex(space)
+            values = np.array([self.rows[k][0] if k in self.rows else np.nan for k in index.keys] + [0.0])
+            self._cache[space] = (index, values)
+        return self._cache[space]
+
+    def missing_keys(self, space: SearchSpace) -> list[LutKey]:
+        index, values = self._values(space)
+        return [k for k, v in zip(index.keys, values[:-1], strict=True) if np.isnan(v)]
+
+    def raw_sum(self, space: SearchSpace, genes: np.ndarray, estimate_missing: bool = False) -> Prediction:
+        """Sum of per-key medians for canonical gene rows, before the network-level correction."""
+        index, values = self._values(space)
+        ids = index.ids(genes)
+        parts = values[ids]
+        missing = np.isnan(parts)
+        estimated = missing.any(axis=1)
+        if estimated.any():
+            if not estimate_missing:
+                bad = sorted({index.keys[i] for i in ids[missing]})
+                raise TableError(
+                    f"table {self.table_id} lacks {len(bad)} key(s) these architectures need, e.g. "
+                    f"{bad[0].to_str()}; finish the table with `hwnas lut build` (it resumes), or ask for "
+                    f"estimates (estimate_missing=True / --estimate-missing)")
+            parts = np.where(missing, self._estimates(space)[ids], parts)
+        return Prediction(parts.sum(axis=1), estimated)
+
+    def predict(self, space: SearchSpace, genes: np.ndarray, estimate_missing: bool = False) -> Prediction:
+        """Predicted end-to-end latency (ms) of canonical gene rows: corrected sum of the keys' medians."""
+        raw = self.raw_sum(space, genes, estimate_missing)
+        scale, offset = self.correction
+        return Prediction(scale * raw.latency_ms + offset, raw.estimated)
+
+    def predict_archs(self, space: SearchSpace, archs: Sequence[ArchConfig],
+                      estimate_missing: bool = False) -> Prediction:
+        genes = np.stack([space.to_genes(a) for a in archs]) if archs else np.zeros((0, len(space.genes)), int)
+        return self.predict(space, genes, estimate_missing)
+
+    def predict_arch(self, arch: ArchConfig) -> float:
+        """One architecture from its keys (any space); raises on a missing key."""
+        missing = [k for k in arch_keys(arch) if k not in self.rows]
+        if missing:
+            raise TableError(f"table {self.table_id} lacks {len(missing)} key(s) of this architecture, e.g. "
+                             f"{missing[0].to_str()}")
+        scale, offset = self.correction
+        return scale * sum(self.rows[k][0] for k in arch_keys(arch)) + offset
+
+    def _estimates(self, space: SearchSpace) -> np.ndarray:
+        """Estimated medians of every key of `space` from a model fitted on this table's rows: per kind,
+        least squares on (1, MACs, memory access) in log space (latency grows sub-linearly for tiny pieces)."""
+        from latency_tables.analytic import key_summary
+
+        index, _ = self._values(space)
+        estimates = np.zeros(len(index.keys) + 1)
+        for kind in ("stem", "block", "head"):
+            known = [(k, v[0]) for k, v in self.rows.items() if k.kind == kind]
+            wanted = [i for i, k in enumerate(index.keys) if k.kind == kind]
+            if not wanted:
+                continue
+            if len(known) < 3:
+                raise TableError(f"table {self.table_id} has {len(known)} measured {kind} key(s); at least 3 are "
+                                 f"needed to estimate missing ones")
+            x = _features([key_summary(k) for k, _ in known])
+            coef, *_ = np.linalg.lstsq(x, np.log([v for _, v in known]), rcond=None)
+            estimates[wanted] = np.exp(_features([key_summary(index.keys[i]) for i in wanted]) @ coef)
+        return estimates
+
+
+def _features(summaries: list[tuple[int, int, int, int]]) -> np.ndarray:
+    s = np.asarray(summaries, dtype=float)
+    return np.stack([np.ones(len(s)), np.log1p(s[:, 1]), np.log1p(s[:, 2])], axis=1)
+
+
+def fit_correction(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
+    """Least-squares `measured = scale * raw + offset_ms` over whole networks, with its fit error."""
+    raw, measured = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
+    if len(raw) < 2:
+        raise HwnasError("fitting the network-level correction needs at least 2 measured networks")
+    a = np.stack([raw, np.ones_like(raw)], axis=1)
+    (scale, offset), *_ = np.linalg.lstsq(a, measured, rcond=None)
+    fitted = scale * raw + offset
+    return {"scale": float(scale), "offset_ms": float(offset), "networks": int(len(raw)),
+            "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}

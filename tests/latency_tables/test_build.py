@@ -1,0 +1,145 @@
+"""Building, resuming, validating and importing tables on real runtimes (a tiny space keeps it quick)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency_tables import build as build_module
+from latency_tables.build import build_table, validate_table
+from latency_tables.keys import SpaceIndex
+from latency_tables.kit import export_kit, import_kit
+from latency_tables.runtimes import Protocol, RuntimeMissing, get_runtime
+from latency_tables.table import LatencyTable, TableError, read_rows
+
+FAST = Protocol(threads=1, warmup=2, runs=5)
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def test_build_measures_every_key_and_fits_the_correction(tiny_space, tmp_path):
+    out = tmp_path / "table"
+    table = build_table(tiny_space, "ort", "fp32", out, protocol=FAST, device="box", fit_networks=6,
+                        progress=False, log=lambda _: None)
+    keys = SpaceIndex(tiny_space).keys
+    assert set(table.rows) == set(keys) and table.meta["keys"] == len(keys) == 48  # 2 stems, 32 + 12 blocks, 2 heads
+    assert table.meta["status"] == "complete" and table.table_id == "box-ort-fp32-t1"
+    assert table.meta["profile"]["runtime_version"] == get_runtime("ort").version()
+    assert all(median > 0 and runs == 5 for median, _, runs in table.rows.values())
+    fit = table.meta["correction"]
+    assert fit["networks"] == 6 and fit["scale"] > 0 and fit["fit_mape"] < 0.5
+    assert len((out / "networks.csv").read_text().splitlines()) == 7
+    # the table predicts what it was fitted on to within its own fit error
+    summary = validate_table(out, samples=8, seed=5, progress=False)
+    assert set(summary) >= {"mape", "rmspe", "within_5", "within_10", "within_15", "kendall_tau",
+                            "macs_kendall_tau"}
+    assert all(0 <= summary[k] <= 1 for k in ("within_5", "within_10", "within_15"))
+    assert summary["within_5"] <= summary["within_10"] <= summary["within_15"]
+    assert LatencyTable.load(out).meta["validation"] == summary
+
+
+def test_an_interrupted_build_resumes_without_rewriting_finished_rows(tiny_space, tmp_path, monkeypatch):
+    out, real, calls = tmp_path / "table", build_module.measure_target, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 30:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "measure_target", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=3,
+                    progress=False, log=lambda _: None)
+    before = (out / "table.csv").read_bytes()
+    assert len(read_rows(out / "table.csv")) == 29
+    with (out / "table.csv").open("a") as fh:  # an append cut off mid-line
+        fh.write("block:mbv3-6x6x8-c8-e2-k3")
+    monkeypatch.setattr(build_module, "measure_target", real)
+    table = build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=3,
+                        progress=False, log=lambda _: None)
+    after = (out / "table.csv").read_bytes()
+    assert after.startswith(before) and len(table.rows) == 48
+
+
+def test_a_directory_with_another_table_is_refused_and_left_alone(tiny_space, tmp_path):
+    out = tmp_path / "table"
+    build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=2, progress=False,
+                log=lambda _: None)
+    before = digest(out)
+    with pytest.raises(TableError, match="holds another table.*pick another output directory"):
+        build_table(tiny_space, "torch", "fp32", out, protocol=Protocol(threads=2, warmup=2, runs=5),
+                    device="box", fit_networks=2, progress=False, log=lambda _: None)
+    with pytest.raises(TableError, match="holds another table"):
+        build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="phone", fit_networks=2,
+                    progress=False, log=lambda _: None)
+    assert digest(out) == before
+
+
+def test_unknown_runtime_and_precision_are_named(tiny_space, tmp_path):
+    from search_spaces import HwnasError
+
+    with pytest.raises(HwnasError, match="unknown runtime 'tvm'; allowed: ort, litert, torch"):
+        build_table(tiny_space, "tvm", "fp32", tmp_path / "t", protocol=FAST)
+    with pytest.raises(HwnasError, match="runtime 'ort' has no precision 'fp16'; allowed: fp32, int8"):
+        build_table(tiny_space, "ort", "fp16", tmp_path / "t", protocol=FAST)
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_missing_runtime_package_says_what_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    with pytest.raises(RuntimeMissing, match="needs the package onnxruntime.*pip install"):
+        get_runtime("ort").version()
+
+
+def poisoned_path(tmp_path: Path) -> str:
+    """A directory of packages named torch, hwnas's packages and tensorflow that fail on import."""
+    for name in ("torch", "search_spaces", "supernets", "latency_tables", "nas", "tensorflow"):
+        (tmp_path / "poison" / name).mkdir(parents=True)
+        (tmp_path / "poison" / name / "__init__.py").write_text(f"raise ImportError('runner imported {name}')\n")
+    return str(tmp_path / "poison")
+
+
+def test_device_kit_round_trip_with_a_torch_free_runner(tiny_space, tmp_path):
+    kit = tmp_path / "kit"
+    manifest = export_kit(tiny_space, "ort", "fp32", kit, protocol=FAST, fit_networks=4, validate=5,
+                          progress=False)
+    assert len(manifest["entries"]) == 48 + 4 + 5
+    assert all((kit / e["file"]).is_file() for e in manifest["entries"])
+    env = {**os.environ, "PYTHONPATH": poisoned_path(tmp_path)}
+    # the runner runs from inside the kit, as on a device, with torch and hwnas unimportable
+    done = subprocess.run([sys.executable, "runner.py", "--device", "pi5"], cwd=kit, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    device_meta = json.loads((kit / "results_meta.json").read_text())
+    assert device_meta["torch_loaded"] is False and device_meta["device"] == "pi5"
+    # a results file with missing rows is refused and no table is written
+    results = (kit / "results.csv").read_text().splitlines(keepends=True)
+    (kit / "results.csv").write_text("".join(results[:-3]))
+    with pytest.raises(TableError, match="lacks 3 of 57 models.*run `python3 runner.py`"):
+        import_kit(kit)
+    assert not (kit / "table").exists()
+    (kit / "results.csv").write_text("".join(results))
+    table = import_kit(kit)
+    assert table.table_id == "pi5-ort-fp32-t1" and len(table.rows) == 48
+    assert table.meta["validation"]["samples"] == 5 and table.meta["correction"]["networks"] == 4
+    genes = tiny_space.sample_genes(np.random.default_rng(0), 10)
+    assert np.isfinite(table.predict(tiny_space, genes).latency_ms).all()
+    with pytest.raises(TableError, match="already holds a table"):
+        import_kit(kit)

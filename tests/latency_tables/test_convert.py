@@ -1,0 +1,43 @@
+"""Converted pieces and networks agree with PyTorch (fp32 exactly enough; quantized by top-1 agreement)."""
+
+import numpy as np
+import pytest
+
+from latency_tables.convert import agreement, calibration_inputs, export_for, input_shape, target_module
+from latency_tables.keys import SpaceIndex
+from latency_tables.runtimes import Protocol, get_runtime
+from search_spaces import get_space
+
+
+def one_key_per_family(space):
+    keys, seen = [], set()
+    for key in SpaceIndex(space).keys:
+        tag = (key.kind, key.family, key.stride)
+        if tag not in seen:
+            seen.add(tag)
+            keys.append(key)
+    return keys
+
+
+@pytest.mark.parametrize("runtime", ["ort", "litert", "torch"])
+def test_fp32_pieces_agree_with_pytorch(tiny_space, runtime, tmp_path):
+    keys = one_key_per_family(tiny_space)
+    assert {k.family for k in keys} == {"stem", "head", "mbv3", "fused", "effnet", "shufflev2", "mbv2"}
+    rt = get_runtime(runtime)
+    for i, key in enumerate(keys):
+        path = export_for(runtime, "fp32", key, tmp_path / f"{i}{rt.suffix}")
+        report = agreement(runtime, path, target_module(key), calibration_inputs(key.input_shape, 3, seed=9))
+        assert report["max_abs_diff"] <= 1e-4, (key.to_str(), report)
+        m = rt.measure(path, Protocol(warmup=1, runs=5))
+        assert m.median_ms > 0 and m.runs == 5
+
+
+@pytest.mark.parametrize("runtime, precision, floor", [("ort", "int8", 0.9), ("litert", "int8", 0.9),
+                                                       ("litert", "fp16", 0.95)])
+def test_quantized_networks_keep_their_top1(tiny_space, runtime, precision, floor, tmp_path):
+    arch = tiny_space.sample(np.random.default_rng(4))
+    calib = calibration_inputs(input_shape(arch), 16, seed=1)
+    path = export_for(runtime, precision, arch, tmp_path / f"net{get_runtime(runtime).suffix}", calibration=calib)
+    report = agreement(runtime, path, target_module(arch), calib)
+    assert report["top1_agreement"] >= floor, report
+    assert report["max_abs_diff"] > 0  # quantization does change the outputs
