@@ -110,7 +110,7 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
 
 def unique_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
     """`n` distinct random members of `space` (seeded), none of whose keys is in `exclude`."""
-    rng, seen, out = np.random.default_rng(seed), set(exclude), []
+    rng, seen, out = np.random.default_rng(seed), set(exclude), list[ArchConfig]()
     for _ in range(100 * n + 100):  # a bounded retry budget, not `while True`
         if len(out) == n:
             break
@@ -125,8 +125,11 @@ def unique_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] =
 
 def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Path, *,
                 protocol: Protocol | None = None, device: str | None = None, fit_networks: int = 20,
-                fit_seed: int = 0, progress: bool = True, log: Log = print) -> LatencyTable:
-    """Measure every key `space` needs on `runtime` at `precision` into the table directory `out` (resumable)."""
+                fit_seed: int = 0, jobs: int = 1, progress: bool = True, log: Log = print) -> LatencyTable:
+    """Measure every key `space` needs on `runtime` at `precision` into the table directory `out` (resumable).
+
+    Keys are converted first (by `jobs` processes; files kept in `out/models/` until measured, so a resumed
+    build does not convert again), then measured one after another with nothing else running."""
     protocol = protocol or Protocol()
     rt = get_runtime(runtime)
     check_precision(runtime, precision)
@@ -135,7 +138,6 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
     out = Path(out)
     index = SpaceIndex(space)
     meta = _start_meta(out, space, profile, protocol, len(index.keys))
-    pin_to_cpu(protocol.pin_cpu)
     table_csv = out / "table.csv"
     if not table_csv.is_file():
         atomic_write(table_csv, header_line())
@@ -145,9 +147,13 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
     log(f"space {space.name!r} needs {len(index.keys)} keys on {profile.table_id}; {len(done)} measured, "
         f"{len(todo)} to go")
     started = time.perf_counter()
-    for key in tqdm(todo, desc=f"lut {profile.table_id}", disable=not progress, leave=False):
-        m = measure_target(runtime, precision, key, protocol)
-        _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
+    if runtime == "torch":  # nothing to convert: the model file is the key itself
+        pin_to_cpu(protocol.pin_cpu)
+        for key in tqdm(todo, desc=f"lut {profile.table_id}", disable=not progress, leave=False):
+            m = measure_target(runtime, precision, key, protocol)
+            _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
+    else:
+        _convert_then_measure(index, todo, runtime, precision, protocol, out, jobs, progress)
     key_seconds = time.perf_counter() - started
     build = meta.setdefault("build", {"key_seconds": 0.0, "keys_measured": 0, "network_seconds": 0.0})
     build["key_seconds"] += key_seconds
@@ -163,6 +169,49 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
     table.meta["status"] = "complete"
     table.save_meta()
     return table
+
+
+def _convert_chunk(runtime: str, precision: str, items: list[tuple[dict[str, str], str]]) -> int:
+    """Worker: convert lookup-table pieces to the given paths (one torch thread; files written atomically)."""
+    import torch
+
+    from latency_tables.convert import export_for
+
+    torch.set_num_threads(1)
+    for row, path in items:
+        export_for(runtime, precision, LutKey.from_row(row), Path(path))
+    return len(items)
+
+
+def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, precision: str, protocol: Protocol,
+                          out: Path, jobs: int, progress: bool) -> None:
+    import concurrent.futures as cf
+    import multiprocessing
+
+    rt = get_runtime(runtime)
+    ids = {key: i for i, key in enumerate(index.keys)}
+    models = out / "models"
+    models.mkdir(exist_ok=True)
+    paths = {key: models / f"k{ids[key]:05d}{rt.suffix}" for key in todo}
+    pending = [(key.to_row(), str(paths[key])) for key in todo if not paths[key].is_file()]
+    chunks = [pending[i:i + 16] for i in range(0, len(pending), 16)]
+    with tqdm(total=len(pending), desc="convert", disable=not progress, leave=False) as bar:
+        if jobs > 1 and len(chunks) > 1:
+            context = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                for done in cf.as_completed([pool.submit(_convert_chunk, runtime, precision, c) for c in chunks]):
+                    bar.update(done.result())
+        else:
+            for chunk in chunks:
+                bar.update(_convert_chunk(runtime, precision, chunk))
+    pin_to_cpu(protocol.pin_cpu)
+    table_csv = out / "table.csv"
+    for key in tqdm(todo, desc="measure", disable=not progress, leave=False):
+        m = rt.measure(paths[key], protocol)
+        _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
+        paths[key].unlink()
+    if not any(models.iterdir()):
+        models.rmdir()
 
 
 def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol: Protocol,
@@ -234,6 +283,7 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
     """Measure `samples` random subnets (none used to fit the correction) end to end, compare with the
     prediction, store the summary in meta.json (and the measurements in validation.csv); return it."""
     table = LatencyTable.load(path)
+    pin_to_cpu(Protocol.from_dict(table.meta["protocol"]).pin_cpu)
     space = get_space(table.space_name)
     if table.meta.get("space_definition") not in (None, space.to_dict()):
         raise TableError(f"table {path} was built for another definition of space {space.name!r}")

@@ -48,6 +48,7 @@ def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
         p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p[0].numel()) ** 0.5 if p.dim() > 1 else 0.1))
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
             m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)

@@ -196,7 +196,7 @@ def litert_interpreter_class() -> tuple[Any, str]:
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as module  # type: ignore[no-redef]
+        from tflite_runtime import interpreter as module
 
         return module.Interpreter, f"tflite_runtime {getattr(module, '__version__', '')}".strip()
     except ImportError:

@@ -289,7 +289,7 @@ def _features(summaries: list[tuple[int, int, int, int]]) -> np.ndarray:
     return np.stack([np.ones(len(s)), np.log1p(s[:, 1]), np.log1p(s[:, 2])], axis=1)
 
 
-def fit_correction(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
+def fit_correction(raw_ms: Sequence[float] | np.ndarray, measured_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Least-squares `measured = scale * raw + offset_ms` over whole networks, with its fit error."""
     raw, measured = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
     if len(raw) < 2:

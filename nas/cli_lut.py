@@ -42,7 +42,8 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
 
     out = _out(args)
     table = build_table(get_space(args.space), args.runtime, args.precision, out, protocol=_protocol(args),
-                        device=args.device, fit_networks=args.fit_networks, progress=not args.no_progress,
+                        device=args.device, fit_networks=args.fit_networks, jobs=args.jobs,
+                        progress=not args.no_progress,
                         log=_log(args))
     if args.validate:
         validate_table(out, args.validate, seed=args.validate_seed, progress=not args.no_progress)
@@ -132,6 +133,8 @@ def register(groups: Any, command: Any) -> None:
     measured(build)
     build.add_argument("--device", help="device name in the table id (default: this CPU's model and cores)")
     build.add_argument("--out", help="table directory (default runs/lut/<space>-<table id>)")
+    build.add_argument("--jobs", type=int, default=1,
+                       help="processes converting models before measuring starts (default 1)")
     val = command(lut, "validate", cmd_lut_validate,
                   "measure N random subnets end to end and compare with the table's prediction")
     val.add_argument("--table", required=True, help="table directory")

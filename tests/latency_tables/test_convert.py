@@ -6,7 +6,6 @@ import pytest
 from latency_tables.convert import agreement, calibration_inputs, export_for, input_shape, target_module
 from latency_tables.keys import SpaceIndex
 from latency_tables.runtimes import Protocol, get_runtime
-from search_spaces import get_space
 
 
 def one_key_per_family(space):

@@ -26,7 +26,7 @@ def test_space_index_ids_are_the_keys_of_each_architecture():
     genes = space.sample_genes(np.random.default_rng(0), 200)
     ids = index.ids(genes)
     assert ids.shape == (200, index.parts)
-    for row, g in zip(ids, genes):
+    for row, g in zip(ids, genes, strict=True):
         assert [index.keys[i] for i in row if i >= 0] == arch_keys(space.from_genes(g))
 
 
