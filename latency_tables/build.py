@@ -43,15 +43,27 @@ NETWORK_COLUMNS = ("arch_key", "arch", "latency_ms_median", "latency_ms_iqr", "r
 Log = Callable[[str], None]
 
 
-def measure_target(runtime: str, precision: str, target: LutKey | ArchConfig, protocol: Protocol,
-                   seed: int = 0) -> Measurement:
-    """Convert a piece or a network for the runtime (in a temporary directory) and measure it."""
+def measure_targets(runtime: str, precision: str, targets: list[LutKey | ArchConfig], protocol: Protocol,
+                    seed: int = 0) -> list[Measurement]:
+    """Convert pieces or networks for the runtime (in a temporary directory), then measure them as a group
+    (`protocol.repeats` round-robin rounds)."""
     from latency_tables.convert import export_for
 
     rt = get_runtime(runtime)
     with tempfile.TemporaryDirectory(prefix="hwnas-lut-") as tmp:
-        path = export_for(runtime, precision, target, Path(tmp) / f"model{rt.suffix}", seed)
-        return rt.measure(path, protocol, seed)
+        paths = [export_for(runtime, precision, t, Path(tmp) / f"model{i}{rt.suffix}", seed)
+                 for i, t in enumerate(targets)]
+        return rt.measure_many(paths, protocol, seed)
+
+
+def measure_target(runtime: str, precision: str, target: LutKey | ArchConfig, protocol: Protocol,
+                   seed: int = 0) -> Measurement:
+    """Convert one piece or network and measure it."""
+    return measure_targets(runtime, precision, [target], protocol, seed)[0]
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _append(path: Path, line: str) -> None:
@@ -101,10 +113,12 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
     _drop_partial_line(path)
     done = read_networks(path)
     todo = [a for a in archs if a.key not in done]
-    for arch in tqdm(todo, desc=desc, disable=not progress, leave=False):
-        m = measure_target(runtime, precision, arch, protocol)
-        _append(path, _network_line(arch, m))
-        done[arch.key] = (arch.to_str(), m.median_ms, m.iqr_ms, m.runs)
+    with tqdm(total=len(todo), desc=desc, disable=not progress, leave=False) as bar:
+        for group in _chunks(todo, 8):
+            for arch, m in zip(group, measure_targets(runtime, precision, group, protocol), strict=True):
+                _append(path, _network_line(arch, m))
+                done[arch.key] = (arch.to_str(), m.median_ms, m.iqr_ms, m.runs)
+            bar.update(len(group))
     return done
 
 
@@ -149,9 +163,11 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
     started = time.perf_counter()
     if runtime == "torch":  # nothing to convert: the model file is the key itself
         pin_to_cpu(protocol.pin_cpu)
-        for key in tqdm(todo, desc=f"lut {profile.table_id}", disable=not progress, leave=False):
-            m = measure_target(runtime, precision, key, protocol)
-            _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
+        with tqdm(total=len(todo), desc=f"lut {profile.table_id}", disable=not progress, leave=False) as bar:
+            for group in _chunks(todo, 32):
+                for key, m in zip(group, measure_targets(runtime, precision, group, protocol), strict=True):
+                    _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
+                bar.update(len(group))
     else:
         _convert_then_measure(index, todo, runtime, precision, protocol, out, jobs, progress)
     key_seconds = time.perf_counter() - started
@@ -194,7 +210,7 @@ def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, p
     models.mkdir(exist_ok=True)
     paths = {key: models / f"k{ids[key]:05d}{rt.suffix}" for key in todo}
     pending = [(key.to_row(), str(paths[key])) for key in todo if not paths[key].is_file()]
-    chunks = [pending[i:i + 16] for i in range(0, len(pending), 16)]
+    chunks = _chunks(pending, 16)
     with tqdm(total=len(pending), desc="convert", disable=not progress, leave=False) as bar:
         if jobs > 1 and len(chunks) > 1:
             context = multiprocessing.get_context("spawn")
@@ -206,10 +222,12 @@ def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, p
                 bar.update(_convert_chunk(runtime, precision, chunk))
     pin_to_cpu(protocol.pin_cpu)
     table_csv = out / "table.csv"
-    for key in tqdm(todo, desc="measure", disable=not progress, leave=False):
-        m = rt.measure(paths[key], protocol)
-        _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
-        paths[key].unlink()
+    with tqdm(total=len(todo), desc="measure", disable=not progress, leave=False) as bar:
+        for group in _chunks(todo, 32):
+            for key, m in zip(group, rt.measure_many([paths[k] for k in group], protocol), strict=True):
+                _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
+                paths[key].unlink()
+            bar.update(len(group))
     if not any(models.iterdir()):
         models.rmdir()
 
@@ -256,8 +274,9 @@ def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, s
     """Measure `networks` random subnets end to end (networks.csv, resumable) and fit the correction."""
     archs, measured = _measured(table, space, "networks.csv", unique_archs(space, networks, seed), progress,
                                 "fit networks")
-    raw = table.raw_sum(space, np.stack([space.to_genes(a) for a in archs])).latency_ms
-    table.meta["correction"] = {**fit_correction(raw, measured), "seed": seed}
+    genes = np.stack([space.to_genes(a) for a in archs])
+    raw = table.raw_sum(space, genes).latency_ms
+    table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured), "seed": seed}
     table.save_meta()
     return table.meta["correction"]
 

@@ -147,7 +147,9 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Sequence[np.ndarray]
 
 
 def _litert_torch() -> Any:
-    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    for name, value in (("LITERT_TORCH_SHOW_PROGRESS", "n"), ("TF_CPP_MIN_LOG_LEVEL", "3"),
+                        ("GLOG_minloglevel", "3")):  # the converter's own progress and C++ info logs
+        os.environ.setdefault(name, value)
     try:
         import litert_torch
     except ImportError:

@@ -155,9 +155,10 @@ def _fit_and_validate(table: LatencyTable, space: SearchSpace, networks: dict[st
         genes = np.stack([space.to_genes(arch_from_str(r[1])) for r in rows])
         return genes, np.array([float(r[2]) for r in rows])
 
-    if len(networks["fit"]) >= 2:
+    if len(networks["fit"]) >= 3:
         genes, measured = parsed(networks["fit"])
-        table.meta["correction"] = {**fit_correction(table.raw_sum(space, genes).latency_ms, measured),
+        table.meta["correction"] = {**fit_correction(table.raw_sum(space, genes).latency_ms,
+                                                     table.pieces(space, genes), measured),
                                     "seed": manifest["fit_seed"]}
     if networks["validation"]:
         genes, measured = parsed(networks["validation"])

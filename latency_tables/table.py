@@ -4,7 +4,9 @@ A table is a directory (named after its space and table id) holding `table.csv` 
 columns, `latency_ms_median`, `latency_ms_iqr`, `runs`) and `meta.json` (device, CPU model, runtime and
 version, precision, threads, protocol, date, the fitted network-level correction, the validation summary).
 Prediction sums the per-key medians of an architecture's keys (`SpaceIndex`), then applies the correction
-`latency = scale * sum + offset_ms` fitted on whole networks measured end to end. Torch-free.
+`latency = scale * sum + per_piece_ms * pieces + offset_ms` fitted on whole networks measured end to end:
+each piece timed alone pays the runtime's per-call cost (input and output handling, a few microseconds),
+which a whole network pays once. Torch-free.
 """
 
 from __future__ import annotations
@@ -209,10 +211,10 @@ class LatencyTable:
     # ------------------------------------------------------------------------------------- prediction
 
     @property
-    def correction(self) -> tuple[float, float]:
-        """(scale, offset_ms) of the network-level correction; (1, 0) before one is fitted."""
+    def correction(self) -> tuple[float, float, float]:
+        """(scale, per_piece_ms, offset_ms) of the network-level correction; (1, 0, 0) before one is fitted."""
         fit = self.meta.get("correction") or {}
-        return float(fit.get("scale", 1.0)), float(fit.get("offset_ms", 0.0))
+        return float(fit.get("scale", 1.0)), float(fit.get("per_piece_ms", 0.0)), float(fit.get("offset_ms", 0.0))
 
     def _values(self, space: SearchSpace) -> tuple[SpaceIndex, np.ndarray]:
         """The space's key index and per-key medians (NaN where the table lacks a key; last entry 0 for -1)."""
@@ -246,8 +248,12 @@ class LatencyTable:
     def predict(self, space: SearchSpace, genes: np.ndarray, estimate_missing: bool = False) -> Prediction:
         """Predicted end-to-end latency (ms) of canonical gene rows: corrected sum of the keys' medians."""
         raw = self.raw_sum(space, genes, estimate_missing)
-        scale, offset = self.correction
-        return Prediction(scale * raw.latency_ms + offset, raw.estimated)
+        scale, per_piece, offset = self.correction
+        return Prediction(scale * raw.latency_ms + per_piece * self.pieces(space, genes) + offset, raw.estimated)
+
+    def pieces(self, space: SearchSpace, genes: np.ndarray) -> np.ndarray:
+        """How many keys (stem, blocks, head) each gene row's network is made of."""
+        return (self._values(space)[0].ids(genes) >= 0).sum(axis=1)
 
     def predict_archs(self, space: SearchSpace, archs: Sequence[ArchConfig],
                       estimate_missing: bool = False) -> Prediction:
@@ -260,8 +266,9 @@ class LatencyTable:
         if missing:
             raise TableError(f"table {self.table_id} lacks {len(missing)} key(s) of this architecture, e.g. "
                              f"{missing[0].to_str()}")
-        scale, offset = self.correction
-        return scale * sum(self.rows[k][0] for k in arch_keys(arch)) + offset
+        keys = arch_keys(arch)
+        scale, per_piece, offset = self.correction
+        return scale * sum(self.rows[k][0] for k in keys) + per_piece * len(keys) + offset
 
     def _estimates(self, space: SearchSpace) -> np.ndarray:
         """Estimated medians of every key of `space` from a model fitted on this table's rows: per kind,
@@ -289,13 +296,17 @@ def _features(summaries: list[tuple[int, int, int, int]]) -> np.ndarray:
     return np.stack([np.ones(len(s)), np.log1p(s[:, 1]), np.log1p(s[:, 2])], axis=1)
 
 
-def fit_correction(raw_ms: Sequence[float] | np.ndarray, measured_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Least-squares `measured = scale * raw + offset_ms` over whole networks, with its fit error."""
-    raw, measured = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
-    if len(raw) < 2:
-        raise HwnasError("fitting the network-level correction needs at least 2 measured networks")
-    a = np.stack([raw, np.ones_like(raw)], axis=1)
-    (scale, offset), *_ = np.linalg.lstsq(a, measured, rcond=None)
-    fitted = scale * raw + offset
-    return {"scale": float(scale), "offset_ms": float(offset), "networks": int(len(raw)),
-            "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}
+def fit_correction(raw_ms: Sequence[float] | np.ndarray, pieces: Sequence[int] | np.ndarray,
+                   measured_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Fit `measured = scale * raw + per_piece_ms * pieces + offset_ms` over whole networks, minimising the
+    relative error (small and large networks count alike); with its fit error."""
+    raw, n, measured = np.asarray(raw_ms, float), np.asarray(pieces, float), np.asarray(measured_ms, float)
+    if len(raw) < 3:
+        raise HwnasError("fitting the network-level correction needs at least 3 measured networks")
+    a = np.stack([raw, n, np.ones_like(raw)], axis=1)
+    if np.linalg.matrix_rank(a) < 3:  # e.g. every network has as many pieces: fold the per-piece term away
+        a[:, 1] = 0.0
+    (scale, per_piece, offset), *_ = np.linalg.lstsq(a / measured[:, None], np.ones_like(measured), rcond=None)
+    fitted = a @ np.array([scale, per_piece, offset])
+    return {"scale": float(scale), "per_piece_ms": float(per_piece), "offset_ms": float(offset),
+            "networks": int(len(raw)), "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}

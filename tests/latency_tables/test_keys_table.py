@@ -62,11 +62,13 @@ def write_table(path, space, profile=None, drop=(), correction=None):
 
 def test_vectorised_prediction_equals_the_per_architecture_sum_with_the_correction(tmp_path):
     space = get_space("small")
-    table = LatencyTable.load(write_table(tmp_path / "t", space, correction={"scale": 1.5, "offset_ms": 0.2}))
+    table = LatencyTable.load(write_table(tmp_path / "t", space, correction={"scale": 1.5, "per_piece_ms": -0.002,
+                                                                             "offset_ms": 0.2}))
     genes = space.sample_genes(np.random.default_rng(1), 300)
     pred = table.predict(space, genes)
     assert not pred.estimated.any()
-    expected = [1.5 * sum(fake_latency(k) for k in arch_keys(space.from_genes(g))) + 0.2 for g in genes]
+    expected = [1.5 * sum(fake_latency(k) for k in arch_keys(space.from_genes(g)))
+                - 0.002 * len(arch_keys(space.from_genes(g))) + 0.2 for g in genes]
     np.testing.assert_allclose(pred.latency_ms, expected, rtol=1e-5)
     assert table.predict_arch(space.from_genes(genes[7])) == pytest.approx(expected[7], rel=1e-5)
     # MACs and the fake latency agree on order, so the rank correlation is exact
@@ -128,9 +130,10 @@ def test_a_table_for_another_setting_is_refused_naming_each_difference(tmp_path)
 
 
 def test_correction_fit_and_accuracy_summary():
-    raw = np.array([1.0, 2.0, 3.0, 5.0])
-    fit = fit_correction(raw, 1.25 * raw + 0.1)
+    raw, pieces = np.array([1.0, 2.0, 3.0, 5.0, 4.0]), np.array([10, 12, 9, 14, 11])
+    fit = fit_correction(raw, pieces, 1.25 * raw - 0.005 * pieces + 0.1)
     assert fit["scale"] == pytest.approx(1.25) and fit["offset_ms"] == pytest.approx(0.1)
+    assert fit["per_piece_ms"] == pytest.approx(-0.005)
     assert fit["fit_mape"] == pytest.approx(0, abs=1e-12)
     measured = np.array([1.0, 2.0, 4.0, 8.0])
     summary = accuracy_summary(measured * np.array([1.04, 0.92, 1.12, 1.2]), measured)

@@ -51,7 +51,7 @@ def test_bad_tables_exit_2_naming_the_problem(capsys, tmp_path):
     code, _, err = run(capsys, "lut", "show", str(tmp_path / "none"))
     assert code == 2 and "does not exist" in err
     out = tmp_path / "t"
-    assert run(capsys, "lut", "build", "--space", "micro", *FAST, "--out", str(out), "--fit-networks", "2")[0] == 0
+    assert run(capsys, "lut", "build", "--space", "micro", *FAST, "--out", str(out), "--fit-networks", "3")[0] == 0
     csv_text = (out / "table.csv").read_text()
     (out / "table.csv").write_text(csv_text.replace(",5\n", ",five\n", 1))
     code, _, err = run(capsys, "lut", "validate", "--table", str(out), "--samples", "3", "--no-progress")
