@@ -182,7 +182,7 @@ class OrtRuntime(Runtime):
         return onnxruntime
 
     def version(self) -> str:
-        return str(self._ort().__version__)
+        return f"onnxruntime {self._ort().__version__}"
 
     def load(self, path: Path, threads: int) -> Session:
         ort = self._ort()

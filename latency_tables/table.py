@@ -100,6 +100,7 @@ def atomic_write(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; tables are shared data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -310,3 +311,31 @@ def fit_correction(raw_ms: Sequence[float] | np.ndarray, pieces: Sequence[int] |
     fitted = a @ np.array([scale, per_piece, offset])
     return {"scale": float(scale), "per_piece_ms": float(per_piece), "offset_ms": float(offset),
             "networks": int(len(raw)), "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}
+
+
+SHIPPED = Path(__file__).resolve().parent / "data"
+
+
+def shipped_tables() -> list[Path]:
+    """The finished table directories in latency_tables/data/ (the ones hwnas ships), sorted."""
+    if not SHIPPED.is_dir():
+        return []
+    return sorted(p for p in SHIPPED.iterdir() if (p / "meta.json").is_file()
+                  and json.loads((p / "meta.json").read_text(encoding="utf-8")).get("status") == "complete")
+
+
+def find_table(space: str, runtime: str, precision: str, device: str | None = None, threads: int = 1,
+               search: Sequence[Path] | None = None) -> LatencyTable:
+    """The table for (space, runtime, precision, device, threads) among `search` (default: the shipped ones)."""
+    candidates = list(search) if search is not None else shipped_tables()
+    for path in candidates:
+        table = LatencyTable.load(path)
+        profile = table.profile
+        if (table.space_name, profile.runtime, profile.precision, profile.threads) == (space, runtime, precision,
+                                                                                       threads) and \
+                (device is None or profile.device == device):
+            return table
+    have = ", ".join(p.name for p in candidates) or "none"
+    raise TableError(f"no table for space {space!r} on {runtime} {precision}, {threads} thread(s)"
+                     f"{f', device {device!r}' if device else ''}; tables found: {have}. Build one with "
+                     f"`hwnas lut build --space {space} --runtime {runtime} --precision {precision}`")

@@ -51,8 +51,8 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
     build, fit = table.meta["build"], table.meta["correction"]
     lines = [f"table {out}: {table.meta['keys']} keys for space {args.space!r} on {table.table_id} "
              f"({build['seconds_per_key']:.2f} s per key; {build['key_seconds'] / 60:.1f} min measuring keys)",
-             f"  network correction: latency = {fit['scale']:.3f} x sum + {fit['offset_ms']:.4f} ms "
-             f"(fitted on {fit['networks']} networks, MAPE {fit['fit_mape']:.1%})"]
+             f"  network correction: latency = {fit['scale']:.3f} x sum {fit['per_piece_ms'] * 1000:+.2f} us x pieces "
+             f"{fit['offset_ms']:+.4f} ms (fitted on {fit['networks']} networks, MAPE {fit['fit_mape']:.1%})"]
     if "validation" in table.meta:
         lines += _summary_lines(table.meta["validation"])
     print(json.dumps({"table": str(out), **table.meta}, indent=2) if args.json else "\n".join(lines))
@@ -76,8 +76,9 @@ def cmd_lut_show(args: argparse.Namespace) -> None:
              f"  device {table.profile.device} ({table.profile.cpu_model}), {table.profile.runtime_version}, "
              f"{table.profile.precision}, {table.profile.threads} thread(s); protocol {meta['protocol']}"]
     if "correction" in meta:
-        lines.append(f"  correction: scale {meta['correction']['scale']:.3f}, offset "
-                     f"{meta['correction']['offset_ms']:.4f} ms")
+        fit = meta["correction"]
+        lines.append(f"  correction: scale {fit['scale']:.3f}, per piece {fit.get('per_piece_ms', 0) * 1000:+.2f} us, "
+                     f"offset {fit['offset_ms']:+.4f} ms (fitted on {fit['networks']} networks)")
     if "validation" in meta:
         lines += _summary_lines(meta["validation"])
     print(json.dumps({"table": str(args.table), "rows": len(table.rows), **meta}, indent=2) if args.json

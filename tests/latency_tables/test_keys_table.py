@@ -148,3 +148,21 @@ def test_predicting_100k_architectures_is_vectorised(tmp_path):
     genes = space.sample_genes(np.random.default_rng(3), 100_000)
     pred = table.predict(space, genes)
     assert pred.latency_ms.shape == (100_000,) and np.isfinite(pred.latency_ms).all()
+
+
+def test_the_shipped_tables_load_and_are_found_by_their_settings():
+    from latency_tables import find_table, shipped_tables
+
+    paths = shipped_tables()
+    assert paths, "latency_tables/data/ ships at least one table"
+    for path in paths:
+        table = LatencyTable.load(path)
+        space = get_space(table.space_name)
+        assert table.missing_keys(space) == [] and table.meta["status"] == "complete"
+        v = table.meta["validation"]
+        assert v["samples"] >= 100 and 0 <= v["within_10"] <= 1
+        found = find_table(table.space_name, table.profile.runtime, table.profile.precision,
+                           table.profile.device, table.profile.threads)
+        assert found.path == path
+    with pytest.raises(TableError, match="no table for space 'small' on ort int8, 4 thread"):
+        find_table("small", "ort", "int8", threads=4)
