@@ -53,8 +53,8 @@ class PhaseConfig:
 
 
 def _default_phases() -> tuple[PhaseConfig, ...]:
-    return (PhaseConfig("full", 32, 0.1), PhaseConfig("kernel", 5, 0.02, 1, True, True),
-            PhaseConfig("depth", 5, 0.01, 1, True, True), PhaseConfig("expand", 6, 0.01, 1, True, True))
+    return (PhaseConfig("full", 32, 0.1), PhaseConfig("kernel", 4, 0.05, 1, True, True),
+            PhaseConfig("depth", 4, 0.05, 1, True, True), PhaseConfig("expand", 6, 0.05, 1, True, True))
 
 
 @dataclass(frozen=True)
