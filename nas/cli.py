@@ -87,6 +87,13 @@ def cmd_arch_cost(args: argparse.Namespace) -> None:
     if args.space:
         _space(args, args.space).validate(arch)
     cost = AnalyticCostModel(args.dtype).estimate(arch)
+    if args.table:
+        from dataclasses import replace
+
+        from latency_tables import LatencyTable
+
+        tables = [LatencyTable.load(path) for path in args.table]
+        cost = replace(cost, latency_ms={t.table_id: round(t.predict_arch(arch), 6) for t in tables})
     data = {"arch": arch.to_str(), "key": arch.key} | cost.to_dict()
     mib, dtype = 1 << 20, cost.dtype
     lines = [
@@ -97,7 +104,7 @@ def cmd_arch_cost(args: argparse.Namespace) -> None:
         f"flops            {cost.flops:,}  (= 2 x MACs)",
         f"memory_access    {cost.memory_access:,} elements  ({cost.memory_access_bytes / mib:.2f} MiB at {dtype})",
         f"peak_activation  {cost.peak_activation:,} elements  ({cost.peak_activation_bytes / mib:.2f} MiB at {dtype})",
-    ]
+    ] + [f"latency_ms       {ms:.4f}  (predicted, table {table_id})" for table_id, ms in cost.latency_ms.items()]
     _print(data, args.json, lines)
 
 
@@ -196,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         space_options(sub, False)
         if name == "cost":
             sub.add_argument("--dtype", default="fp32", choices=list(DTYPE_BYTES), help="element type for bytes")
+            sub.add_argument("--table", action="append", metavar="DIR",
+                             help="also predict latency with this lookup table (repeatable)")
 
     supernet = groups.add_parser("supernet", help="train and evaluate once-for-all supernets").add_subparsers(
         dest="command", required=True)

@@ -61,3 +61,18 @@ def test_bad_tables_exit_2_naming_the_problem(capsys, tmp_path):
     assert code == 2 and "runtime 'ort' has no precision 'fp16'; allowed: fp32, int8" in err
     code, _, err = run(capsys, "lut", "kit-export", "--space", "micro", *FAST, "--out", str(tmp_path / "kit"))
     assert code == 2 and "choose --runtime ort or litert" in err
+
+
+def test_arch_cost_predicts_latency_with_a_table(capsys, tmp_path):
+    from latency_tables import LatencyTable
+
+    out = tmp_path / "t"
+    assert run(capsys, "lut", "build", "--space", "micro", *FAST, "--device", "box", "--out", str(out),
+               "--fit-networks", "3")[0] == 0
+    arch = micro().sample(__import__("numpy").random.default_rng(0))
+    code, text, _ = run(capsys, "arch", "cost", arch.to_str(), "--table", str(out), "--json")
+    assert code == 0
+    assert json.loads(text)["latency_ms"] == {"box-torch-fp32-t1": round(LatencyTable.load(out).predict_arch(arch),
+                                                                          6)}
+    code, _, err = run(capsys, "arch", "cost", "mobilenet_v2", "--table", str(out))
+    assert code == 2 and "lacks" in err and "key(s) of this architecture" in err
