@@ -25,18 +25,24 @@ import numpy as np
 RESULT_COLUMNS = ["id", "latency_ms_median", "latency_ms_iqr", "runs"]
 
 
+def ort_session(ort, path, threads):
+    """An ONNX Runtime session under hwnas's protocol (CPU provider, sequential, all graph optimisations).
+    hwnas's own OrtRuntime uses this too, so the kit and the local builder time models the same way."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def load_session(runtime, path, threads):
     """(run on one input, a random input of the model's own shape and type, the runtime's version string)."""
     if runtime == "ort":
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort_session(ort, path, threads)
         inp = session.get_inputs()[0]
         x = np.random.default_rng(0).standard_normal(inp.shape).astype(np.float32)
         return (lambda x: session.run(None, {inp.name: x})[0]), x, "onnxruntime " + ort.__version__

@@ -185,14 +185,9 @@ class OrtRuntime(Runtime):
         return f"onnxruntime {self._ort().__version__}"
 
     def load(self, path: Path, threads: int) -> Session:
-        ort = self._ort()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        from latency_tables.kit_runner import ort_session
+
+        session = ort_session(self._ort(), path, threads)
         inp = session.get_inputs()[0]
         return Session(lambda x: session.run(None, {inp.name: x})[0], tuple(inp.shape))
 
