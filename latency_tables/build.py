@@ -208,6 +208,8 @@ def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, p
     ids = {key: i for i, key in enumerate(index.keys)}
     models = out / "models"
     models.mkdir(exist_ok=True)
+    for leftover in models.glob(".*"):  # a conversion cut off mid-write (files are renamed into place whole)
+        leftover.unlink()
     paths = {key: models / f"k{ids[key]:05d}{rt.suffix}" for key in todo}
     pending = [(key.to_row(), str(paths[key])) for key in todo if not paths[key].is_file()]
     chunks = _chunks(pending, 16)
