@@ -125,7 +125,7 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
 def unique_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] = ()) -> list[ArchConfig]:
     """`n` distinct random members of `space` (seeded), none of whose keys is in `exclude`."""
     rng, seen, out = np.random.default_rng(seed), set(exclude), list[ArchConfig]()
-    for _ in range(100 * n + 100):  # a bounded retry budget, not `while True`
+    for _ in range(100 * n + 100):  # a bounded retry budget
         if len(out) == n:
             break
         arch = space.sample(rng)
