@@ -74,7 +74,8 @@ def main() -> None:
     print(f"predict 100k: {predict_s:.3f} s (with sampling {with_sampling:.3f} s)")
 
     body = f"""
-Shipped tables for this machine (1 thread; protocol: 10 warm-up and 50 timed runs per model, batch 1, median).
+Shipped tables for this machine (1 thread, batch 1; each model timed in 3 rounds, lowest round median kept;
+10 warm-up + 50 timed runs per round for the small space, 5 + 20 for imagenet; each table's meta.json has it).
 Prediction = sum of the per-key medians of the subnet's stem, blocks and head, with the network-level
 correction fitted on 30 other subnets; compared with the same subnet measured end to end on the runtime.
 MACs tau is the Kendall tau of MACs alone against the measured latencies of the same subnets.
