@@ -144,3 +144,17 @@ def test_device_kit_round_trip_with_a_torch_free_runner(tiny_space, tmp_path):
     assert np.isfinite(table.predict(tiny_space, genes).latency_ms).all()
     with pytest.raises(TableError, match="already holds a table"):
         import_kit(kit)
+
+
+@pytest.mark.slow
+def test_device_kit_for_litert_int8_feeds_int8_inputs(tiny_space, tmp_path):
+    """The runner builds each model's own input (channels-last, int8 for a fully quantized model)."""
+    kit = tmp_path / "kit"
+    export_kit(tiny_space, "litert", "int8", kit, protocol=FAST, fit_networks=3, progress=False)
+    env = {**os.environ, "PYTHONPATH": poisoned_path(tmp_path)}
+    done = subprocess.run([sys.executable, "runner.py", "--device", "pi5"], cwd=kit, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    table = import_kit(kit)
+    assert table.table_id == "pi5-litert-int8-t1" and len(table.rows) == 48
+    assert table.meta["correction"]["networks"] == 3
