@@ -98,7 +98,7 @@ def read_networks(path: Path) -> dict[str, tuple[str, float, float, int]]:
     return out
 
 
-def _network_line(arch: ArchConfig, m: Measurement) -> str:
+def network_line(arch: ArchConfig, m: Measurement) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow([arch.key, arch.to_str(), f"{m.median_ms:.6g}",
                                                    f"{m.iqr_ms:.6g}", m.runs])
@@ -116,7 +116,7 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
     with tqdm(total=len(todo), desc=desc, disable=not progress, leave=False) as bar:
         for group in _chunks(todo, 8):
             for arch, m in zip(group, measure_targets(runtime, precision, group, protocol), strict=True):
-                _append(path, _network_line(arch, m))
+                _append(path, network_line(arch, m))
                 done[arch.key] = (arch.to_str(), m.median_ms, m.iqr_ms, m.runs)
             bar.update(len(group))
     return done

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from latency_tables.build import NETWORK_COLUMNS, unique_archs, validation_summary
+from latency_tables.build import NETWORK_COLUMNS, network_line, unique_archs, validation_summary
 from latency_tables.keys import LutKey, SpaceIndex
-from latency_tables.runtimes import Protocol, check_precision, get_runtime
+from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime
 from latency_tables.table import (
     DeviceProfile,
     LatencyTable,
@@ -130,10 +130,8 @@ def import_kit(kit: Path, out: Path | None = None, device: str | None = None) ->
         if entry["kind"] == "key":
             lines.append(row_line(LutKey.from_row(entry["key"]), median, iqr, runs))
         else:
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerow([arch_from_str(entry["arch"]).key, entry["arch"],
-                                                           median, iqr, runs])
-            networks[entry["set"]].append(buf.getvalue())
+            line = network_line(arch_from_str(entry["arch"]), Measurement(median, iqr, runs))
+            networks[entry["set"]].append(line)
     header = ",".join(NETWORK_COLUMNS) + "\n"
     meta = {"space": space.name, "space_definition": manifest["space_definition"], "profile": profile.to_dict(),
             "table_id": profile.table_id, "protocol": protocol.to_dict(), "status": "complete",

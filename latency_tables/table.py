@@ -231,8 +231,10 @@ class LatencyTable:
 
     def raw_sum(self, space: SearchSpace, genes: np.ndarray, estimate_missing: bool = False) -> Prediction:
         """Sum of per-key medians for canonical gene rows, before the network-level correction."""
+        return self._sum(space, self._values(space)[0].ids(genes), estimate_missing)
+
+    def _sum(self, space: SearchSpace, ids: np.ndarray, estimate_missing: bool) -> Prediction:
         index, values = self._values(space)
-        ids = index.ids(genes)
         parts = values[ids]
         missing = np.isnan(parts)
         estimated = missing.any(axis=1)
@@ -248,9 +250,10 @@ class LatencyTable:
 
     def predict(self, space: SearchSpace, genes: np.ndarray, estimate_missing: bool = False) -> Prediction:
         """Predicted end-to-end latency (ms) of canonical gene rows: corrected sum of the keys' medians."""
-        raw = self.raw_sum(space, genes, estimate_missing)
+        ids = self._values(space)[0].ids(genes)  # once: the sum and the piece count both need it
+        raw = self._sum(space, ids, estimate_missing)
         scale, per_piece, offset = self.correction
-        return Prediction(scale * raw.latency_ms + per_piece * self.pieces(space, genes) + offset, raw.estimated)
+        return Prediction(scale * raw.latency_ms + per_piece * (ids >= 0).sum(axis=1) + offset, raw.estimated)
 
     def pieces(self, space: SearchSpace, genes: np.ndarray) -> np.ndarray:
         """How many keys (stem, blocks, head) each gene row's network is made of."""
