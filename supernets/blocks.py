@@ -64,6 +64,11 @@ class FusedMBConv(nn.Module):
         return x + out if self.residual else out
 
 
+def split_even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ShuffleNet's channel split in a width-independent order: (even channels, odd channels)."""
+    return x[:, 0::2], x[:, 1::2]
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     batch, channels, height, width = x.shape
     x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2)
@@ -73,7 +78,14 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 class ShuffleV2Unit(nn.Module):
     """shufflev2 (Ma et al. 2018, Fig. 3): at stride 1 with equal widths, split the channels, transform one half
     (1x1 -> kxk depthwise -> 1x1), concatenate and shuffle. Otherwise both branches see the whole input:
-    kxk depthwise -> 1x1 on the left, 1x1 -> kxk depthwise -> 1x1 on the right (the paper's stride-2 unit)."""
+    kxk depthwise -> 1x1 on the left, 1x1 -> kxk depthwise -> 1x1 on the right (the paper's stride-2 unit).
+
+    The split takes the odd channels to transform and keeps the even ones, and the 2-group shuffle puts every
+    channel back where it was read from (kept at 2i, transformed at 2i+1). That is the paper's split and shuffle
+    with one fixed channel order, chosen so that a channel means the same at every width and depth of a stage:
+    `x.chunk(2)` plus shuffle moves each kept channel from i to 2i in every unit, so a supernet stage run at
+    another width or depth would hand the next stage its channels in another order. The mixing of the two
+    halves happens in the stage's first (two-branch) unit, whose output interleaves its branches."""
 
     def __init__(self, block: BlockConfig, in_channels: int) -> None:
         super().__init__()
@@ -95,7 +107,7 @@ class ShuffleV2Unit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.left is None:
-            keep, work = x.chunk(2, dim=1)
+            keep, work = split_even_odd(x)
             out = torch.cat((keep, self.right(work)), dim=1)
         else:
             out = torch.cat((self.left(x), self.right(x)), dim=1)
@@ -113,9 +125,7 @@ def zero_init_residual(block: nn.Module) -> None:
         # The branch ends in a ConvBNAct; a fused block at expand 1 is a single one.
         body = cast(nn.Sequential, block.body)
         norm = (body if isinstance(body, ConvBNAct) else cast(nn.Sequential, body[-1]))[1]
-    elif isinstance(block, ShuffleV2Unit) and block.split:
-        norm = cast(nn.Sequential, cast(nn.Sequential, block.right)[-1])[1]
-    else:
+    else:  # ShuffleNet units replace the half they transform: zeroing it would not give the identity
         return
     assert isinstance(norm, nn.BatchNorm2d)
     norm.weight.zero_()

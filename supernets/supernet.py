@@ -17,7 +17,7 @@ from torch import nn
 
 from search_spaces import ArchConfig, BlockConfig, SearchSpace, get_family
 from search_spaces.families import Family
-from supernets.blocks import FusedMBConv, InvertedResidual, ShuffleV2Unit, channel_shuffle
+from supernets.blocks import FusedMBConv, InvertedResidual, ShuffleV2Unit, channel_shuffle, split_even_odd
 from supernets.elastic_layers import ACT_FUNCS, ElasticConv, ElasticConvBN
 from supernets.layers import ConvBNAct
 from supernets.models import StaticNet, build_model
@@ -155,7 +155,7 @@ class ElasticShuffle(nn.Module):
     def forward(self, x: torch.Tensor, block: BlockConfig) -> torch.Tensor:
         branch, k, s, act = block.out_channels // 2, block.kernel, block.stride, block.activation
         if s == 1 and x.shape[1] == block.out_channels and self.split is not None:
-            keep, work = x.chunk(2, dim=1)
+            keep, work = split_even_odd(x)
             pw1, dw, pw2 = self.split
             out = torch.cat((keep, pw2(dw(pw1(work, branch, 1, act=act), branch, k), branch, 1, act=act)), dim=1)
         elif self.left is not None and self.right is not None:
@@ -168,8 +168,7 @@ class ElasticShuffle(nn.Module):
         return channel_shuffle(out, 2)
 
     def zero_init_residual(self) -> None:
-        if self.split is not None:
-            self.split[2].bn.weight.zero_()
+        """Not residual: a split unit replaces the half it transforms (see `blocks.ShuffleV2Unit`)."""
 
     @torch.no_grad()
     def copy_into(self, static: ShuffleV2Unit, block: BlockConfig, in_ch: int) -> None:

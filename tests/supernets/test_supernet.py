@@ -96,3 +96,30 @@ def test_bad_architectures_and_inputs_are_refused():
         net(torch.zeros(1, 3, 32, 32), ArchConfig.from_str(space.extreme().to_str().replace("_i1_", "_i3_")))
     with pytest.raises(ValueError, match="does not fit 1 channels at 32px"):
         net(torch.zeros(1, 1, 28, 28), space.extreme(True))
+
+
+def test_shufflenet_stage_keeps_its_channel_order_across_depth_and_width():
+    """A later stage reads the same features at the same positions whatever depth and width a ShuffleNet stage
+    runs at: the split units keep the even channels in place and the first unit's output is prefix-consistent."""
+    from search_spaces import BlockConfig
+
+    space, net = warmed("small")
+    slots = net.stages[1]["shufflev2"]
+    x = torch.randn(2, 24, 12, 12)
+
+    def stage(depth, width, kernel=3):
+        h = x
+        with torch.no_grad():
+            for position in range(depth):
+                h = slots[position](h, BlockConfig("shufflev2", kernel, 1, width, 2 if position == 0 else 1))
+        return h
+
+    full = stage(3, 32)
+    for depth in (1, 2):
+        assert torch.equal(stage(depth, 32)[:, 0::2], full[:, 0::2]), depth
+    # At width 24 the first unit's left branch gives the first 12 of the 16 channels it gives at width 32, at the
+    # same (even) positions.
+    assert torch.allclose(stage(1, 24)[:, 0::2], full[:, 0:24:2], atol=1e-6)
+    # The split units read the same (odd) channels at every width: the kept half stays put at width 24 too.
+    assert torch.equal(stage(3, 24)[:, 0::2], full[:, 0:24:2])
+    assert not torch.allclose(stage(3, 32)[:, 1::2], stage(1, 32)[:, 1::2])
