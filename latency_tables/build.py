@@ -31,13 +31,16 @@ from latency_tables.table import (
     TableError,
     atomic_write,
     cpu_model,
+    current_revisions,
     default_device,
     fit_correction,
     header_line,
     read_rows,
     row_line,
+    stale_parts,
 )
 from search_spaces import ArchConfig, SearchSpace, get_space
+from search_spaces.codec import arch_from_str
 
 NETWORK_COLUMNS = ("arch_key", "arch", "latency_ms_median", "latency_ms_iqr", "runs")
 Log = Callable[[str], None]
@@ -151,7 +154,7 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
                             cpu_model())
     out = Path(out)
     index = SpaceIndex(space)
-    meta = _start_meta(out, space, profile, protocol, len(index.keys))
+    meta = _start_meta(out, space, profile, protocol, len(index.keys), log)
     table_csv = out / "table.csv"
     if not table_csv.is_file():
         atomic_write(table_csv, header_line())
@@ -234,8 +237,43 @@ def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, p
         models.rmdir()
 
 
+def _drop_stale(out: Path, meta: dict[str, Any], log: Log) -> None:
+    """Remove what was measured with an older block or conversion revision (`table.stale_parts`): the stale key
+    rows, and the measured networks that use a stale family; the build then measures them again. Files are
+    rewritten atomically; the correction and validation summary go until they are measured again."""
+    every_key, families = stale_parts(meta)
+    if not (every_key or families):
+        return
+    stale = set(families)
+
+    def rewrite(path: Path, is_stale: Callable[[dict[str, str]], bool]) -> int:
+        if not path.is_file():
+            return 0
+        _drop_partial_line(path)
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        rows = list(csv.DictReader(lines))
+        keep = [line for line, row in zip(lines[1:], rows, strict=True) if not is_stale(row)]
+        atomic_write(path, lines[0] + "".join(keep))
+        return len(rows) - len(keep)
+
+    keys = rewrite(out / "table.csv", lambda row: every_key or row["family"] in stale)
+
+    def uses_stale(row: dict[str, str]) -> bool:
+        return any(site.block.family in stale for site in arch_from_str(row["arch"]).sites())
+
+    nets = sum(rewrite(path, uses_stale) for path in [out / "networks.csv", *sorted(out.glob("validation-s*.csv"))])
+    for name in ("correction", "validation"):
+        meta.pop(name, None)
+    meta["status"] = "building"
+    meta["revisions"] = current_revisions(meta["profile"]["runtime"], meta["profile"]["precision"])
+    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    what = ["the piece conversion"] * every_key + [f"the {family} block" for family in families]
+    log(f"{out}: {' and '.join(what)} changed since it was measured; dropped {keys} key row(s) and {nets} "
+        f"measured network(s) to measure again")
+
+
 def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol: Protocol,
-                keys: int) -> dict[str, Any]:
+                keys: int, log: Log = print) -> dict[str, Any]:
     """meta.json of a new build, or of the unfinished (or finished) build in `out` if it is the same table."""
     meta_path = out / "meta.json"
     if meta_path.is_file():
@@ -251,11 +289,13 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
         if meta.get("space_definition") != space.to_dict():
             raise TableError(f"{out} was built for another definition of space {space.name!r}; pick another "
                              f"output directory")
+        _drop_stale(out, meta, log)
         return dict(meta)
     if out.exists() and any(out.iterdir()):
         raise TableError(f"{out} exists and is not a latency table; pick an empty or new directory")
     meta = {"space": space.name, "space_definition": space.to_dict(), "profile": profile.to_dict(),
             "table_id": profile.table_id, "protocol": protocol.to_dict(), "status": "building", "keys": keys,
+            "revisions": current_revisions(profile.runtime, profile.precision),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "format": "hwnas latency table 1"}
     atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -144,6 +144,53 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Sequence[np.ndarray]
     return Path(path)
 
 
+def integer_io(path: Path, *, input_: bool = True, output: bool = True) -> dict[str, list[float]]:
+    """Make a QDQ model take (and give) its quantized tensor instead of floats: drop the QuantizeLinear on the
+    input and the DequantizeLinear on the output. A lookup-table piece then costs what it costs inside a whole
+    int8 network, where the tensors between blocks stay uint8; with float I/O every piece would pay a quantize
+    and a dequantize the network does not. The (scale, zero point) of each changed end is stored in the model's
+    metadata (`hwnas_io_quant`) for agreement checks. Returns them."""
+    import json
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    ends: dict[str, list[float]] = {}
+
+    def rename(old: str, new: str) -> None:
+        for node in graph.node:
+            for names in (node.input, node.output):
+                for i, name in enumerate(names):
+                    if name == old:
+                        names[i] = new
+
+    def quant_of(node: Any) -> tuple[list[float], int]:
+        zero = consts[node.input[2]]
+        return [float(consts[node.input[1]]), float(zero)], helper.np_dtype_to_tensor_dtype(zero.dtype)
+
+    inp, out = graph.input[0], graph.output[0]
+    users = [n for n in graph.node if inp.name in n.input]
+    if input_ and len(users) == 1 and users[0].op_type == "QuantizeLinear":
+        ends["input"], dtype = quant_of(users[0])
+        graph.node.remove(users[0])
+        rename(users[0].output[0], inp.name)
+        inp.type.tensor_type.elem_type = dtype
+    makers = [n for n in graph.node if out.name in n.output]
+    if output and len(makers) == 1 and makers[0].op_type == "DequantizeLinear":
+        ends["output"], dtype = quant_of(makers[0])
+        graph.node.remove(makers[0])
+        rename(makers[0].input[0], out.name)
+        out.type.tensor_type.elem_type = dtype
+    if ends:
+        model.metadata_props.add(key="hwnas_io_quant", value=json.dumps(ends))
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+    return ends
+
+
 # --------------------------------------------------------------------------------------------- TFLite
 
 
@@ -221,7 +268,12 @@ def export_for(runtime: str, precision: str, target: LutKey | ArchConfig, path: 
             return export_onnx(module, shape, path)
         with tempfile.TemporaryDirectory() as tmpdir:
             fp32 = export_onnx(module, shape, Path(tmpdir) / "fp32.onnx")
-            return quantize_onnx(fp32, path, calibration)
+            int8 = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", calibration)
+            if isinstance(target, LutKey):  # inside a network only the stem's input and head's output are float
+                integer_io(int8, input_=target.kind != "stem", output=target.kind != "head")
+            with atomic_path(path) as tmp:
+                os.replace(int8, tmp)
+            return Path(path)
     if runtime == "litert":
         return export_tflite(module, shape, path, precision, calibration)
     get_runtime(runtime)  # raises the unknown-runtime error

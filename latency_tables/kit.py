@@ -27,6 +27,7 @@ from latency_tables.table import (
     LatencyTable,
     TableError,
     atomic_write,
+    current_revisions,
     fit_correction,
     header_line,
     row_line,
@@ -65,7 +66,8 @@ def export_kit(space: SearchSpace, runtime: str, precision: str, out: Path, *, p
         entry["input_shape"] = list(input_shape(target))
     manifest = {"format": KIT_FORMAT, "space": space.name, "space_definition": space.to_dict(),
                 "runtime": runtime, "precision": precision, "protocol": protocol.to_dict(),
-                "fit_seed": fit_seed, "validate_seed": validate_seed, "entries": entries}
+                "fit_seed": fit_seed, "validate_seed": validate_seed,
+                "revisions": current_revisions(runtime, precision), "entries": entries}
     out.mkdir(parents=True, exist_ok=True)
     old = out / "manifest.json"
     if old.is_file() and json.loads(old.read_text())["entries"] != entries:
@@ -137,7 +139,8 @@ def import_kit(kit: Path, out: Path | None = None, device: str | None = None) ->
             "table_id": profile.table_id, "protocol": protocol.to_dict(), "status": "complete",
             "keys": sum(e["kind"] == "key" for e in manifest["entries"]), "device_info": device_meta,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "format": "hwnas latency table 1", "source": f"device kit {kit}"}
+            "format": "hwnas latency table 1", "source": f"device kit {kit}",
+            "revisions": manifest.get("revisions", {})}
     atomic_write(out / "table.csv", "".join(lines))
     atomic_write(out / "networks.csv", header + "".join(networks["fit"]))
     atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")

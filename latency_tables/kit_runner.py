@@ -37,6 +37,15 @@ def ort_session(ort, path, threads):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def random_input(shape, dtype):
+    """A seeded random input: integers over the type's range for a quantized model, else standard normal."""
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
 def load_session(runtime, path, threads):
     """(run on one input, a random input of the model's own shape and type, the runtime's version string)."""
     if runtime == "ort":
@@ -44,7 +53,8 @@ def load_session(runtime, path, threads):
 
         session = ort_session(ort, path, threads)
         inp = session.get_inputs()[0]
-        x = np.random.default_rng(0).standard_normal(inp.shape).astype(np.float32)
+        dtype = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(inp.type, np.float32)
+        x = random_input(inp.shape, dtype)
         return (lambda x: session.run(None, {inp.name: x})[0]), x, "onnxruntime " + ort.__version__
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -57,12 +67,7 @@ def load_session(runtime, path, threads):
     interpreter = Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    rng = np.random.default_rng(0)
-    if np.issubdtype(inp["dtype"], np.integer):  # a fully quantized model takes integers
-        info = np.iinfo(inp["dtype"])
-        x = rng.integers(info.min, info.max, size=inp["shape"], endpoint=True).astype(inp["dtype"])
-    else:
-        x = rng.standard_normal(inp["shape"]).astype(inp["dtype"])
+    x = random_input(inp["shape"], inp["dtype"])
 
     def run(x):
         interpreter.set_tensor(inp["index"], x)

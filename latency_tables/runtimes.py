@@ -169,6 +169,10 @@ def _missing(runtime: str, package: str) -> RuntimeMissing:
                           f"with `pip install -e '.[runtimes]'` (or `pip install {package}`)")
 
 
+#: numpy types of the ONNX Runtime input types hwnas models use.
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
 class OrtRuntime(Runtime):
     """ONNX Runtime, CPU execution provider, sequential execution, all graph optimisations."""
 
@@ -189,7 +193,15 @@ class OrtRuntime(Runtime):
 
         session = ort_session(self._ort(), path, threads)
         inp = session.get_inputs()[0]
-        return Session(lambda x: session.run(None, {inp.name: x})[0], tuple(inp.shape))
+        # An int8 lookup-table piece takes and gives its quantized tensors (see `convert.integer_io`).
+        ends = json.loads(session.get_modelmeta().custom_metadata_map.get("hwnas_io_quant", "{}"))
+        dtype = ORT_TYPES.get(inp.type, np.float32)
+
+        def quant(end: str) -> tuple[float, int] | None:
+            return (float(ends[end][0]), int(ends[end][1])) if end in ends else None
+
+        return Session(lambda x: session.run(None, {inp.name: x})[0], tuple(inp.shape), dtype,
+                       input_quant=quant("input"), output_quant=quant("output"))
 
 
 def litert_interpreter_class() -> tuple[Any, str]:

@@ -176,6 +176,12 @@ class LatencyTable:
         missing = [k for k in ("space", "profile", "protocol") if k not in meta]
         if missing:
             raise TableError(f"{meta_path} lacks {', '.join(missing)}; it is not an hwnas latency table")
+        every_key, families = stale_parts(meta)
+        if every_key or families:
+            what = "its pieces' conversion" if every_key else f"the {', '.join(families)} blocks"
+            raise TableError(f"table {path} was measured with an older version of {what} than this hwnas builds; "
+                             f"re-measure them: `hwnas lut build` with the settings in its meta.json and --out "
+                             f"{path} re-measures just those and keeps the rest (a device-kit table needs a new kit)")
         return cls(meta, read_rows(path / "table.csv"), path)
 
     def save_meta(self, path: Path | None = None) -> None:
@@ -314,6 +320,31 @@ def fit_correction(raw_ms: Sequence[float] | np.ndarray, pieces: Sequence[int] |
     fitted = a @ np.array([scale, per_piece, offset])
     return {"scale": float(scale), "per_piece_ms": float(per_piece), "offset_ms": float(offset),
             "networks": int(len(raw)), "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}
+
+
+#: Revision of the conversion of lookup-table pieces, per (runtime, precision); a change re-measures every key.
+#: ort int8 2: pieces take and give uint8 tensors, as they do inside a whole network (`convert.integer_io`).
+CONVERSION_REVISIONS: dict[tuple[str, str], int] = {("ort", "int8"): 2}
+
+
+def current_revisions(runtime: str, precision: str) -> dict[str, Any]:
+    """What a table measured now is measured with: block revisions (see `supernets.blocks.BLOCK_REVISIONS`) and
+    the piece conversion's revision. Stored in meta.json as `revisions`; a table without it is at revision 1."""
+    from supernets.blocks import BLOCK_REVISIONS
+
+    return {"blocks": dict(sorted(BLOCK_REVISIONS.items())),
+            "conversion": CONVERSION_REVISIONS.get((runtime, precision), 1)}
+
+
+def stale_parts(meta: dict[str, Any]) -> tuple[bool, list[str]]:
+    """(every key is stale, families whose blocks are stale) for a table's meta against this hwnas."""
+    profile = meta["profile"]
+    now = current_revisions(profile["runtime"], profile["precision"])
+    had = meta.get("revisions", {})
+    had_blocks = had.get("blocks", {})
+    families = sorted(f for f in set(now["blocks"]) | set(had_blocks)
+                      if now["blocks"].get(f, 1) != had_blocks.get(f, 1))
+    return had.get("conversion", 1) != now["conversion"], families
 
 
 SHIPPED = Path(__file__).resolve().parent / "data"

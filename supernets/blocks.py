@@ -64,6 +64,14 @@ class FusedMBConv(nn.Module):
         return x + out if self.residual else out
 
 
+#: What each family's static block computes, by revision: bump a family's number whenever its computation (and
+#: so its measured latency) changes. Latency tables record the revisions they were measured at, and a table
+#: build re-measures the keys and networks of a family whose revision moved. Families not listed are at 1.
+BLOCK_REVISIONS: dict[str, int] = {
+    "shufflev2": 2,  # 2: the split takes the odd channels and keeps the even ones in place (was `chunk(2)`)
+}
+
+
 def split_even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ShuffleNet's channel split in a width-independent order: (even channels, odd channels)."""
     return x[:, 0::2], x[:, 1::2]

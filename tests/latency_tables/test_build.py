@@ -158,3 +158,38 @@ def test_device_kit_for_litert_int8_feeds_int8_inputs(tiny_space, tmp_path):
     table = import_kit(kit)
     assert table.table_id == "pi5-litert-int8-t1" and len(table.rows) == 48
     assert table.meta["correction"]["networks"] == 3
+
+
+def test_a_changed_block_is_measured_again_and_the_rest_kept(tiny_space, tmp_path):
+    """A table measured before a family's block changed is refused on load, and a build re-measures just that
+    family's keys and the networks that use it."""
+    import csv
+
+    out = tmp_path / "table"
+    build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=6, progress=False,
+                log=lambda _: None)
+    validate_table(out, samples=6, seed=5, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["revisions"]["blocks"]["shufflev2"] == 2
+    meta["revisions"]["blocks"] = {}  # as measured before the ShuffleNet split changed (revision 1)
+    (out / "meta.json").write_text(json.dumps(meta))
+    before = read_rows(out / "table.csv")
+    nets = {p.name: list(csv.DictReader(p.open())) for p in (out / "networks.csv", out / "validation-s5.csv")}
+    uses = {name: [r["arch_key"] for r in rows if "shufflev2" in r["arch"]] for name, rows in nets.items()}
+    assert all(uses.values()) and all(len(u) < len(nets[n]) for n, u in uses.items())  # some of each kind
+    with pytest.raises(TableError, match="older version of the shufflev2 blocks.*re-measures just those"):
+        LatencyTable.load(out)
+    said: list[str] = []
+    table = build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=6,
+                        progress=False, log=said.append)
+    shuffle = {k for k in before if k.family == "shufflev2"}
+    dropped_nets = len(uses["networks.csv"]) + len(uses["validation-s5.csv"])
+    assert shuffle and f"dropped {len(shuffle)} key row(s) and {dropped_nets} measured network(s)" in said[0]
+    assert set(table.rows) == set(before) and table.meta["status"] == "complete"
+    assert all(table.rows[k] == before[k] for k in before if k not in shuffle)  # untouched rows are kept
+    assert sum(table.rows[k] != before[k] for k in shuffle) > 0  # measured again
+    assert "validation" not in table.meta and len(list(csv.DictReader((out / "networks.csv").open()))) == 6
+    kept = [r for r in csv.DictReader((out / "validation-s5.csv").open())]
+    assert len(kept) == 6 - len(uses["validation-s5.csv"])
+    validate_table(out, samples=6, seed=5, progress=False)
+    assert len(list(csv.DictReader((out / "validation-s5.csv").open()))) == 6

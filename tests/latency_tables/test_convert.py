@@ -40,3 +40,25 @@ def test_quantized_networks_keep_their_top1(tiny_space, runtime, precision, floo
     report = agreement(runtime, path, target_module(arch), calib)
     assert report["top1_agreement"] >= floor, report
     assert report["max_abs_diff"] > 0  # quantization does change the outputs
+
+
+def test_int8_onnx_pieces_pass_uint8_between_them_like_a_whole_network(tiny_space, tmp_path):
+    """Inside an int8 network the tensors between blocks stay uint8: a piece takes and gives uint8 (the stem takes
+    the float image, the head gives float logits), so it pays no quantize/dequantize the network does not."""
+    import onnx
+
+    rt = get_runtime("ort")
+    for i, key in enumerate(one_key_per_family(tiny_space)):
+        path = export_for("ort", "int8", key, tmp_path / f"{i}.onnx")
+        graph = onnx.load(str(path)).graph
+        types = [graph.input[0].type.tensor_type.elem_type, graph.output[0].type.tensor_type.elem_type]
+        want = [onnx.TensorProto.FLOAT if key.kind == "stem" else onnx.TensorProto.UINT8,
+                onnx.TensorProto.FLOAT if key.kind == "head" else onnx.TensorProto.UINT8]
+        assert types == want, key.to_str()
+        session = rt.load(path, 1)
+        inputs = calibration_inputs(key.input_shape, 4, seed=0)  # the quantizer calibrated on these
+        report = agreement("ort", path, target_module(key), inputs)
+        # The uint8 ends are (de)quantized with the scales stored in the model: the outputs still match.
+        assert report["max_abs_diff"] < 0.5, (key.to_str(), report)
+        assert (session.input_quant is None) == (key.kind == "stem"), key.to_str()
+        assert rt.measure(path, Protocol(warmup=1, runs=5)).median_ms > 0
