@@ -171,19 +171,15 @@ def integer_io(path: Path, *, input_: bool = True, output: bool = True) -> dict[
         zero = consts[node.input[2]]
         return [float(consts[node.input[1]]), float(zero)], helper.np_dtype_to_tensor_dtype(zero.dtype)
 
-    inp, out = graph.input[0], graph.output[0]
-    users = [n for n in graph.node if inp.name in n.input]
-    if input_ and len(users) == 1 and users[0].op_type == "QuantizeLinear":
-        ends["input"], dtype = quant_of(users[0])
-        graph.node.remove(users[0])
-        rename(users[0].output[0], inp.name)
-        inp.type.tensor_type.elem_type = dtype
-    makers = [n for n in graph.node if out.name in n.output]
-    if output and len(makers) == 1 and makers[0].op_type == "DequantizeLinear":
-        ends["output"], dtype = quant_of(makers[0])
-        graph.node.remove(makers[0])
-        rename(makers[0].input[0], out.name)
-        out.type.tensor_type.elem_type = dtype
+    for end, wanted, value, op in (("input", input_, graph.input[0], "QuantizeLinear"),
+                                   ("output", output, graph.output[0], "DequantizeLinear")):
+        touching = [n for n in graph.node if value.name in (n.input if end == "input" else n.output)]
+        if wanted and len(touching) == 1 and touching[0].op_type == op:
+            node = touching[0]
+            ends[end], dtype = quant_of(node)
+            graph.node.remove(node)
+            rename(node.output[0] if end == "input" else node.input[0], value.name)
+            value.type.tensor_type.elem_type = dtype
     if ends:
         model.metadata_props.add(key="hwnas_io_quant", value=json.dumps(ends))
         with atomic_path(path) as tmp:
