@@ -142,11 +142,17 @@ def unique_archs(space: SearchSpace, n: int, seed: int, exclude: Iterable[str] =
 
 def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Path, *,
                 protocol: Protocol | None = None, device: str | None = None, fit_networks: int = 20,
-                fit_seed: int = 0, jobs: int = 1, progress: bool = True, log: Log = print) -> LatencyTable:
+                fit_seed: int = 0, jobs: int = 1, progress: bool = True, log: Log = print,
+                drift_check: int = 24, drift_tolerance: float = 0.10) -> LatencyTable:
     """Measure every key `space` needs on `runtime` at `precision` into the table directory `out` (resumable).
 
     Keys are converted first (by `jobs` processes; files kept in `out/models/` until measured, so a resumed
-    build does not convert again), then measured one after another with nothing else running."""
+    build does not convert again), then measured one after another with nothing else running.
+
+    A resumed build first re-measures `drift_check` of the keys measured earlier (0: no check). If their median
+    moved by more than `drift_tolerance` (a fraction), the machine is no longer the one the rows were measured
+    on (other load, clock, runtime), and old and new rows would not add up: the earlier files are moved to
+    `out/superseded-<time>/` and the whole table is measured again."""
     protocol = protocol or Protocol()
     rt = get_runtime(runtime)
     check_precision(runtime, precision)
@@ -160,6 +166,14 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
         atomic_write(table_csv, header_line())
     _drop_partial_line(table_csv)
     done = read_rows(table_csv)
+    if done and drift_check > 0:
+        drift = _drift(done, runtime, precision, protocol, drift_check)
+        if abs(drift - 1) > drift_tolerance:
+            moved = _supersede(out, meta)
+            log(f"{out}: {min(drift_check, len(done))} keys measured earlier now measure {drift - 1:+.0%} (median); "
+                f"the machine has changed since (tolerance {drift_tolerance:.0%}), so the whole table is measured "
+                f"again. The earlier files are in {moved}")
+            done = {}
     todo = [k for k in index.keys if k not in done]
     log(f"space {space.name!r} needs {len(index.keys)} keys on {profile.table_id}; {len(done)} measured, "
         f"{len(todo)} to go")
@@ -188,6 +202,34 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
     table.meta["status"] = "complete"
     table.save_meta()
     return table
+
+
+def _drift(done: dict[LutKey, tuple[float, float, int]], runtime: str, precision: str, protocol: Protocol,
+           sample: int) -> float:
+    """Median ratio (now / then) of `sample` already measured keys, measured again (a seeded choice)."""
+    keys = sorted(done, key=LutKey.to_str)
+    picked = [keys[i] for i in np.random.default_rng(0).choice(len(keys), min(sample, len(keys)), replace=False)]
+    pin_to_cpu(protocol.pin_cpu)
+    now = measure_targets(runtime, precision, picked, protocol)
+    return float(np.median([m.median_ms / done[k][0] for k, m in zip(picked, now, strict=True)]))
+
+
+def _supersede(out: Path, meta: dict[str, Any]) -> Path:
+    """Move the measured files of `out` into `out/superseded-<UTC time>/` and restart the table's meta."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    old = out / f"superseded-{stamp}"
+    old.mkdir()
+    atomic_write(old / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    for path in [out / "table.csv", out / "networks.csv", *sorted(out.glob("validation-s*.csv"))]:
+        if path.is_file():
+            os.replace(path, old / path.name)
+    for name in ("correction", "validation", "build"):
+        meta.pop(name, None)
+    meta["status"] = "building"
+    meta["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write(out / "table.csv", header_line())
+    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return old
 
 
 def _convert_chunk(runtime: str, precision: str, items: list[tuple[dict[str, str], str]]) -> int:

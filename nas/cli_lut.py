@@ -43,8 +43,8 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
     out = _out(args)
     table = build_table(get_space(args.space), args.runtime, args.precision, out, protocol=_protocol(args),
                         device=args.device, fit_networks=args.fit_networks, jobs=args.jobs,
-                        progress=not args.no_progress,
-                        log=_log(args))
+                        progress=not args.no_progress, log=_log(args), drift_check=args.drift_check,
+                        drift_tolerance=args.drift_tolerance)
     if args.validate:
         validate_table(out, args.validate, seed=args.validate_seed, progress=not args.no_progress)
         table = type(table).load(out)
@@ -136,6 +136,11 @@ def register(groups: Any, command: Any) -> None:
     build.add_argument("--out", help="table directory (default runs/lut/<space>-<table id>)")
     build.add_argument("--jobs", type=int, default=1,
                        help="processes converting models before measuring starts (default 1)")
+    build.add_argument("--drift-check", type=int, default=24, metavar="N",
+                       help="on resuming, measure N earlier keys again (default 24; 0: no check)")
+    build.add_argument("--drift-tolerance", type=float, default=0.10, metavar="FRACTION",
+                       help="if their median moved by more than this (default 0.10), measure the whole table again "
+                            "(the earlier files are kept in a superseded-<time>/ folder)")
     val = command(lut, "validate", cmd_lut_validate,
                   "measure N random subnets end to end and compare with the table's prediction")
     val.add_argument("--table", required=True, help="table directory")

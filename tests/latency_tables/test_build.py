@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_an_interrupted_build_resumes_without_rewriting_finished_rows(tiny_space
         fh.write("block:mbv3-6x6x8-c8-e2-k3")
     monkeypatch.setattr(build_module, "measure_targets", real)
     table = build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=3,
-                        progress=False, log=lambda _: None)
+                        progress=False, log=lambda _: None, drift_check=0)  # the drift check has its own test
     after = (out / "table.csv").read_bytes()
     assert after.startswith(before) and len(table.rows) == 48
 
@@ -181,7 +182,7 @@ def test_a_changed_block_is_measured_again_and_the_rest_kept(tiny_space, tmp_pat
         LatencyTable.load(out)
     said: list[str] = []
     table = build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=6,
-                        progress=False, log=said.append)
+                        progress=False, log=said.append, drift_check=0)
     shuffle = {k for k in before if k.family == "shufflev2"}
     dropped_nets = len(uses["networks.csv"]) + len(uses["validation-s5.csv"])
     assert shuffle and f"dropped {len(shuffle)} key row(s) and {dropped_nets} measured network(s)" in said[0]
@@ -193,3 +194,30 @@ def test_a_changed_block_is_measured_again_and_the_rest_kept(tiny_space, tmp_pat
     assert len(kept) == 6 - len(uses["validation-s5.csv"])
     validate_table(out, samples=6, seed=5, progress=False)
     assert len(list(csv.DictReader((out / "validation-s5.csv").open()))) == 6
+
+
+def test_a_resumed_build_on_a_drifted_machine_measures_the_whole_table_again(tiny_space, tmp_path):
+    """Rows measured when the machine was 3x slower no longer add up with new ones: the resumed build notices
+    (re-measuring a sample of earlier keys), keeps the old files aside and measures everything again."""
+    out = tmp_path / "table"
+    kwargs = dict(protocol=FAST, device="box", fit_networks=3, progress=False)
+    build_table(tiny_space, "torch", "fp32", out, log=lambda _: None, **kwargs)
+    lines = (out / "table.csv").read_text().splitlines()
+    header, rows = lines[0], [line.split(",") for line in lines[1:]]
+    col = header.split(",").index("latency_ms_median")
+    for row in rows:
+        row[col] = f"{3 * float(row[col]):.6g}"
+    slow = header + "\n" + "".join(",".join(row) + "\n" for row in rows)
+    (out / "table.csv").write_text(slow)
+    # A generous tolerance keeps the rows.
+    kept = build_table(tiny_space, "torch", "fp32", out, log=lambda _: None, drift_tolerance=10.0, **kwargs)
+    assert (out / "table.csv").read_text() == slow and len(kept.rows) == 48
+    said: list[str] = []
+    table = build_table(tiny_space, "torch", "fp32", out, log=said.append, drift_check=8, **kwargs)
+    assert re.search(r"8 keys measured earlier now measure -\d+% \(median\).*measured again", said[0]), said[0]
+    (old,) = out.glob("superseded-*")
+    assert (old / "table.csv").read_text() == slow and (old / "networks.csv").is_file()
+    assert len(table.rows) == 48 and table.meta["status"] == "complete" and "correction" in table.meta
+    fresh = read_rows(out / "table.csv")
+    slow_rows = read_rows(old / "table.csv")
+    assert set(fresh) == set(slow_rows) and all(fresh[k] != slow_rows[k] for k in fresh)  # every row is new
