@@ -9,6 +9,7 @@ with the prediction and stores the summary with the table.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
@@ -16,7 +17,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,19 +110,22 @@ def network_line(arch: ArchConfig, m: Measurement) -> str:
 
 
 def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, precision: str, protocol: Protocol,
-                     *, progress: bool = True, desc: str = "networks") -> dict[str, tuple[str, float, float, int]]:
-    """Measure whole networks end to end into a networks CSV, skipping those already in it (resumable)."""
+                     *, progress: bool = True, desc: str = "networks", jobs: int = 1
+                     ) -> dict[str, tuple[str, float, float, int]]:
+    """Measure whole networks end to end into a networks CSV, skipping those already in it (resumable). They are
+    converted first (by `jobs` processes, into `models/` beside the CSV, kept until measured), then measured."""
     if not path.is_file():
         atomic_write(path, ",".join(NETWORK_COLUMNS) + "\n")
     _drop_partial_line(path)
     done = read_networks(path)
     todo = [a for a in archs if a.key not in done]
-    with tqdm(total=len(todo), desc=desc, disable=not progress, leave=False) as bar:
-        for group in _chunks(todo, 8):
-            for arch, m in zip(group, measure_targets(runtime, precision, group, protocol), strict=True):
-                _append(path, network_line(arch, m))
-                done[arch.key] = (arch.to_str(), m.median_ms, m.iqr_ms, m.runs)
-            bar.update(len(group))
+    if todo:
+        models = path.parent / "models"
+        items = [(a, models / f"n-{a.key}{get_runtime(runtime).suffix}") for a in todo]
+        convert_all(runtime, precision, items, jobs, progress, chunk=2)
+        pin_to_cpu(protocol.pin_cpu)
+        _measure_files(path, items, runtime, protocol, network_line, progress, desc, group=8)
+        done = read_networks(path)
     return done
 
 
@@ -197,7 +201,7 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
 
     table = LatencyTable.load(out)
     started = time.perf_counter()
-    fit_correction_for(table, space, fit_networks, fit_seed, progress=progress)
+    fit_correction_for(table, space, fit_networks, fit_seed, progress=progress, jobs=jobs)
     table.meta["build"]["network_seconds"] += time.perf_counter() - started
     table.meta["status"] = "complete"
     table.save_meta()
@@ -232,51 +236,75 @@ def _supersede(out: Path, meta: dict[str, Any]) -> Path:
     return old
 
 
-def _convert_chunk(runtime: str, precision: str, items: list[tuple[dict[str, str], str]]) -> int:
-    """Worker: convert lookup-table pieces to the given paths (one torch thread; files written atomically)."""
+def _convert_chunk(runtime: str, precision: str, items: list[tuple[dict[str, Any], str]]) -> int:
+    """Worker: convert pieces or networks (given by `convert.spec_of`) to the given paths (one torch thread;
+    files written atomically)."""
     import torch
 
-    from latency_tables.convert import export_for
+    from latency_tables.convert import export_for, target_from_spec
 
     torch.set_num_threads(1)
-    for row, path in items:
-        export_for(runtime, precision, LutKey.from_row(row), Path(path))
+    for spec, path in items:
+        export_for(runtime, precision, target_from_spec(spec), Path(path), int(spec.get("seed", 0)))
     return len(items)
+
+
+def _unpin() -> None:
+    """Pool initializer: a converter may use every CPU, even if the process that started it is pinned."""
+    if hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
+def convert_all(runtime: str, precision: str, items: Sequence[tuple[LutKey | ArchConfig, Path]], jobs: int,
+                progress: bool, chunk: int = 16) -> None:
+    """Convert each (piece or network, path) whose file does not exist yet, by `jobs` processes. A file that
+    exists is complete (written atomically), so an interrupted conversion resumes."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from latency_tables.convert import spec_of
+
+    for folder in {path.parent for _, path in items}:
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(".*"):  # a conversion cut off mid-write (files are renamed into place whole)
+            leftover.unlink()
+    chunks = _chunks([(spec_of(t), str(path)) for t, path in items if not path.is_file()], chunk)
+    with tqdm(total=sum(map(len, chunks)), desc="convert", disable=not progress, leave=False) as bar:
+        if jobs > 1 and len(chunks) > 1:
+            context = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_unpin) as pool:
+                for done in cf.as_completed([pool.submit(_convert_chunk, runtime, precision, c) for c in chunks]):
+                    bar.update(done.result())
+        else:
+            for c in chunks:
+                bar.update(_convert_chunk(runtime, precision, c))
+
+
+def _measure_files(csv_path: Path, items: list[tuple[Any, Path]], runtime: str, protocol: Protocol,
+                   line: Callable[[Any, Measurement], str], progress: bool, desc: str, group: int) -> None:
+    """Measure converted files in groups (round-robin rounds within a group), append a CSV line for each and
+    delete its file; remove the models folder once it is empty."""
+    rt = get_runtime(runtime)
+    with tqdm(total=len(items), desc=desc, disable=not progress, leave=False) as bar:
+        for part in _chunks(items, group):
+            for (target, path), m in zip(part, rt.measure_many([p for _, p in part], protocol), strict=True):
+                _append(csv_path, line(target, m))
+                path.unlink()
+            bar.update(len(part))
+    for folder in {path.parent for _, path in items}:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, precision: str, protocol: Protocol,
                           out: Path, jobs: int, progress: bool) -> None:
-    import concurrent.futures as cf
-    import multiprocessing
-
-    rt = get_runtime(runtime)
     ids = {key: i for i, key in enumerate(index.keys)}
-    models = out / "models"
-    models.mkdir(exist_ok=True)
-    for leftover in models.glob(".*"):  # a conversion cut off mid-write (files are renamed into place whole)
-        leftover.unlink()
-    paths = {key: models / f"k{ids[key]:05d}{rt.suffix}" for key in todo}
-    pending = [(key.to_row(), str(paths[key])) for key in todo if not paths[key].is_file()]
-    chunks = _chunks(pending, 16)
-    with tqdm(total=len(pending), desc="convert", disable=not progress, leave=False) as bar:
-        if jobs > 1 and len(chunks) > 1:
-            context = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-                for done in cf.as_completed([pool.submit(_convert_chunk, runtime, precision, c) for c in chunks]):
-                    bar.update(done.result())
-        else:
-            for chunk in chunks:
-                bar.update(_convert_chunk(runtime, precision, chunk))
+    items = [(key, out / "models" / f"k{ids[key]:05d}{get_runtime(runtime).suffix}") for key in todo]
+    convert_all(runtime, precision, items, jobs, progress, chunk=16)
     pin_to_cpu(protocol.pin_cpu)
-    table_csv = out / "table.csv"
-    with tqdm(total=len(todo), desc="measure", disable=not progress, leave=False) as bar:
-        for group in _chunks(todo, 32):
-            for key, m in zip(group, rt.measure_many([paths[k] for k in group], protocol), strict=True):
-                _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
-                paths[key].unlink()
-            bar.update(len(group))
-    if not any(models.iterdir()):
-        models.rmdir()
+    _measure_files(out / "table.csv", items, runtime, protocol,
+                   lambda key, m: row_line(key, m.median_ms, m.iqr_ms, m.runs), progress, "measure", group=32)
 
 
 def _drop_stale(out: Path, meta: dict[str, Any], log: Log) -> None:
@@ -345,19 +373,19 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
 
 
 def _measured(table: LatencyTable, space: SearchSpace, csv_name: str, archs: list[ArchConfig], progress: bool,
-              desc: str) -> tuple[list[ArchConfig], np.ndarray]:
+              desc: str, jobs: int = 1) -> tuple[list[ArchConfig], np.ndarray]:
     assert table.path is not None
     profile, protocol = table.profile, Protocol.from_dict(table.meta["protocol"])
     rows = measure_networks(table.path / csv_name, archs, profile.runtime, profile.precision, protocol,
-                            progress=progress, desc=desc)
+                            progress=progress, desc=desc, jobs=jobs)
     return archs, np.array([rows[a.key][1] for a in archs])
 
 
 def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, seed: int = 0,
-                       progress: bool = True) -> dict[str, float]:
+                       progress: bool = True, jobs: int = 1) -> dict[str, float]:
     """Measure `networks` random subnets end to end (networks.csv, resumable) and fit the correction."""
     archs, measured = _measured(table, space, "networks.csv", unique_archs(space, networks, seed), progress,
-                                "fit networks")
+                                "fit networks", jobs)
     genes = np.stack([space.to_genes(a) for a in archs])
     raw = table.raw_sum(space, genes).latency_ms
     table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured), "seed": seed}
@@ -382,7 +410,8 @@ def accuracy_summary(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
             "kendall_tau": kendall_tau(predicted, measured)}
 
 
-def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True) -> dict[str, Any]:
+def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True,
+                   jobs: int = 1) -> dict[str, Any]:
     """Measure `samples` random subnets (none used to fit the correction) end to end, compare with the
     prediction, store the summary in meta.json (and the measurements in validation.csv); return it."""
     table = LatencyTable.load(path)
@@ -392,7 +421,7 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
         raise TableError(f"table {path} was built for another definition of space {space.name!r}")
     fitted = read_networks(Path(path) / "networks.csv")
     archs = unique_archs(space, samples, seed, exclude=fitted)
-    archs, measured = _measured(table, space, f"validation-s{seed}.csv", archs, progress, "validate")
+    archs, measured = _measured(table, space, f"validation-s{seed}.csv", archs, progress, "validate", jobs)
     summary = validation_summary(table, space, np.stack([space.to_genes(a) for a in archs]), measured, seed)
     table.save_meta()
     return summary

@@ -46,7 +46,7 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
                         progress=not args.no_progress, log=_log(args), drift_check=args.drift_check,
                         drift_tolerance=args.drift_tolerance)
     if args.validate:
-        validate_table(out, args.validate, seed=args.validate_seed, progress=not args.no_progress)
+        validate_table(out, args.validate, seed=args.validate_seed, progress=not args.no_progress, jobs=args.jobs)
         table = type(table).load(out)
     build, fit = table.meta["build"], table.meta["correction"]
     lines = [f"table {out}: {table.meta['keys']} keys for space {args.space!r} on {table.table_id} "
@@ -61,7 +61,8 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
 def cmd_lut_validate(args: argparse.Namespace) -> None:
     from latency_tables.build import validate_table
 
-    summary = validate_table(args.table, args.samples, seed=args.seed, progress=not args.no_progress)
+    summary = validate_table(args.table, args.samples, seed=args.seed, progress=not args.no_progress,
+                             jobs=args.jobs)
     print(json.dumps(summary, indent=2) if args.json else "\n".join([f"table {args.table}:"] +
                                                                      _summary_lines(summary)))
 
@@ -135,7 +136,8 @@ def register(groups: Any, command: Any) -> None:
     build.add_argument("--device", help="device name in the table id (default: this CPU's model and cores)")
     build.add_argument("--out", help="table directory (default runs/lut/<space>-<table id>)")
     build.add_argument("--jobs", type=int, default=1,
-                       help="processes converting models before measuring starts (default 1)")
+                       help="processes converting models (keys, then networks) before they are measured "
+                            "(default 1)")
     build.add_argument("--drift-check", type=int, default=24, metavar="N",
                        help="on resuming, measure N earlier keys again (default 24; 0: no check)")
     build.add_argument("--drift-tolerance", type=float, default=0.10, metavar="FRACTION",
@@ -146,6 +148,7 @@ def register(groups: Any, command: Any) -> None:
     val.add_argument("--table", required=True, help="table directory")
     val.add_argument("--samples", type=int, default=100, help="subnets to measure (default 100)")
     val.add_argument("--seed", type=int, default=1, help="seed of the subnets (default 1)")
+    val.add_argument("--jobs", type=int, default=1, help="processes converting the subnets (default 1)")
     val.add_argument("--no-progress", action="store_true", help="no progress bars")
     show = command(lut, "show", cmd_lut_show, "describe a table")
     show.add_argument("table", help="table directory")

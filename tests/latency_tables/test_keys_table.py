@@ -12,6 +12,7 @@ from latency_tables.table import (
     DeviceProfile,
     LatencyTable,
     TableError,
+    current_revisions,
     fit_correction,
     header_line,
     row_line,
@@ -53,7 +54,7 @@ def write_table(path, space, profile=None, drop=(), correction=None):
     (path / "table.csv").write_text("".join(lines))
     profile = profile or DeviceProfile("testbox", "ort", "fp32", 1, "onnxruntime 1", "cpu")
     meta = {"space": space.name, "profile": profile.to_dict(), "protocol": {"threads": 1, "warmup": 1, "runs": 5},
-            "keys": len(index.keys)}
+            "keys": len(index.keys), "revisions": current_revisions(profile.runtime, profile.precision)}
     if correction:
         meta["correction"] = correction
     (path / "meta.json").write_text(json.dumps(meta))
