@@ -174,9 +174,10 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
         drift = _drift(done, runtime, precision, protocol, drift_check)
         if abs(drift - 1) > drift_tolerance:
             moved = _supersede(out, meta)
+            why = (f"the machine has changed since (tolerance {drift_tolerance:.0%})" if drift_tolerance > 0 else
+                   "--drift-tolerance 0 asks for a full re-measurement")
             log(f"{out}: {min(drift_check, len(done))} keys measured earlier now measure {drift - 1:+.0%} (median); "
-                f"the machine has changed since (tolerance {drift_tolerance:.0%}), so the whole table is measured "
-                f"again. The earlier files are in {moved}")
+                f"{why}, so the whole table is measured again. The earlier files are in {moved}")
             done = {}
     todo = [k for k in index.keys if k not in done]
     log(f"space {space.name!r} needs {len(index.keys)} keys on {profile.table_id}; {len(done)} measured, "
