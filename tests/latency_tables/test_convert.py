@@ -62,3 +62,14 @@ def test_int8_onnx_pieces_pass_uint8_between_them_like_a_whole_network(tiny_spac
         assert report["max_abs_diff"] < 0.5, (key.to_str(), report)
         assert (session.input_quant is None) == (key.kind == "stem"), key.to_str()
         assert rt.measure(path, Protocol(warmup=1, runs=5)).median_ms > 0
+
+
+def test_the_kit_runner_feeds_uint8_to_an_int8_onnx_piece(tiny_space, tmp_path):
+    from latency_tables import kit_runner
+
+    key = next(k for k in SpaceIndex(tiny_space).keys if k.kind == "block")
+    path = export_for("ort", "int8", key, tmp_path / "piece.onnx")
+    run, x, version = kit_runner.load_session("ort", str(path), 1)
+    assert x.dtype == np.uint8 and x.shape == tuple(key.input_shape) and version.startswith("onnxruntime")
+    assert x.min() < 64 and x.max() > 192  # spread over the type's range
+    assert run(x).dtype == np.uint8
