@@ -112,8 +112,8 @@ def test_json_with_defaults_decodes_and_becomes_canonical():
 def test_objects_are_frozen_and_validated():
     block = BlockConfig("mbv2", 3, 6, 24, 2)
     with pytest.raises(AttributeError):
-        block.kernel = 5  # type: ignore[misc]
+        block.kernel = 5
     with pytest.raises(ArchError, match="stage 0 is empty"):
         ArchConfig(32, 1, 10, StemConfig(8), ((),), HeadConfig(8))
     with pytest.raises(ArchError, match="must be a whole number"):
-        BlockConfig("mbv2", 3, 6, True, 2)  # type: ignore[arg-type]
+        BlockConfig("mbv2", 3, 6, True, 2)
