@@ -37,6 +37,10 @@ def ort_session(ort, path, threads):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+#: numpy types of the ONNX Runtime input types hwnas models use (hwnas's own OrtRuntime reads this too).
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
 def random_input(shape, dtype):
     """A seeded random input: integers over the type's range for a quantized model, else standard normal."""
     rng = np.random.default_rng(0)
@@ -53,7 +57,7 @@ def load_session(runtime, path, threads):
 
         session = ort_session(ort, path, threads)
         inp = session.get_inputs()[0]
-        dtype = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(inp.type, np.float32)
+        dtype = ORT_TYPES.get(inp.type, np.float32)
         x = random_input(inp.shape, dtype)
         return (lambda x: session.run(None, {inp.name: x})[0]), x, "onnxruntime " + ort.__version__
     try:

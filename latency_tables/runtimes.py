@@ -169,10 +169,6 @@ def _missing(runtime: str, package: str) -> RuntimeMissing:
                           f"with `pip install -e '.[runtimes]'` (or `pip install {package}`)")
 
 
-#: numpy types of the ONNX Runtime input types hwnas models use.
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
-
-
 class OrtRuntime(Runtime):
     """ONNX Runtime, CPU execution provider, sequential execution, all graph optimisations."""
 
@@ -189,7 +185,7 @@ class OrtRuntime(Runtime):
         return f"onnxruntime {self._ort().__version__}"
 
     def load(self, path: Path, threads: int) -> Session:
-        from latency_tables.kit_runner import ort_session
+        from latency_tables.kit_runner import ORT_TYPES, ort_session
 
         session = ort_session(self._ort(), path, threads)
         inp = session.get_inputs()[0]
