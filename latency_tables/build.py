@@ -34,11 +34,13 @@ from latency_tables.table import (
     cpu_model,
     current_revisions,
     default_device,
+    describe_stale,
     fit_correction,
     header_line,
     read_rows,
     row_line,
     stale_parts,
+    write_meta,
 )
 from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.codec import arch_from_str
@@ -198,7 +200,7 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
     build["keys_measured"] += len(todo)
     build["seconds_per_key"] = build["key_seconds"] / max(1, build["keys_measured"])
     meta["keys"] = len(index.keys)
-    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_meta(out, meta)
 
     table = LatencyTable.load(out)
     started = time.perf_counter()
@@ -224,7 +226,7 @@ def _supersede(out: Path, meta: dict[str, Any]) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     old = out / f"superseded-{stamp}"
     old.mkdir()
-    atomic_write(old / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_meta(old, meta)
     for path in [out / "table.csv", out / "networks.csv", *sorted(out.glob("validation-s*.csv"))]:
         if path.is_file():
             os.replace(path, old / path.name)
@@ -233,7 +235,7 @@ def _supersede(out: Path, meta: dict[str, Any]) -> Path:
     meta["status"] = "building"
     meta["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write(out / "table.csv", header_line())
-    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_meta(out, meta)
     return old
 
 
@@ -337,10 +339,9 @@ def _drop_stale(out: Path, meta: dict[str, Any], log: Log) -> None:
         meta.pop(name, None)
     meta["status"] = "building"
     meta["revisions"] = current_revisions(meta["profile"]["runtime"], meta["profile"]["precision"])
-    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    what = ["the piece conversion"] * every_key + [f"the {family} block" for family in families]
-    log(f"{out}: {' and '.join(what)} changed since it was measured; dropped {keys} key row(s) and {nets} "
-        f"measured network(s) to measure again")
+    write_meta(out, meta)
+    log(f"{out}: {describe_stale(every_key, families)} changed since it was measured; dropped {keys} key "
+        f"row(s) and {nets} measured network(s) to measure again")
 
 
 def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol: Protocol,
@@ -369,7 +370,7 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
             "revisions": current_revisions(profile.runtime, profile.precision),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "format": "hwnas latency table 1"}
-    atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_meta(out, meta)
     return meta
 
 

@@ -31,6 +31,7 @@ from latency_tables.table import (
     fit_correction,
     header_line,
     row_line,
+    write_meta,
 )
 from search_spaces import SearchSpace, get_space
 from search_spaces.codec import arch_from_str
@@ -143,7 +144,7 @@ def import_kit(kit: Path, out: Path | None = None, device: str | None = None) ->
             "revisions": manifest.get("revisions", {})}
     atomic_write(out / "table.csv", "".join(lines))
     atomic_write(out / "networks.csv", header + "".join(networks["fit"]))
-    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_meta(out, meta)
     table = LatencyTable.load(out)
     _fit_and_validate(table, space, networks, manifest)
     return table

@@ -107,6 +107,11 @@ def atomic_write(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Write a table's meta.json into `folder` (atomically; keys sorted, so diffs stay small)."""
+    atomic_write(Path(folder) / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
 def row_line(key: LutKey, median_ms: float, iqr_ms: float, runs: int) -> str:
     """One CSV line of `table.csv` (with its newline)."""
     buf = io.StringIO()
@@ -176,17 +181,15 @@ class LatencyTable:
         missing = [k for k in ("space", "profile", "protocol") if k not in meta]
         if missing:
             raise TableError(f"{meta_path} lacks {', '.join(missing)}; it is not an hwnas latency table")
-        every_key, families = stale_parts(meta)
-        if every_key or families:
-            what = "its pieces' conversion" if every_key else f"the {', '.join(families)} blocks"
+        what = describe_stale(*stale_parts(meta))
+        if what:
             raise TableError(f"table {path} was measured with an older version of {what} than this hwnas builds; "
                              f"re-measure them: `hwnas lut build` with the settings in its meta.json and --out "
                              f"{path} re-measures just those and keeps the rest (a device-kit table needs a new kit)")
         return cls(meta, read_rows(path / "table.csv"), path)
 
     def save_meta(self, path: Path | None = None) -> None:
-        target = Path(path or self.path or ".")
-        atomic_write(target / "meta.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        write_meta(Path(path or self.path or "."), self.meta)
 
     @property
     def profile(self) -> DeviceProfile:
@@ -345,6 +348,12 @@ def stale_parts(meta: dict[str, Any]) -> tuple[bool, list[str]]:
     families = sorted(f for f in set(now["blocks"]) | set(had_blocks)
                       if now["blocks"].get(f, 1) != had_blocks.get(f, 1))
     return had.get("conversion", 1) != now["conversion"], families
+
+
+def describe_stale(every_key: bool, families: list[str]) -> str:
+    """What `stale_parts` found, in words ("" when nothing is stale)."""
+    parts = ["its pieces' conversion"] * every_key + ([f"the {', '.join(families)} blocks"] if families else [])
+    return " and ".join(parts)
 
 
 SHIPPED = Path(__file__).resolve().parent / "data"
