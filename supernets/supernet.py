@@ -248,8 +248,9 @@ class Supernet(nn.Module):
 
     @torch.no_grad()
     def _zero_init_residual(self) -> None:
-        """Blocks after a stage's first always keep the stage width at stride 1, so they are always residual:
-        zero the scale of the BatchNorm ending each one's branch (see `blocks.zero_init_residual`)."""
+        """Blocks after a stage's first always keep the stage width at stride 1, so the MBConv families are always
+        residual there: zero the scale of the BatchNorm ending each one's branch (see `blocks.zero_init_residual`).
+        ShuffleNet units are not residual and keep their initialisation."""
         for stage in self.stages:
             for slots in stage.values():
                 for slot in list(slots)[1:]:
