@@ -126,7 +126,9 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
         items = [(a, models / f"n-{a.key}{get_runtime(runtime).suffix}") for a in todo]
         convert_all(runtime, precision, items, jobs, progress, chunk=2)
         pin_to_cpu(protocol.pin_cpu)
-        _measure_files(path, items, runtime, protocol, network_line, progress, desc, group=8)
+        # Groups of 32 as for keys: a network's rounds are then seconds apart, so a burst of load elsewhere spoils
+        # one round, not all three (with groups of 8, bursts inflated a few LiteRT networks by 25-40%).
+        _measure_files(path, items, runtime, protocol, network_line, progress, desc, group=32)
         done = read_networks(path)
     return done
 
