@@ -104,9 +104,8 @@ def main() -> None:
         arch = space.sample(rng)
         from_supernet = evaluate_subnet(net, arch, data, config.bn_recal_images, config.seed)[0]
         started = time.perf_counter()
-        alone = train_alone(arch, data, epochs=config.total_epochs, lr=config.phases[0].lr,
-                            batch_size=config.batch_size, momentum=config.momentum, weight_decay=config.weight_decay,
-                            augment_shift=config.augment_shift, seed=config.seed + i)
+        alone = train_alone(arch, data, config, epochs=config.total_epochs, lr=config.phases[0].lr,
+                            seed=config.seed + i)
         alone_acc = recal_acc(alone, arch)
         gaps.append(from_supernet - alone_acc)
         rows.append(f"| {i} | `{arch.to_str()}` | {from_supernet:.2%} | {alone_acc:.2%} | "

@@ -11,9 +11,11 @@ Splits are fixed by the seed and stratified by class.
 
 from __future__ import annotations
 
+import math
 import pickle  # only to read CIFAR's own python-format files, through a restricted unpickler
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +52,11 @@ class Dataset:
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
 
-    @property
+    @cached_property  # over every training pixel: computed once per dataset
     def mean(self) -> float:
         return float(self.train.images.mean() / 255.0)
 
-    @property
+    @cached_property
     def std(self) -> float:
         return float(self.train.images.std() / 255.0)
 
@@ -205,6 +207,31 @@ def to_tensor(images: np.ndarray, resolution: int, mean: float, std: float) -> t
     x = (torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0 - mean) / std
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return x
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, *, shift: int = 0, rotate: float = 0.0, scale: float = 0.0,
+            fill: float = 0.0) -> torch.Tensor:
+    """Random geometric augmentation of a normalised (N, C, H, W) batch, drawn from `gen`: each image is rotated
+    by up to +-`rotate` degrees and scaled by a factor in [1 - `scale`, 1 + `scale`] about its centre (bilinear),
+    then translated by a whole number of pixels, up to +-`shift` in each direction. What moves in from outside
+    the image is `fill`: pass the normalised value of a black pixel, -mean/std, so that a moved digit sits on
+    its own background (zero, the dataset's mean, would frame it with a grey border no test image has)."""
+    n, _, h, w = x.shape
+    if rotate > 0 or scale > 0:
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotate)
+        factor = 1 + (torch.rand(n, generator=gen) * 2 - 1) * scale
+        cos, sin, zero = torch.cos(angle) / factor, torch.sin(angle) / factor, torch.zeros(n)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    if shift > 0:
+        padded = F.pad(x, (shift,) * 4, value=fill)
+        dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+        rows, cols = dy[:, None] + torch.arange(h), dx[:, None] + torch.arange(w)
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+                   rows[:, None, :, None], cols[:, None, None, :]]
     return x
 
 

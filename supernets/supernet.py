@@ -229,17 +229,27 @@ class Supernet(nn.Module):
         self.classifier = nn.Linear(head.hidden or head.channels, space.num_classes)
 
     def forward(self, x: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
+        h = self.stem_forward(x, arch)
+        for index, blocks in enumerate(arch.stages):
+            h = self.stage_forward(h, index, blocks)
+        return self.head_forward(h, arch)
+
+    def stem_forward(self, x: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
+        """Check `arch` and the input, and run the stem (and max-pool): the first stage's input."""
         self.space.validate(arch)
         if x.shape[1:] != (arch.in_channels, arch.resolution, arch.resolution):
             raise ValueError(f"input of shape {tuple(x.shape[1:])} does not fit {arch.in_channels} channels at "
                              f"{arch.resolution}px")
         h = self.stem(x)
-        if self.maxpool is not None:
-            h = self.maxpool(h)
-        for stage, blocks in zip(self.stages, arch.stages, strict=True):
-            slots = stage[blocks[0].family]
-            for slot, block in zip(slots, blocks, strict=False):
-                h = slot(h, block)
+        return self.maxpool(h) if self.maxpool is not None else h
+
+    def stage_forward(self, h: torch.Tensor, index: int, blocks: tuple[BlockConfig, ...]) -> torch.Tensor:
+        """Run stage `index` of a (validated) architecture, whose blocks there are `blocks`."""
+        for slot, block in zip(self.stages[index][blocks[0].family], blocks, strict=False):
+            h = slot(h, block)
+        return h
+
+    def head_forward(self, h: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
         head = arch.head
         h = self.head(h, head.channels, 1, act=head.act).mean((2, 3))
         if self.hidden is not None:

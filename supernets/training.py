@@ -28,15 +28,18 @@ from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.errors import HwnasError
 from supernets.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
-from supernets.data import Dataset, batches, load_dataset
+from supernets.data import Dataset, augment, batches, load_dataset
 from supernets.evaluation import evaluate_subnet
 from supernets.supernet import Supernet
 
 
-def phase_arch(space: SearchSpace, rng: np.random.Generator, elastic: tuple[str, ...], largest: bool = True
-               ) -> ArchConfig:
-    """A subnet whose `elastic` gene kinds are random and all other genes at their largest (smallest) value."""
+def phase_arch(space: SearchSpace, rng: np.random.Generator, elastic: tuple[str, ...], largest: bool = True,
+               families: tuple[int, ...] | None = None) -> ArchConfig:
+    """A subnet whose `elastic` gene kinds are random and all other genes at their largest (smallest) value;
+    each stage's family from `families` (indices) when given, else random."""
     random = space.sample_genes(rng, 1)[0]
+    if families is not None:
+        random[list(space.stage_offsets)] = families
     families = tuple(int(random[b]) for b in space.stage_offsets)
     genes = space.to_genes(space.extreme(largest, families))
     kinds = np.array([g.kind for g in space.genes])
@@ -49,17 +52,6 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     """T^2 KL(p_t^T || p_s^T) (Hinton et al. 2015)."""
     t = temperature
     return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
-
-
-def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `max_shift` pixels (zero padding)."""
-    if max_shift == 0:
-        return x
-    n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
 def resized(x: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -192,10 +184,15 @@ class SupernetTrainer:
             t = (in_phase * steps + step) / (phase.epochs * steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = 0.5 * phase.lr * (1 + math.cos(math.pi * t))
-            x = shift_augment(x, cfg.augment_shift, self.gen)
+            x = _augment(x, cfg, data, self.gen)
             x, y = x[self.world.rank::self.world.size], y[self.world.rank::self.world.size]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._sandwich_step(x, y) if phase.name == "sandwich" else self._progressive_step(x, y, phase)
+            if phase.name == "sandwich":
+                loss = self._sandwich_step(x, y)
+            elif phase.name == "align":
+                loss = self._align_step(x)
+            else:
+                loss = self._progressive_step(x, y, phase)
             self.world.average_gradients(self.net)
             self.optimizer.step()
             total, count = total + loss, count + 1
@@ -205,15 +202,16 @@ class SupernetTrainer:
     def _progressive_step(self, x: torch.Tensor, y: torch.Tensor, phase: PhaseConfig) -> float:
         cfg, total = self.config, 0.0
         elastic = PHASE_ELASTIC[phase.name]
+        fixed = (0,) * len(self.space.stages) if phase.families == "first" else None
         if phase.largest and phase.name != "full":
-            largest = phase_arch(self.space, self.rng, ("family",))
+            largest = phase_arch(self.space, self.rng, ("family",), families=fixed)
             loss = F.cross_entropy(self.net(resized(x, largest.resolution), largest), y,
                                    label_smoothing=cfg.label_smoothing)
             loss.backward()
             total += float(loss.detach())
-        students = [phase_arch(self.space, self.rng, elastic) for _ in range(phase.subnets)]
+        students = [phase_arch(self.space, self.rng, elastic, families=fixed) for _ in range(phase.subnets)]
         if phase.smallest and phase.name != "full":
-            students.append(_smallest_for_phase(self.space, elastic, random_families(self.space, self.rng)))
+            students.append(_smallest_for_phase(self.space, elastic, fixed or random_families(self.space, self.rng)))
         for arch in students:
             xr = resized(x, arch.resolution)
             logits = self.net(xr, arch)
@@ -227,6 +225,34 @@ class SupernetTrainer:
             (loss / len(students)).backward()
             total += float(loss.detach()) / len(students)
         return total
+
+    def _align_step(self, x: torch.Tensor) -> float:
+        """Blockwise distillation of every stage's other families onto its first one (DNA, Li et al. 2020): the
+        default network (first family everywhere, largest settings, random resolution) runs without gradients;
+        in each stage one of the other families, at its largest, takes the same stage input and learns to give
+        the same stage output (mean squared error). The families of a stage then mean the same by each channel,
+        so the next stage can read any of them when the mix is trained."""
+        space, n = self.space, len(self.space.stages)
+        default = phase_arch(space, self.rng, ("resolution",), families=(0,) * n)
+        others = tuple(int(self.rng.integers(1, len(st.families))) if len(st.families) > 1 else 0
+                       for st in space.stages)
+        student = _at_resolution(space.extreme(True, others), default.resolution)
+        xr = resized(x, default.resolution)
+        with torch.no_grad():
+            h = self.net.stem_forward(xr, default)
+            ins, outs = [], []
+            for index, blocks in enumerate(default.stages):
+                ins.append(h)
+                h = self.net.stage_forward(h, index, blocks)
+                outs.append(h)
+        space.validate(student)
+        losses = [F.mse_loss(self.net.stage_forward(ins[i], i, student.stages[i]), outs[i])
+                  for i in range(n) if others[i] != 0]
+        if not losses:  # a space with one family per stage: nothing to align
+            return 0.0
+        loss = torch.stack(losses).sum()
+        loss.backward()
+        return float(loss.detach())
 
     def _sandwich_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         cfg = self.config
@@ -273,29 +299,35 @@ class SupernetTrainer:
         self.log(f"epoch {self.epoch}/{cfg.total_epochs} [{phase.name}] loss {loss:.4f}{scores}  ({seconds:.0f} s)")
 
 
-def train_alone(arch: ArchConfig, data: Dataset, *, epochs: int, lr: float, batch_size: int = 64,
-                momentum: float = 0.9, weight_decay: float = 3e-5, augment_shift: int = 2, seed: int = 0,
+def train_alone(arch: ArchConfig, data: Dataset, config: TrainConfig, *, epochs: int, lr: float, seed: int = 0,
                 progress: bool = False) -> torch.nn.Module:
-    """Train the static model of `arch` from scratch on `data` (cosine learning rate from `lr`, the supernet
-    recipe's optimizer and augmentation): the stand-alone baseline a once-for-all subnet is compared with."""
+    """Train the static model of `arch` from scratch on `data` for `epochs` (cosine learning rate from `lr`) with
+    the optimizer, batch size, label smoothing and augmentation of `config`: the stand-alone baseline a
+    once-for-all subnet is compared with."""
     from supernets.models import build_model
 
     torch.manual_seed(seed)
     model = build_model(arch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
-                                weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, nesterov=True,
+                                weight_decay=config.weight_decay)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    steps, native = math.ceil(len(data.train) / batch_size), data.train.images.shape[-1]
+    steps, native = math.ceil(len(data.train) / config.batch_size), data.train.images.shape[-1]
     for epoch in tqdm(range(epochs), disable=not progress, desc=f"train {arch.key} alone", leave=False):
         model.train()
-        for step, (x, y) in enumerate(batches(data.train, batch_size, native, data.mean, data.std, rng)):
+        for step, (x, y) in enumerate(batches(data.train, config.batch_size, native, data.mean, data.std, rng)):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * (epoch * steps + step) / (epochs * steps)))
-            x = resized(shift_augment(x, augment_shift, gen), arch.resolution)
+            x = resized(_augment(x, config, data, gen), arch.resolution)
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing).backward()
             optimizer.step()
     return model.eval()
+
+
+def _augment(x: torch.Tensor, config: TrainConfig, data: Dataset, gen: torch.Generator) -> torch.Tensor:
+    """The recipe's augmentation of a normalised batch; what moves into view is black."""
+    return augment(x, gen, shift=config.augment_shift, rotate=config.augment_rotate, scale=config.augment_scale,
+                   fill=-data.mean / data.std)
 
 
 def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:

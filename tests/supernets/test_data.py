@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from supernets.data import DatasetError, batches, load_dataset, stratified_split, to_tensor
+from supernets.data import DatasetError, augment, batches, load_dataset, stratified_split, to_tensor
 
 
 def write_cifar10(root, n=6):
@@ -99,3 +99,34 @@ def test_bad_names_paths_and_fractions():
         load_dataset("imagefolder")
     with pytest.raises(DatasetError, match="between 0 and 1"):
         stratified_split(np.zeros(10, dtype=np.int64), 1.5, 0)
+
+
+def test_shift_augment_translates_each_image_and_fills_with_black():
+    x = torch.randn(6, 2, 9, 9)
+    out = augment(x, torch.Generator().manual_seed(3), shift=2, fill=-1.5)
+    padded = torch.nn.functional.pad(x, (2,) * 4, value=-1.5)
+    offsets = []
+    for i in range(6):  # each output is one whole-pixel crop of its padded input, the same for all channels
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 9, dx:dx + 9])]
+        assert len(found) == 1
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1  # images move independently
+    assert torch.equal(augment(x, torch.Generator().manual_seed(3), shift=2, fill=-1.5), out)  # seeded
+
+
+def test_rotate_and_scale_keep_a_centred_digit_centred_on_its_background():
+    x = torch.full((8, 1, 16, 16), -0.5)
+    x[:, :, 6:10, 6:10] = 2.0  # a bright square in the middle of a black image
+    out = augment(x, torch.Generator().manual_seed(0), rotate=30, scale=0.1, fill=-0.5)
+    assert not torch.equal(out, x) and not torch.equal(out[0], out[1])
+    assert torch.allclose(out[:, :, :3], torch.tensor(-0.5)) and torch.allclose(out[:, :, :, -3:], torch.tensor(-0.5))
+    weight = out[:, 0] + 0.5
+    grid = torch.arange(16.0)
+    centre_y = (weight.sum(2) * grid).sum(1) / weight.sum((1, 2))
+    centre_x = (weight.sum(1) * grid).sum(1) / weight.sum((1, 2))
+    centre = torch.tensor(7.5)
+    assert torch.allclose(centre_y, centre, atol=0.05) and torch.allclose(centre_x, centre, atol=0.05)
+    area = weight.sum((1, 2)) / 2.5  # the square's area, 16 px, times the zoom squared (0.81 to 1.21)
+    assert ((area > 16 * 0.8) & (area < 16 * 1.22)).all()
+    assert torch.equal(augment(x, torch.Generator().manual_seed(0), rotate=0.0, scale=0.0), x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,9 +64,13 @@ def test_default_recipe_and_yaml_round_trip(tmp_path):
     ({"recipe": "sandwich", "phases": [{"name": "full", "epochs": 1, "lr": 0.1}]}, "phases named 'sandwich'"),
     ({"batch_sise": 3}, "unknown key(s) batch_sise"),
     ({"kd_weight": 2}, "kd_weight"),
+    ({"phases": [{"name": "full", "epochs": 1, "lr": 0.1, "families": "all"}]},
+     "phase full: families must be 'random' or 'first'; got 'all'"),
+    ({"augment_rotate": -5}, "augment_rotate must be a number in [0, 180]"),
+    ({"augment_scale": "big"}, "augment_scale must be a number in [0, 0.5]"),
 ])
 def test_bad_recipes_name_the_field(data, message):
-    with pytest.raises(HwnasError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(HwnasError, match=re.escape(message)):
         TrainConfig.from_dict(data)
 
 
@@ -90,6 +95,12 @@ def test_phase_arch_keeps_non_elastic_genes_at_their_extreme():
     kernels = {b.kernel for _ in range(20) for s in phase_arch(space, rng, ("kernel",)).stages for b in s}
     assert kernels == {3, 5, 7}
     assert {phase_arch(space, rng, ("family",)).resolution for _ in range(10)} == {32}
+    mixes = {tuple(s[0].family for s in phase_arch(space, rng, ("family", "depth")).stages) for _ in range(30)}
+    assert len(mixes) > 5
+    first = tuple(st.families[0] for st in space.stages)
+    fixed = [phase_arch(space, rng, ("family", "depth"), families=(0,) * 4) for _ in range(30)]
+    assert {tuple(s[0].family for s in a.stages) for a in fixed} == {first}
+    assert len({a.key for a in fixed}) > 5  # the other elastic genes still vary
 
 
 # ---------------------------------------------------------------------------------------------- BN recalibration
@@ -204,3 +215,27 @@ def test_a_short_run_learns_digits(tmp_path):
     config = tiny_config(phases=(PhaseConfig("full", 6, 0.1),), bn_recal_images=320)
     history = SupernetTrainer(config, tmp_path, data=data, progress=False, log=quiet).run()
     assert history[-1]["acc_largest"] >= 0.8
+
+
+def test_first_families_then_align_trains_only_what_each_phase_says(tmp_path):
+    data = tiny_digits()
+    first = PhaseConfig("full", 1, 0.05, families="first")
+    SupernetTrainer(tiny_config(phases=(first,)), tmp_path / "a", data=data, progress=False, log=quiet).run()
+    history = SupernetTrainer(tiny_config(phases=(first, PhaseConfig("align", 3, 0.05))), tmp_path / "b", data=data,
+                              progress=False, log=quiet).run()
+    space = get_space("small")
+    torch.manual_seed(0)
+    fresh = Supernet(space).state_dict()  # the trainer's initial weights (same seed)
+    after_first, after_align = load_checkpoint(tmp_path / "a").weights, load_checkpoint(tmp_path / "b").weights
+    params = {name for name, _ in Supernet(space).named_parameters()}
+    for index, st in enumerate(space.stages):
+        default = [n for n in params if n.startswith(f"stages.{index}.{st.families[0]}.")]
+        others = [n for n in params if n.startswith(f"stages.{index}.") and n not in default]
+        # `families: first` trained only each stage's first family ...
+        assert any(not torch.equal(after_first[n], fresh[n]) for n in default)
+        assert all(torch.equal(after_first[n], fresh[n]) for n in others)
+        # ... and aligning trained only the others (the first family is the target, not a student).
+        assert all(torch.equal(after_align[n], after_first[n]) for n in default)
+        assert any(not torch.equal(after_align[n], after_first[n]) for n in others)
+    assert [row["phase"] for row in history] == ["full", "align", "align", "align"]
+    assert history[3]["loss"] < history[1]["loss"]  # the stage outputs come closer
