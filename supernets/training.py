@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.errors import HwnasError
+from supernets.blocks import BLOCK_REVISIONS
 from supernets.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
 from supernets.data import Dataset, augment, batches, load_dataset
@@ -134,6 +135,7 @@ class SupernetTrainer:
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
+        check_block_revisions(ckpt.meta, self.space, self.run_dir)
         if ckpt.meta["config"] != self.config.to_dict():
             raise HwnasError(f"the checkpoint in {self.run_dir} was trained with another config; resume with the "
                              f"same config (see {self.run_dir / 'config.yaml'})")
@@ -289,7 +291,7 @@ class SupernetTrainer:
         meta = {"space": self.space.to_dict(),
                 "config": cfg.to_dict(), "phase": index, "phase_name": phase.name, "epoch": self.epoch,
                 "total_epochs": cfg.total_epochs, "metrics": self.history, "dataset": data.name,
-                "torch_version": torch.__version__}
+                "torch_version": torch.__version__, "block_revisions": block_revisions(self.space)}
         rng = {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state().tolist()}
         save_checkpoint(self.run_dir, meta, self.net, self.optimizer, self.teacher, rng)
         with (self.run_dir / "train_log.jsonl").open("a") as fh:
@@ -339,9 +341,27 @@ def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:
     if space.to_dict() != space_meta:
         raise HwnasError(f"the checkpoint in {run_dir} was trained on another definition of space "
                          f"{space.name!r} than this hwnas has; use the hwnas version that trained it")
+    check_block_revisions(ckpt.meta, space, run_dir)
     net = Supernet(space)
     net.load_state_dict(ckpt.weights)
     return net.eval(), ckpt.meta
+
+
+def block_revisions(space: SearchSpace) -> dict[str, int]:
+    """The revision of every family `space` uses (see `supernets.blocks.BLOCK_REVISIONS`)."""
+    return {f: BLOCK_REVISIONS.get(f, 1) for f in sorted({f for st in space.stages for f in st.families})}
+
+
+def check_block_revisions(meta: dict[str, Any], space: SearchSpace, run_dir: str | Path) -> None:
+    """Refuse a checkpoint whose weights were trained for a block that now computes something else (a
+    checkpoint without the record predates revisions: every family at 1)."""
+    trained = meta.get("block_revisions", {})
+    changed = [f"{f} (trained at revision {trained.get(f, 1)}, now {rev})" for f, rev in block_revisions(space).items()
+               if trained.get(f, 1) != rev]
+    if changed:
+        raise HwnasError(f"the supernet in {run_dir} was trained for blocks that have changed since: "
+                         f"{', '.join(changed)}; its weights do not fit them. Train it again (see "
+                         "supernets/blocks.py BLOCK_REVISIONS for what changed)")
 
 
 def _smallest_for_phase(space: SearchSpace, elastic: tuple[str, ...], families: tuple[int, ...] | None = None

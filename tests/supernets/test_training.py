@@ -46,7 +46,8 @@ def quiet(_: str) -> None:
 
 def test_default_recipe_and_yaml_round_trip(tmp_path):
     config = TrainConfig()
-    assert [p.name for p in config.phases] == ["full", "kernel", "depth", "expand"]
+    assert [p.name for p in config.phases] == ["full", "align", "full", "kernel", "depth", "expand"]
+    assert [p.families for p in config.phases] == ["first"] + ["random"] * 5
     assert config.total_epochs == sum(p.epochs for p in config.phases)
     path = tmp_path / "recipe.yaml"
     path.write_text(config.to_yaml())
@@ -194,6 +195,26 @@ def test_a_damaged_checkpoint_is_refused_and_a_half_swapped_one_is_found(tmp_pat
         load_supernet(tmp_path)
     with pytest.raises(HwnasError, match="no supernet checkpoint"):
         load_supernet(tmp_path / "elsewhere")
+
+
+def test_a_supernet_trained_for_an_older_block_is_refused(tmp_path):
+    config = tiny_config(phases=(PhaseConfig("full", 1, 0.05), PhaseConfig("full", 1, 0.05)))
+    SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run()
+    meta_file = tmp_path / "checkpoint" / "supernet.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["block_revisions"]["shufflev2"] == 2 and meta["block_revisions"]["mbv2"] == 1
+    load_supernet(tmp_path)  # current: fine
+    meta["block_revisions"]["shufflev2"] = 1  # trained with the `chunk(2)` split unit
+    meta_file.write_text(json.dumps(meta))
+    message = re.escape("shufflev2 (trained at revision 1, now 2)")
+    with pytest.raises(HwnasError, match=message):
+        load_supernet(tmp_path)
+    with pytest.raises(HwnasError, match=message):
+        SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run(resume=True)
+    del meta["block_revisions"]  # a checkpoint from before revisions were recorded: every family at 1
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(HwnasError, match=message):
+        load_supernet(tmp_path)
 
 
 def test_sandwich_recipe_trains_every_subnet_kind(tmp_path):
