@@ -62,9 +62,9 @@ class PhaseConfig:
 
 
 def _default_phases() -> tuple[PhaseConfig, ...]:
-    return (PhaseConfig("full", 8, 0.1, families="first"), PhaseConfig("align", 3, 0.1), PhaseConfig("full", 21, 0.1),
+    return (PhaseConfig("full", 12, 0.1, families="first"), PhaseConfig("align", 3, 0.1), PhaseConfig("full", 21, 0.1),
             PhaseConfig("kernel", 4, 0.05, 1, True, True),
-            PhaseConfig("depth", 4, 0.05, 1, True, True), PhaseConfig("expand", 6, 0.05, 1, True, True))
+            PhaseConfig("depth", 4, 0.05, 1, True, True), PhaseConfig("expand", 10, 0.05, 1, True, True))
 
 
 @dataclass(frozen=True)
