@@ -341,13 +341,12 @@ def current_revisions(runtime: str, precision: str) -> dict[str, Any]:
 
 def stale_parts(meta: dict[str, Any]) -> tuple[bool, list[str]]:
     """(every key is stale, families whose blocks are stale) for a table's meta against this hwnas."""
+    from supernets.blocks import changed_blocks
+
     profile = meta["profile"]
     now = current_revisions(profile["runtime"], profile["precision"])
     had = meta.get("revisions", {})
-    had_blocks = had.get("blocks", {})
-    families = sorted(f for f in set(now["blocks"]) | set(had_blocks)
-                      if now["blocks"].get(f, 1) != had_blocks.get(f, 1))
-    return had.get("conversion", 1) != now["conversion"], families
+    return had.get("conversion", 1) != now["conversion"], changed_blocks(had.get("blocks", {}))
 
 
 def describe_stale(every_key: bool, families: list[str]) -> str:

@@ -6,7 +6,7 @@ counters take them from.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import torch
@@ -70,6 +70,13 @@ class FusedMBConv(nn.Module):
 BLOCK_REVISIONS: dict[str, int] = {
     "shufflev2": 2,  # 2: the split takes the odd channels and keeps the even ones in place (was `chunk(2)`)
 }
+
+
+def changed_blocks(recorded: dict[str, int], families: Iterable[str] | None = None) -> list[str]:
+    """The families (of `families`; default every family either side names) whose revision in `recorded` is not
+    this hwnas's; a family missing from either side is at revision 1. Shared by latency tables and checkpoints."""
+    names = set(BLOCK_REVISIONS) | set(recorded) if families is None else set(families)
+    return sorted(f for f in names if recorded.get(f, 1) != BLOCK_REVISIONS.get(f, 1))
 
 
 def split_even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.errors import HwnasError
-from supernets.blocks import BLOCK_REVISIONS
+from supernets.blocks import BLOCK_REVISIONS, changed_blocks
 from supernets.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
 from supernets.data import Dataset, augment, batches, load_dataset
@@ -355,9 +355,8 @@ def block_revisions(space: SearchSpace) -> dict[str, int]:
 def check_block_revisions(meta: dict[str, Any], space: SearchSpace, run_dir: str | Path) -> None:
     """Refuse a checkpoint whose weights were trained for a block that now computes something else (a
     checkpoint without the record predates revisions: every family at 1)."""
-    trained = meta.get("block_revisions", {})
-    changed = [f"{f} (trained at revision {trained.get(f, 1)}, now {rev})" for f, rev in block_revisions(space).items()
-               if trained.get(f, 1) != rev]
+    trained, now = meta.get("block_revisions", {}), block_revisions(space)
+    changed = [f"{f} (trained at revision {trained.get(f, 1)}, now {now[f]})" for f in changed_blocks(trained, now)]
     if changed:
         raise HwnasError(f"the supernet in {run_dir} was trained for blocks that have changed since: "
                          f"{', '.join(changed)}; its weights do not fit them. Train it again (see "
