@@ -314,7 +314,8 @@ def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, p
 
 def _drop_stale(out: Path, meta: dict[str, Any], log: Log) -> None:
     """Remove what was measured with an older block or conversion revision (`table.stale_parts`): the stale key
-    rows, and the measured networks that use a stale family; the build then measures them again. Files are
+    rows, and the measured networks that use a stale family (all of them when the conversion changed: networks
+    are converted by the same code as pieces); the build then measures them again. Files are
     rewritten atomically; the correction and validation summary go until they are measured again."""
     every_key, families = stale_parts(meta)
     if not (every_key or families):
@@ -334,10 +335,10 @@ def _drop_stale(out: Path, meta: dict[str, Any], log: Log) -> None:
     keys = rewrite(out / "table.csv", lambda row: every_key or row["family"] in stale)
 
     def uses_stale(row: dict[str, str]) -> bool:
-        return any(site.block.family in stale for site in arch_from_str(row["arch"]).sites())
+        return every_key or any(site.block.family in stale for site in arch_from_str(row["arch"]).sites())
 
     nets = sum(rewrite(path, uses_stale) for path in [out / "networks.csv", *sorted(out.glob("validation-s*.csv"))])
-    for name in ("correction", "validation"):
+    for name in ("correction", "validation") + ("build",) * every_key:  # build figures: of the keys in the table
         meta.pop(name, None)
     meta["status"] = "building"
     meta["revisions"] = current_revisions(meta["profile"]["runtime"], meta["profile"]["precision"])

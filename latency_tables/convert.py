@@ -229,19 +229,52 @@ def export_tflite(module: nn.Module, shape: Sequence[int], path: Path, precision
 
 def _convert_int8(lt: Any, module: nn.Module, x: torch.Tensor, calibration: Sequence[np.ndarray]) -> Any:
     """PT2E static quantization (torchao's prepare/convert with litert-torch's quantizer), calibrated on
-    `calibration` (NCHW arrays, permuted to the module's channels-last input)."""
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    `calibration` (NCHW arrays, permuted to the module's channels-last input).
+
+    The graph is exported with `strict=True`: the quantizer finds adds, multiplies and concatenations by the
+    `source_fn_stack` that only strict export records, and without it they stay float (a residual block then
+    ran DEQUANTIZE + float ADD). The module's result is quantized too (`_BoundaryQuantizer`), as the next
+    block's convolution quantizes it inside a whole network: a lookup-table piece then takes and gives int8
+    tensors and runs the ops it runs inside a network."""
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                             is_dynamic=False))
-    graph = prepare_pt2e(torch.export.export(module, (x,)).module(), quantizer)
+    quantizer = _boundary_quantizer()
+    graph = prepare_pt2e(torch.export.export(module, (x,), strict=True).module(), quantizer)
     with torch.no_grad():
         for sample in calibration:
             graph(torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 2, 3, 1))))
     graph = convert_pt2e(graph, fold_quantize=False)
     return lt.convert(graph, (x,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
+def _boundary_quantizer() -> Any:
+    """litert-torch's PT2E quantizer (per-channel symmetric int8 weights, static int8 activations) that also
+    quantizes the graph's result when no annotator did: a stem ending in h-swish (which no annotator covers)
+    would otherwise end in DEQUANTIZE + float HARD_SWISH, where inside a network the h-swish runs in int8."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer_utils import get_output_act_qspec
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+
+    class _BoundaryQuantizer(PT2EQuantizer):  # type: ignore[misc]
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            output = next(n for n in model.graph.nodes if n.op == "output")
+            result = output.args[0]
+            node = result[0] if isinstance(result, (tuple, list)) else result
+            while node.target == torch.ops.aten.permute.default:  # the channels-last wrapper's layout change
+                node = node.args[0]
+            annotation = node.meta.get("quantization_annotation")
+            if annotation is None:
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    output_qspec=get_output_act_qspec(config), _annotated=True)
+            elif annotation.output_qspec is None:
+                annotation.output_qspec = get_output_act_qspec(config)
+            return model
+
+    return _BoundaryQuantizer().set_global(config)
 
 
 # ------------------------------------------------------------------------------------------- export

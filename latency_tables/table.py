@@ -327,7 +327,8 @@ def fit_correction(raw_ms: Sequence[float] | np.ndarray, pieces: Sequence[int] |
 
 #: Revision of the conversion of lookup-table pieces, per (runtime, precision); a change re-measures every key.
 #: ort int8 2: pieces take and give uint8 tensors, as they do inside a whole network (`convert.integer_io`).
-CONVERSION_REVISIONS: dict[tuple[str, str], int] = {("ort", "int8"): 2}
+#: litert int8 2: strict export, so residual adds quantize; every piece's result is quantized (`convert._convert_int8`).
+CONVERSION_REVISIONS: dict[tuple[str, str], int] = {("ort", "int8"): 2, ("litert", "int8"): 2}
 
 
 def current_revisions(runtime: str, precision: str) -> dict[str, Any]:

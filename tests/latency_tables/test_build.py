@@ -196,6 +196,28 @@ def test_a_changed_block_is_measured_again_and_the_rest_kept(tiny_space, tmp_pat
     assert len(list(csv.DictReader((out / "validation-s5.csv").open()))) == 6
 
 
+def test_a_changed_conversion_measures_every_key_and_network_again(tiny_space, tmp_path):
+    """Pieces and networks go through the same conversion: when it changes, the build measures every key and
+    every network again, and its build figures are those of the new measurement alone."""
+    out = tmp_path / "table"
+    build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=6, progress=False,
+                log=lambda _: None)
+    validate_table(out, samples=4, seed=5, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    keys = meta["build"]["keys_measured"]
+    assert keys == len(SpaceIndex(tiny_space).keys) and meta["revisions"]["conversion"] == 1
+    meta["revisions"]["conversion"] = 0  # as measured with an older conversion
+    (out / "meta.json").write_text(json.dumps(meta))
+    said: list[str] = []
+    table = build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=6,
+                        progress=False, log=said.append, drift_check=0)
+    assert f"dropped {keys} key row(s) and 10 measured network(s)" in said[0]  # 6 fitted on, 4 validated
+    assert table.meta["build"]["keys_measured"] == keys and table.meta["revisions"]["conversion"] == 1
+    assert table.meta["status"] == "complete" and len(table.rows) == keys and "validation" not in table.meta
+    assert len((out / "networks.csv").read_text().splitlines()) == 7
+    assert len((out / "validation-s5.csv").read_text().splitlines()) == 1  # the header: measured again on demand
+
+
 def test_a_resumed_build_on_a_drifted_machine_measures_the_whole_table_again(tiny_space, tmp_path):
     """Rows measured when the machine was 3x slower no longer add up with new ones: the resumed build notices
     (re-measuring a sample of earlier keys), keeps the old files aside and measures everything again."""

@@ -73,3 +73,39 @@ def test_the_kit_runner_feeds_uint8_to_an_int8_onnx_piece(tiny_space, tmp_path):
     assert x.dtype == np.uint8 and x.shape == tuple(key.input_shape) and version.startswith("onnxruntime")
     assert x.min() < 64 and x.max() > 192  # spread over the type's range
     assert run(x).dtype == np.uint8
+
+
+def litert_ops(path) -> tuple[list[str], tuple[str, str]]:
+    """The op names of a .tflite file in execution order (without the delegate's nodes), and its input and
+    output dtypes."""
+    from latency_tables.runtimes import litert_interpreter_class
+
+    interpreter = litert_interpreter_class()[0](model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    ends = (interpreter.get_input_details()[0], interpreter.get_output_details()[0])
+    ops = [op["op_name"] for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    return ops, (ends[0]["dtype"].__name__, ends[1]["dtype"].__name__)
+
+
+def test_int8_tflite_pieces_run_in_int8_like_a_whole_network(tiny_space, tmp_path):
+    """Inside an int8 TFLite network the tensors between blocks are int8, a residual add runs as an int8 ADD and
+    the stem's h-swish as an int8 HARD_SWISH (the next convolution quantizes it). Each piece does the same: it
+    takes and gives int8 and has no DEQUANTIZE at its end, so it costs what it costs inside a network. (Before
+    strict export a residual piece took floats and added in float, and the stem ended in float.)"""
+    from dataclasses import replace
+
+    keys = one_key_per_family(tiny_space)
+    residual = next(k for k in SpaceIndex(tiny_space).keys
+                    if k.family == "mbv2" and k.stride == 1 and k.in_channels == k.out_channels)
+    stem = replace(next(k for k in keys if k.kind == "stem"), act="hswish")  # the small space's stem
+    for i, key in enumerate([*keys, residual, stem]):
+        path = export_for("litert", "int8", key, tmp_path / f"{i}.tflite")
+        ops, dtypes = litert_ops(path)
+        assert dtypes == ("int8", "int8"), (key.to_str(), ops)
+        assert ops[-1] != "DEQUANTIZE", (key.to_str(), ops)
+        inputs = calibration_inputs(key.input_shape, 4, seed=0)
+        assert agreement("litert", path, target_module(key), inputs)["max_abs_diff"] < 0.5, key.to_str()
+        if key == residual:
+            assert ops.count("ADD") == 1 and "DEQUANTIZE" not in ops, ops
+        if key == stem:
+            assert ops[-1] == "HARD_SWISH" and "DEQUANTIZE" not in ops, ops
