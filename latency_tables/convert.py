@@ -258,7 +258,7 @@ def _boundary_quantizer() -> Any:
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
 
-    class _BoundaryQuantizer(PT2EQuantizer):  # type: ignore[misc]
+    class _BoundaryQuantizer(PT2EQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
             output = next(n for n in model.graph.nodes if n.op == "output")
