@@ -267,30 +267,35 @@ class SearchSpace:
 
     def mutate(self, arch: ArchConfig, rng: np.random.Generator, p: float = 0.1) -> ArchConfig:
         """Resample each gene with probability `p` (once-for-all's mutation)."""
-        genes = self._fill_inactive(self.to_genes(arch), rng)
-        fresh = self._random_genes(rng, 1)[0]
-        flip = rng.random(len(genes)) < p
-        genes[flip] = fresh[flip]
-        return self.from_genes(self.canonical_genes(genes)[0])
+        return self.from_genes(self.mutate_genes(self.to_genes(arch)[None], rng, p)[0])
+
+    def mutate_genes(self, genes: np.ndarray, rng: np.random.Generator, p: float = 0.1) -> np.ndarray:
+        """`mutate` for a batch of gene rows (n, G): canonical mutated rows. A gene a row does not use gets a
+        random value first, so a slot that becomes active gets a random choice."""
+        genes = self._fill_inactive_rows(np.atleast_2d(genes), rng)
+        fresh = self._random_genes(rng, len(genes))
+        flip = rng.random(genes.shape) < p
+        return self.canonical_genes(np.where(flip, fresh, genes))
 
     def crossover(self, a: ArchConfig, b: ArchConfig, rng: np.random.Generator) -> ArchConfig:
         """Each gene from either parent with equal chance (once-for-all's crossover).
 
         A gene one parent does not use is taken from the other parent, and is random only if neither uses it.
         """
-        ga, gb = self.to_genes(a), self.to_genes(b)
-        ma, mb = self.active_mask(ga)[0], self.active_mask(gb)[0]
-        fill = self._random_genes(rng, 1)[0]
-        ga, gb = np.where(ma, ga, np.where(mb, gb, fill)), np.where(mb, gb, np.where(ma, ga, fill))
-        take_b = rng.random(len(ga)) < 0.5
-        return self.from_genes(self.canonical_genes(np.where(take_b, gb, ga))[0])
+        return self.from_genes(self.crossover_genes(self.to_genes(a)[None], self.to_genes(b)[None], rng)[0])
 
-    def _fill_inactive(self, genes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def crossover_genes(self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`crossover` of gene rows `a[i]` and `b[i]` (both (n, G)): canonical children."""
+        ga, gb = np.atleast_2d(a), np.atleast_2d(b)
+        ma, mb = self.active_mask(ga), self.active_mask(gb)
+        fill = self._random_genes(rng, len(ga))
+        ga, gb = np.where(ma, ga, np.where(mb, gb, fill)), np.where(mb, gb, np.where(ma, ga, fill))
+        take_b = rng.random(ga.shape) < 0.5
+        return self.canonical_genes(np.where(take_b, gb, ga))
+
+    def _fill_inactive_rows(self, genes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Give don't-care genes random values, so a slot that becomes active gets a random choice."""
-        inactive = ~self.active_mask(genes)[0]
-        genes = genes.copy()
-        genes[inactive] = self._random_genes(rng, 1)[0][inactive]
-        return genes
+        return np.where(self.active_mask(genes), genes, self._random_genes(rng, len(genes)))
 
     @cached_property
     def encoding_length(self) -> int:
