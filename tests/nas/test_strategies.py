@@ -105,3 +105,12 @@ def test_multi_objective_evolution_has_more_hypervolume_than_random_search():
             columns = {k: np.concatenate([c[k] for _, c in trace]) for k in ("accuracy", "latency_ms")}
             volume[name] = hypervolume(minimised(columns, objectives), [-0.7, 0.2])
         assert volume["evolution"] > volume["random"], (seed, volume)
+
+
+def test_the_strategies_and_the_cost_evaluator_do_not_need_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, nas.strategies, nas.evaluators; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
