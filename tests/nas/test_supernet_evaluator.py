@@ -1,0 +1,53 @@
+"""Supernet accuracy as a search evaluator: BN-recalibrated accuracy, cached by architecture key on disk."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nas.evaluators import SupernetEvaluator
+from search_spaces.errors import HwnasError
+from supernets.evaluation import evaluate_subnet
+from supernets.training import SupernetTrainer, load_supernet
+from tests.supernets.test_training import quiet, tiny_config, tiny_digits
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("supernet")
+    SupernetTrainer(tiny_config(), path, data=tiny_digits(), progress=False, log=quiet).run()
+    return path
+
+
+def test_accuracy_is_the_recalibrated_subnet_accuracy_and_is_cached(run_dir, tmp_path):
+    data = tiny_digits()
+    cache = tmp_path / "accuracy.json"
+    evaluator = SupernetEvaluator(run_dir, data=data, val_images=40, cache_path=cache)
+    genes = evaluator.space.sample_genes(np.random.default_rng(0), 3)
+    got = evaluator.accuracy(genes)
+    assert evaluator.evaluated == 3 and got.shape == (3,)
+    net, _ = load_supernet(run_dir)
+    subset = evaluator.data
+    assert len(subset.val) == 40
+    for row, value in zip(genes, got, strict=True):
+        arch = evaluator.space.from_genes(row)
+        assert value == evaluate_subnet(net, arch, subset, evaluator.recal_images, 0)[0]
+    # the same rows again: from the cache; a new evaluator on the same cache file evaluates nothing
+    assert np.array_equal(evaluator.accuracy(genes[::-1]), got[::-1]) and evaluator.evaluated == 3
+    again = SupernetEvaluator(run_dir, data=data, val_images=40, cache_path=cache)
+    assert np.array_equal(again.columns(genes)["accuracy"], got) and again.evaluated == 0
+    stored = json.loads(cache.read_text())
+    assert len(stored["accuracy"]) == 3 and stored["settings"]["val_images"] == 40
+
+
+def test_a_cache_from_other_settings_or_corrupt_is_refused(run_dir, tmp_path):
+    cache = tmp_path / "accuracy.json"
+    evaluator = SupernetEvaluator(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    evaluator.accuracy(evaluator.space.sample_genes(np.random.default_rng(1), 1))
+    with pytest.raises(HwnasError, match="was made with .*'val_images': 40.*another supernet or evaluation"):
+        SupernetEvaluator(run_dir, data=tiny_digits(), val_images=20, cache_path=cache)
+    cache.write_text("{not json")
+    with pytest.raises(HwnasError, match="accuracy cache .* is corrupt"):
+        SupernetEvaluator(run_dir, data=tiny_digits(), cache_path=cache)
+    with pytest.raises(HwnasError, match="val_images must be at least 1"):
+        SupernetEvaluator(run_dir, data=tiny_digits(), val_images=0)
