@@ -95,7 +95,7 @@ def history(study: Any, space: SearchSpace, *, strategy: str, seed: int) -> list
         attrs = trial.user_attrs
         if attrs.get("strategy") == strategy and attrs.get("seed") == seed and "batch" in attrs:
             batches.setdefault(int(attrs["batch"]), []).append(trial)
-    out = []
+    out: list[tuple[np.ndarray, Columns]] = []
     for index in sorted(batches):
         trials = batches[index]
         genes = np.array([[trial.params[g.name] for g in space.genes] for trial in trials], dtype=np.int64)
