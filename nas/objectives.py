@@ -24,6 +24,8 @@ METRICS: dict[str, str] = {
 }
 OPERATORS = ("<=", ">=", "<", ">")
 _SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+#: Evaluated metrics of a batch of architectures: metric name -> one value per architecture.
+Columns = Mapping[str, np.ndarray]
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*([kKMG]?)\s*$")
 
 

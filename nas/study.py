@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.objectives import Constraint, Objective
-from nas.strategies.base import Columns
+from nas.objectives import Columns, Constraint, Objective
 from search_spaces import SearchSpace
 from search_spaces.errors import HwnasError
 

@@ -9,19 +9,18 @@ study, not recomputed), and continues with the same trace as a run that was neve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from nas.objectives import Constraint, Objective, minimised
+from nas.objectives import Columns, Constraint, Objective, minimised
 from search_spaces import SearchSpace
 from search_spaces.errors import HwnasError
 
 #: A cheap check run before a candidate is asked for (cost constraints on the analytic counts or a latency
 #: table): gene rows -> boolean mask of the rows worth evaluating.
 Screen = Callable[[np.ndarray], np.ndarray]
-Columns = Mapping[str, np.ndarray]
 
 
 class StrategyError(HwnasError):

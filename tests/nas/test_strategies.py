@@ -30,7 +30,8 @@ def factory(name, objectives=("accuracy",), constraints=("latency_ms<=0.2",), sm
     def screen(genes):
         return latency.satisfied(COSTS.columns(genes)["latency_ms"])
 
-    sizes = {"evolution": {"population": 16}, "regularized-evolution": {"population": 16, "sample_size": 4}}
+    sizes = {"evolution": {"population": 16}, "regularized-evolution": {"population": 16, "sample_size": 4},
+             "nsga2": {"population_size": 16}, "tpe": {"n_startup_trials": 16}}
     options = {**(sizes.get(name, {}) if small else {}), **options}
     return lambda seed: get_strategy(name, SPACE, parse_objectives(objectives), cons, seed=seed, screen=screen,
                                      **options)
@@ -59,7 +60,7 @@ def test_constraints_no_sample_meets_give_a_bounded_clear_error():
 
 
 def test_unknown_strategy_and_bad_options_are_named():
-    with pytest.raises(StrategyError, match="unknown strategy 'annealing'; the strategies are evolution, random"):
+    with pytest.raises(StrategyError, match="unknown strategy 'annealing'; the strategies are evolution, nsga2, random"):
         get_strategy("annealing", SPACE, parse_objectives(["accuracy"]))
     with pytest.raises(StrategyError, match="sample_size must be in 1..population"):
         get_strategy("regularized-evolution", SPACE, parse_objectives(["accuracy"]), population=4, sample_size=9)
