@@ -41,9 +41,10 @@ def main() -> None:
     table = find_table("small", "litert", "int8")
     costs = CostEvaluator(space, [table])
     genes = space.sample_genes(np.random.default_rng(0), 2000)
+    sample = costs.columns(genes)
     predictor = AccuracyPredictor(space, hidden=(400, 400, 400), seed=0)
-    predictor.fit(genes, 0.9 + 0.02 * np.log(costs.columns(genes)["macs"] / 1e6), epochs=5)
-    limit = float(np.median(costs.columns(genes)["latency_ms"]))
+    predictor.fit(genes, 0.9 + 0.02 * np.log(sample["macs"] / 1e6), epochs=5)
+    limit = float(np.median(sample["latency_ms"]))
     objectives, constraints = parse_objectives(["accuracy"]), parse_constraints([f"latency_ms<={limit:.4f}"])
 
     def evaluate(rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -37,6 +37,7 @@ from latency_tables.table import (
     describe_stale,
     fit_correction,
     header_line,
+    kendall_tau,
     read_rows,
     row_line,
     stale_parts,
@@ -396,13 +397,6 @@ def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, s
     table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured), "seed": seed}
     table.save_meta()
     return table.meta["correction"]
-
-
-def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall's tau-b between two score vectors."""
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(a, b).statistic)
 
 
 def accuracy_summary(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

@@ -309,6 +309,13 @@ def _features(summaries: list[tuple[int, int, int, int]]) -> np.ndarray:
     return np.stack([np.ones(len(s)), np.log1p(s[:, 1]), np.log1p(s[:, 2])], axis=1)
 
 
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b between two score vectors (table validation, accuracy predictors)."""
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
 def fit_correction(raw_ms: Sequence[float] | np.ndarray, pieces: Sequence[int] | np.ndarray,
                    measured_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Fit `measured = scale * raw + per_piece_ms * pieces + offset_ms` over whole networks, minimising the

@@ -46,11 +46,11 @@ class CostEvaluator:
 
     def columns(self, genes: np.ndarray) -> dict[str, np.ndarray]:
         """Metric name -> one value per gene row (rows need not be canonical)."""
-        genes = np.atleast_2d(np.asarray(genes))
+        genes = self.space.canonical_genes(genes)
         out: dict[str, np.ndarray] = dict(self.analytic.estimate_genes(self.space, genes))
         estimated = np.zeros(len(genes), dtype=bool)
         for i, table in enumerate(self.tables):
-            prediction = table.predict(self.space, self.space.canonical_genes(genes), self.estimate_missing)
+            prediction = table.predict(self.space, genes, self.estimate_missing)
             out[f"latency_ms@{table.table_id}"] = prediction.latency_ms
             if i == 0:
                 out["latency_ms"] = prediction.latency_ms

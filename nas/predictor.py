@@ -14,17 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from latency_tables.table import kendall_tau
 from search_spaces import SearchSpace
 from search_spaces.errors import HwnasError
 
 FORMAT = "hwnas accuracy predictor 1"
-
-
-def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall's tau-b of two score vectors."""
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(a, b).statistic)
 
 
 class AccuracyPredictor:

@@ -46,8 +46,12 @@ class Strategy:
         self.genes = np.zeros((0, len(space.genes)), dtype=np.int64)  # everything told, in order
         self.scores = np.zeros((0, len(self.objectives)))  # the told objectives, signed so smaller is better
         self.violations = np.zeros(0)  # summed relative constraint violation of each told row (0: feasible)
-        self.told = 0
-        self._told_keys: set[bytes] = set()
+        self._told_keys: set[bytes] = set()  # canonical rows told, for the each-architecture-once check
+
+    @property
+    def told(self) -> int:
+        """How many architectures have been told."""
+        return len(self.genes)
 
     # ----------------------------------------------------------------------------------------- protocol
 
@@ -57,14 +61,14 @@ class Strategy:
         if n < 1:
             raise StrategyError(f"ask for at least one architecture (got {n})")
         found: list[np.ndarray] = []
-        seen = set(self._told_keys)
+        seen: set[bytes] = set()  # this batch's rows (told ones are in `_told_keys`)
         for _ in range(self.retry_budget):
             rows = self.space.canonical_genes(self._propose(n - len(found)))
             if self.screen is not None:
                 rows = rows[np.asarray(self.screen(rows), dtype=bool)]
             for row in rows:  # each architecture once: nothing told before, nothing twice in a batch
                 key = row.tobytes()
-                if key not in seen:
+                if key not in seen and key not in self._told_keys:
                     seen.add(key)
                     found.append(row)
             if len(found) >= n:
@@ -90,7 +94,6 @@ class Strategy:
         self.genes = np.concatenate([self.genes, genes])
         self.scores = np.concatenate([self.scores, scores])
         self.violations = np.concatenate([self.violations, violation])
-        self.told += n
         self._told_keys.update(row.tobytes() for row in genes)
         self._learn(genes, columns)
 

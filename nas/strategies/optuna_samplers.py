@@ -48,11 +48,13 @@ class OptunaSampler(Strategy):
 
     def ask(self, n: int = 1) -> np.ndarray:
         self._proposed = []
+        chosen: set[bytes] = set()  # stays empty when no batch could be found: every proposal is pruned
         try:
             rows = super().ask(n)
+            chosen = {row.tobytes() for row in rows}
+            return rows
         finally:
             accepted = set()
-            chosen = {row.tobytes() for row in rows} if "rows" in locals() else set()
             for key, trial in self._proposed:
                 if key in chosen and key not in accepted:
                     accepted.add(key)
@@ -60,7 +62,6 @@ class OptunaSampler(Strategy):
                 else:
                     self.study.tell(trial, state=self._tell_state.PRUNED)
             self._proposed = []
-        return rows
 
     def _learn(self, genes: np.ndarray, columns: Columns) -> None:
         for i, row in enumerate(genes):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from latency_tables.analytic import AnalyticCostModel, key_summary
-from latency_tables.build import accuracy_summary, kendall_tau
+from latency_tables.build import accuracy_summary
 from latency_tables.keys import LutKey, SpaceIndex, arch_keys
 from latency_tables.table import (
     DeviceProfile,
@@ -15,6 +15,7 @@ from latency_tables.table import (
     current_revisions,
     fit_correction,
     header_line,
+    kendall_tau,
     row_line,
 )
 from search_spaces import HwnasError, get_space

@@ -16,7 +16,7 @@ OBJECTIVES = parse_objectives(["accuracy", "latency_ms"])
 CONSTRAINTS = parse_constraints(["latency_ms<=0.2"])
 
 
-def t_values_differ(trials):
+def each_evaluated_once(trials):
     return len({t.user_attrs["key"] for t in trials}) == len(trials)  # each architecture evaluated once
 
 
@@ -38,7 +38,7 @@ def test_every_evaluation_is_a_trial_and_a_search_resumes_from_the_study(tmp_pat
     assert first.user_attrs["macs"] == trace[0][1]["macs"][0]
     # Optuna's constraint value is <= 0 exactly where the latency limit is met
     assert all((t.constraints["latency_ms<=0.2"] <= 0) == (t.user_attrs["latency_ms"] <= 0.2) for t in trials)
-    assert {t.user_attrs["latency_ms"] <= 0.2 for t in trials} == {True, False} and t_values_differ(trials)
+    assert {t.user_attrs["latency_ms"] <= 0.2 for t in trials} == {True, False} and each_evaluated_once(trials)
     assert {t.number for t in reopened.best_trials} <= {t.number for t in trials}
 
     # the study gives back the batches; a fresh strategy replays them and continues as if never stopped
