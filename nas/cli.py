@@ -230,9 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-path", help="dataset directory, if it moved since training")
     ev.add_argument("--threads", type=int, help="torch threads")
 
-    from nas.cli_lut import register
+    from nas import cli_lut, cli_search
 
-    register(groups, command)
+    cli_lut.register(groups, command)
+    cli_search.register(groups, command)
     return parser
 
 

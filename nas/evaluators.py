@@ -60,6 +60,31 @@ class CostEvaluator:
         return out
 
 
+def supernet_space(run_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
+    """The space and checkpoint metadata of a trained supernet's run directory, without torch (the weights are
+    neither read nor checked here; `supernets.training.load_supernet` does that)."""
+    from search_spaces import get_space
+
+    run_dir = Path(run_dir)
+    for name in ("checkpoint", "checkpoint.old"):
+        path = run_dir / name / "supernet.json"
+        if path.is_file():
+            break
+    else:
+        raise HwnasError(f"no supernet checkpoint in {run_dir} (expected {run_dir / 'checkpoint' / 'supernet.json'}); "
+                         f"train one with `hwnas supernet train --run-dir {run_dir}`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        stored = meta["space"]
+        space = get_space(stored["name"], in_channels=stored["in_channels"], num_classes=stored["num_classes"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise HwnasError(f"{path} cannot be read ({err})") from None
+    if space.to_dict() != stored:
+        raise HwnasError(f"the supernet in {run_dir} was trained on another definition of space {space.name!r} than "
+                         f"this hwnas has")
+    return space, meta
+
+
 class SupernetEvaluator:
     """Validation accuracy of subnets taken from a trained supernet (`hwnas supernet train` run directory),
     each after BatchNorm recalibration on `recal_images` training images (the recipe's setting by default),
@@ -68,7 +93,8 @@ class SupernetEvaluator:
     a search that resumes does not evaluate a subnet twice. Needs torch (imported when constructed)."""
 
     def __init__(self, run_dir: str | Path, *, data: Any = None, val_images: int | None = None,
-                 recal_images: int | None = None, cache_path: str | Path | None = None) -> None:
+                 recal_images: int | None = None, cache_path: str | Path | None = None,
+                 threads: int | None = None) -> None:
         import torch
 
         from supernets.config import TrainConfig
@@ -92,7 +118,7 @@ class SupernetEvaluator:
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self.cache: dict[str, float] = self._read_cache()
         self.evaluated = 0  # subnets evaluated (not taken from the cache) by this evaluator
-        self._threads = config.threads or torch.get_num_threads()
+        self._threads = threads or config.threads or torch.get_num_threads()
 
     def _read_cache(self) -> dict[str, float]:
         if self.cache_path is None or not self.cache_path.is_file():

@@ -136,3 +136,112 @@ class AccuracyPredictor:
         predictor.weights, predictor.biases = weights, biases
         predictor.mean, predictor.std, predictor.figures = float(meta["mean"]), float(meta["std"]), meta["figures"]
         return predictor
+
+
+DATA_COLUMNS = ("key", "accuracy", "arch")
+
+
+def sample_unique(space: SearchSpace, n: int, seed: int) -> np.ndarray:
+    """`n` distinct canonical gene rows of `space`, uniformly sampled with `seed` (the same list every time, so
+    a collection that was cut off continues with the rows it had not reached)."""
+    if n < 1:
+        raise HwnasError(f"collect at least one subnet (got {n})")
+    if n > space.size():
+        raise HwnasError(f"space {space.name!r} has only {space.size()} subnets; asked for {n}")
+    rng = np.random.default_rng(seed)
+    rows: list[np.ndarray] = []
+    seen: set[bytes] = set()
+    for _ in range(100):
+        for row in space.canonical_genes(space.sample_genes(rng, n)):
+            if row.tobytes() not in seen and len(rows) < n:
+                seen.add(row.tobytes())
+                rows.append(row)
+        if len(rows) == n:
+            return np.stack(rows)
+    raise HwnasError(f"found only {len(rows)} distinct subnets of {space.name!r} in 100 rounds of {n} samples")
+
+
+def read_data(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
+    """The (gene rows, accuracies) of a predictor data file (`key,accuracy,arch` CSV). A last line cut off by an
+    interruption is ignored; any other malformed row, or an architecture outside `space`, is an error naming it."""
+    import csv
+
+    from search_spaces import ArchConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise HwnasError(f"no predictor data at {path}; collect it with `hwnas predictor collect`")
+    with path.open(encoding="utf-8", newline="") as fh:
+        lines = fh.read().splitlines()
+    if not lines or tuple(lines[0].split(",")) != DATA_COLUMNS:
+        raise HwnasError(f"{path} is not predictor data: its header should be {','.join(DATA_COLUMNS)}")
+    genes, accuracy = [], []
+    for number, row in enumerate(csv.reader(lines[1:]), start=2):
+        try:
+            key, value, text = row
+            arch = ArchConfig.from_str(text)
+            if arch.key != key:
+                raise ValueError(f"key {key} is not the key of the architecture ({arch.key})")
+            genes.append(space.to_genes(arch))
+            accuracy.append(float(value))
+        except (ValueError, HwnasError) as err:
+            if number == len(lines):  # the last line of an interrupted append
+                break
+            raise HwnasError(f"{path} line {number} is malformed ({err}); move the file away or fix the line") from None
+    if not genes:
+        return np.zeros((0, len(space.genes)), dtype=np.int64), np.zeros(0)
+    return np.stack(genes).astype(np.int64), np.asarray(accuracy)
+
+
+def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed: int = 0, chunk: int = 10,
+            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Measure `n` seeded random subnets with `accuracy` (gene rows -> accuracies, e.g.
+    `SupernetEvaluator.accuracy`) and append one `key,accuracy,arch` row per subnet to the CSV at `path`.
+    Rows already there are kept and not measured again, so an interrupted collection continues. Returns all
+    the rows of the file that are among the `n` (gene rows, accuracies), in sampling order."""
+    import csv
+
+    from tqdm import tqdm
+
+    path = Path(path)
+    wanted = sample_unique(space, n, seed)
+    have: dict[bytes, float] = {}
+    if path.is_file():
+        done_genes, done_acc = read_data(path, space)
+        have = {row.tobytes(): float(a) for row, a in zip(done_genes, done_acc, strict=True)}
+        with path.open("rb+") as fh:  # drop a torn last line before appending
+            text = fh.read()
+            if text and not text.endswith(b"\n"):
+                fh.truncate(text.rfind(b"\n") + 1)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(",".join(DATA_COLUMNS) + "\n", encoding="utf-8")
+    todo = np.array([row for row in wanted if row.tobytes() not in have]).reshape(-1, wanted.shape[1])
+    with tqdm(total=n, initial=n - len(todo), desc="predictor data", unit="subnet", disable=not progress) as bar, \
+            path.open("a", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        for start in range(0, len(todo), chunk):
+            rows = todo[start:start + chunk]
+            values = np.asarray(accuracy(rows), dtype=np.float64)
+            for row, value in zip(rows, values, strict=True):
+                arch = space.from_genes(row)
+                writer.writerow([arch.key, repr(float(value)), arch.to_str()])
+                have[row.tobytes()] = float(value)
+            fh.flush()
+            bar.update(len(rows))
+    return wanted, np.array([have[row.tobytes()] for row in wanted])
+
+
+def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, holdout: int = 200,
+                    hidden: Sequence[int] = (400, 400, 400), epochs: int = 300, lr: float = 1e-3,
+                    seed: int = 0) -> tuple[AccuracyPredictor, dict[str, Any]]:
+    """Fit a predictor on all but the last `holdout` rows and report RMSE and Kendall tau on those; returns the
+    predictor and its figures (also kept in `predictor.figures`, saved with it)."""
+    if not 0 < holdout < len(genes) - 1:
+        raise HwnasError(f"holdout must leave at least 2 training subnets: {len(genes)} collected, holdout {holdout}")
+    predictor = AccuracyPredictor(space, hidden, seed)
+    fit = predictor.fit(genes[:-holdout], accuracy[:-holdout], epochs=epochs, lr=lr)
+    held_out = predictor.evaluate(genes[-holdout:], accuracy[-holdout:])
+    predictor.figures.update({"held_out_rmse": held_out["rmse"], "held_out_kendall_tau": held_out["kendall_tau"],
+                              "held_out_size": holdout, "lr": lr})
+    return predictor, {**fit, **{f"held_out_{k}": v for k, v in held_out.items()}}

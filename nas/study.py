@@ -19,8 +19,12 @@ from nas.objectives import Columns, Constraint, Objective
 from search_spaces import SearchSpace
 from search_spaces.errors import HwnasError
 
-#: User attributes hwnas sets on each trial besides the metric values.
-_ATTRS = ("arch", "key", "strategy", "seed", "batch")
+#: User attributes hwnas sets on each trial besides the metric values. `worker` tells apart the workers that
+#: share a study (each its own strategy and seed stream), `batch` and `row` place a trial in its worker's
+#: history, `evaluator` says what measured it (`supernet`; `pick`: a candidate of a predictor-driven search
+#: measured at its end, not part of the strategy's history), `predicted_accuracy` what the predictor said.
+_ATTRS = ("arch", "key", "strategy", "seed", "worker", "batch", "row", "evaluator", "predicted_accuracy")
+_LOCK_RETRIES = 20
 
 
 def _optuna() -> Any:
@@ -38,18 +42,52 @@ def open_study(storage: str, name: str, objectives: Sequence[Objective], space: 
     optuna = _optuna()
     directions = ["maximize" if o.direction == "max" else "minimize" for o in objectives]
     wanted = {"objectives": [str(o) for o in objectives], "space": space.name}
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy and Optuna errors: name the storage and the cause
-        raise HwnasError(f"cannot open study {name!r} in {storage}: {err}") from None
+    import time
+
+    for attempt in range(5):  # workers starting together race to create the schema; the loser opens it
+        try:
+            study = optuna.create_study(storage=_storage(storage), study_name=name, directions=directions,
+                                        load_if_exists=True)
+            break
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy and Optuna errors: name the storage and the cause
+            if attempt == 4 or not any(s in str(err) for s in ("UNIQUE constraint", "locked", "already exists")):
+                raise HwnasError(f"cannot open study {name!r} in {storage}: {err}") from None
+            time.sleep(0.2 * (attempt + 1))
     have = {k: study.user_attrs.get(k) for k in wanted}
-    if all(v is None for v in have.values()) and not study.trials:
+    conflict = any(v is not None and v != wanted[k] for k, v in have.items())
+    foreign = all(v is None for v in have.values()) and bool(study.get_trials(deepcopy=False))
+    if not conflict and not foreign:
         for key, value in wanted.items():
-            study.set_user_attr(key, value)
-    elif have != wanted:
+            if have[key] is None:  # a new study (or one another worker is labelling right now)
+                study.set_user_attr(key, value)
+    else:
         raise HwnasError(f"study {name!r} in {storage} holds a search with {have}, not {wanted}; give another "
                          f"--study name")
     return study
+
+
+def _storage(url: str) -> Any:
+    """An RDB storage for `url`; SQLite waits up to a minute for a lock (several workers on one file)."""
+    if not url.startswith("sqlite"):
+        return url
+    from optuna.storages import RDBStorage
+
+    return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def _add_trial(study: Any, trial: Any) -> None:
+    """Add one trial (one transaction); retried while another worker holds the database lock. A failed attempt
+    writes nothing, so a retry neither loses nor duplicates the trial."""
+    import time
+
+    for attempt in range(_LOCK_RETRIES):
+        try:
+            study.add_trial(trial)
+            return
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's OperationalError, without importing SQLAlchemy
+            if "locked" not in str(err) or attempt == _LOCK_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def constraint_value(constraint: Constraint, value: float) -> float:
@@ -60,8 +98,10 @@ def constraint_value(constraint: Constraint, value: float) -> float:
 
 
 def record(study: Any, space: SearchSpace, genes: np.ndarray, columns: Columns, objectives: Sequence[Objective],
-           constraints: Sequence[Constraint] = (), *, strategy: str, seed: int, batch: int) -> None:
-    """Add one trial per gene row (all in one storage call)."""
+           constraints: Sequence[Constraint] = (), *, strategy: str, seed: int, batch: int, worker: int = 0,
+           evaluator: str = "supernet", first_row: int = 0, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Add one trial per gene row, each in its own transaction (`first_row`: the index in the batch of the
+    first of `genes`, when a cut-off batch is completed). `extra`: more per-row user attributes."""
     optuna = _optuna()
     from optuna.distributions import IntDistribution
 
@@ -71,7 +111,9 @@ def record(study: Any, space: SearchSpace, genes: np.ndarray, columns: Columns, 
     for i, row in enumerate(np.atleast_2d(genes)):
         arch = space.from_genes(row)
         attrs: dict[str, Any] = {"arch": arch.to_str(), "key": arch.key, "strategy": strategy, "seed": seed,
-                                 "batch": batch}
+                                 "worker": worker, "batch": batch, "row": first_row + i, "evaluator": evaluator}
+        for name, values in (extra or {}).items():
+            attrs[name] = np.asarray(values)[i].item()
         for name, values in metrics.items():
             value = values[i].item()
             attrs[name] = value if not (isinstance(value, float) and math.isnan(value)) else None
@@ -84,19 +126,23 @@ def record(study: Any, space: SearchSpace, genes: np.ndarray, columns: Columns, 
             user_attrs=attrs,
             constraints={str(c): constraint_value(c, float(metrics[c.metric][i])) for c in constraints
                          if c.metric in metrics}))
-    study.add_trials(trials)
+    for trial in trials:
+        _add_trial(study, trial)
 
 
-def history(study: Any, space: SearchSpace, *, strategy: str, seed: int) -> list[tuple[np.ndarray, Columns]]:
-    """The batches recorded by `strategy` with `seed`, in order: (gene rows, metric columns)."""
+def history(study: Any, space: SearchSpace, *, strategy: str, seed: int,
+            worker: int = 0) -> list[tuple[np.ndarray, Columns]]:
+    """The batches recorded by `strategy` with `seed` on `worker`, in order: (gene rows, metric columns). Rows
+    of a batch come in their order within it (a batch cut off while it was recorded comes back shorter)."""
     batches: dict[int, list[Any]] = {}
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
-        if attrs.get("strategy") == strategy and attrs.get("seed") == seed and "batch" in attrs:
+        if (attrs.get("strategy") == strategy and attrs.get("seed") == seed and attrs.get("worker", 0) == worker
+                and "batch" in attrs and attrs.get("evaluator", "supernet") != "pick"):
             batches.setdefault(int(attrs["batch"]), []).append(trial)
     out: list[tuple[np.ndarray, Columns]] = []
     for index in sorted(batches):
-        trials = batches[index]
+        trials = sorted(batches[index], key=lambda t: (t.user_attrs.get("row", 0), t.number))
         genes = np.array([[trial.params[g.name] for g in space.genes] for trial in trials], dtype=np.int64)
         names = [k for k in trials[0].user_attrs if k not in _ATTRS]
         columns = {name: np.array([np.nan if t.user_attrs.get(name) is None else t.user_attrs[name]

@@ -1,0 +1,318 @@
+"""The search loop behind `hwnas search`: a strategy asks for architectures, evaluators measure them, every true
+evaluation becomes a trial of the Optuna study, and the best are picked from the whole study.
+
+Two ways to evaluate:
+
+- **supernet** (default): every architecture the strategy asks for is measured with the supernet (BN
+  recalibrated accuracy, cached by key) and priced by the cost evaluator; each is one trial. `budget` trials
+  per worker. A search that was cut off resumes from its study: its recorded batches are replayed into a fresh
+  strategy with the same seed (nothing is evaluated again) and the loop goes on; a batch cut off half-recorded
+  is completed.
+- **predictor**: the strategy is told predicted accuracies (thousands of architectures per second), for
+  `budget` evaluations; each generation (batch) is summarised in the study's user attributes (not one trial
+  each); then the `picks` best are measured with the supernet and recorded as trials (`evaluator=pick`). Such a
+  search is repeated from its seed when run again (cheap), and picks already in the study are not measured
+  twice.
+
+Several workers share one study: worker `w` runs its own strategy with a seed derived from (`seed`, `w`)
+(worker 0 uses `seed` itself) and records its batches under its number, so no trial is lost or written twice.
+Constraints on costs (analytic counts or table latency) screen candidates before they are asked for; a
+constraint on accuracy is applied when ranking.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.evaluators import CostEvaluator
+from nas.objectives import Columns, Constraint, Objective, hypervolume, minimised
+from nas.strategies import get_strategy
+from nas.strategies.base import Strategy, rank_rows
+from nas.study import history, open_study, record
+from search_spaces import SearchSpace
+from search_spaces.errors import HwnasError
+
+#: Accuracy evaluator: gene rows -> accuracy (a fraction) per row.
+AccuracyFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What one worker of a search does."""
+
+    strategy: str
+    objectives: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...] = ()
+    budget: int = 100  # evaluations by this worker (true ones; with a predictor, predicted ones)
+    batch: int = 10
+    seed: int = 0
+    worker: int = 0
+    picks: int = 5  # how many to pick (and, with a predictor, to measure at the end)
+    options: dict[str, Any] = field(default_factory=dict)  # strategy options
+
+    def __post_init__(self) -> None:
+        for label, value, low in (("budget", self.budget, 1), ("batch", self.batch, 1), ("picks", self.picks, 1),
+                                  ("worker", self.worker, 0)):
+            if value < low:
+                raise HwnasError(f"{label} must be at least {low} (got {value})")
+
+    @property
+    def strategy_seed(self) -> int:
+        """The seed of this worker's strategy: `seed` for worker 0, a distinct stream for the others."""
+        if self.worker == 0:
+            return self.seed
+        return int(np.random.SeedSequence([self.seed, self.worker]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@dataclass
+class SearchResult:
+    evaluated: int  # true evaluations this worker made now (not replayed, not cached)
+    replayed: int  # rows replayed from the study
+    told: int  # rows the strategy was told in all
+    picks: list[dict[str, Any]]  # best first: arch, key, and every metric
+    trials: int  # trials in the study (all workers)
+    hypervolume: float | None = None
+    generations: list[dict[str, Any]] = field(default_factory=list)  # predictor mode: one summary per batch
+
+
+def cost_screen(costs: CostEvaluator, constraints: Sequence[Constraint]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The cheap pre-check of candidates: the constraints the cost evaluator can price, or None."""
+    priced = [c for c in constraints if c.metric in costs.metrics]
+    if not priced:
+        return None
+
+    def screen(genes: np.ndarray) -> np.ndarray:
+        columns = costs.columns(genes)
+        ok = np.ones(len(genes), dtype=bool)
+        for c in priced:
+            ok &= c.satisfied(columns[c.metric])
+        return ok
+
+    return screen
+
+
+def hv_reference(objectives: Sequence[Objective], constraints: Sequence[Constraint],
+                 columns: Columns) -> np.ndarray:
+    """Hypervolume reference point, in the minimised sign: accuracy 0; a cost at its `<=` bound if one is
+    constrained, else at the largest value seen."""
+    ref = []
+    for o in objectives:
+        bound = next((c.bound for c in constraints if c.metric == o.metric and c.op in ("<=", "<")), None)
+        if o.metric == "accuracy":
+            ref.append(0.0)
+        elif bound is not None:
+            ref.append(o.sign * bound)
+        else:
+            ref.append(o.sign * float(np.nanmax(columns[o.metric])))
+    return np.array(ref)
+
+
+class Search:
+    """One worker of a search. `accuracy` measures subnets (e.g. `SupernetEvaluator.accuracy`); `predictor`,
+    if given, is what the strategy is told instead (`AccuracyPredictor.predict`)."""
+
+    def __init__(self, space: SearchSpace, settings: SearchSettings, costs: CostEvaluator, accuracy: AccuracyFn, *,
+                 storage: str, study_name: str, predictor: AccuracyFn | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.space, self.settings, self.costs, self.accuracy = space, settings, costs, accuracy
+        self.predictor, self.progress, self.log = predictor, progress, log
+        self.storage, self.study_name = storage, study_name
+        self.evaluated = 0
+        for c in settings.constraints:
+            if c.metric != "accuracy" and c.metric not in costs.metrics:
+                raise HwnasError(f"constraint {c} needs {c.metric}, which this search does not price "
+                                 f"(priced: {', '.join(costs.metrics)}; latency needs a --table)")
+        for o in settings.objectives:
+            if o.metric != "accuracy" and o.metric not in costs.metrics:
+                raise HwnasError(f"objective {o} needs {o.metric}, which this search does not price "
+                                 f"(priced: accuracy, {', '.join(costs.metrics)}; latency needs a --table)")
+
+    # ------------------------------------------------------------------------------------------ pieces
+
+    def make_strategy(self, **extra: Any) -> Strategy:
+        s = self.settings
+        return get_strategy(s.strategy, self.space, s.objectives, s.constraints, seed=s.strategy_seed,
+                            screen=cost_screen(self.costs, s.constraints), **{**s.options, **extra})
+
+    def measure(self, genes: np.ndarray) -> dict[str, np.ndarray]:
+        """True evaluation: costs and measured accuracy."""
+        columns = dict(self.costs.columns(genes))
+        columns["accuracy"] = np.asarray(self.accuracy(genes), dtype=np.float64)
+        return columns
+
+    def _record(self, study: Any, genes: np.ndarray, columns: Columns, batch: int, *, first_row: int = 0,
+                evaluator: str = "supernet", extra: dict[str, np.ndarray] | None = None) -> None:
+        s = self.settings
+        record(study, self.space, genes, columns, s.objectives, s.constraints, strategy=s.strategy,
+               seed=s.strategy_seed, batch=batch, worker=s.worker, evaluator=evaluator, first_row=first_row,
+               extra=extra)
+
+    # -------------------------------------------------------------------------------------------- run
+
+    def run(self) -> SearchResult:
+        study = open_study(self.storage, self.study_name, self.settings.objectives, self.space)
+        if self.predictor is None:
+            replayed, strategy = self._run_true(study)
+            generations: list[dict[str, Any]] = []
+        else:
+            replayed, strategy, generations = 0, *self._run_predicted(study)
+        picks, hv = self.picks(study)
+        return SearchResult(self.evaluated, replayed, strategy.told, picks, len(study.get_trials(deepcopy=False)), hv,
+                            generations)
+
+    def _run_true(self, study: Any) -> tuple[int, Strategy]:
+        from tqdm import tqdm
+
+        s = self.settings
+        strategy = self.make_strategy()
+        batches = history(study, self.space, strategy=s.strategy, seed=s.strategy_seed, worker=s.worker)
+        cut = None
+        if batches and "batch_rows" in batches[-1][1] and len(batches[-1][0]) < int(batches[-1][1]["batch_rows"][0]):
+            cut = batches.pop()  # cut off while it was recorded: completed below
+        replayed = strategy.replay(batches)
+        index = len(batches)
+        with tqdm(total=s.budget, initial=min(replayed, s.budget), desc=f"search {s.strategy} w{s.worker}",
+                  unit="subnet", disable=not self.progress) as bar:
+            while strategy.told < s.budget:
+                size = min(s.batch, s.budget - strategy.told)
+                if cut is not None:
+                    size = int(cut[1]["batch_rows"][0])
+                genes = strategy.ask(size)
+                done = 0
+                if cut is not None:
+                    done = len(cut[0])
+                    if not np.array_equal(genes[:done], cut[0]):
+                        raise HwnasError(f"batch {index} of worker {s.worker} in study {self.study_name!r} does not "
+                                         f"follow from its settings; resume with the settings it started with")
+                fresh = self.measure(genes[done:])
+                self.evaluated += len(genes) - done
+                self._record(study, genes[done:], fresh, index, first_row=done,
+                             extra={"batch_rows": np.full(len(genes) - done, len(genes))})
+                if cut is not None:
+                    columns = {k: np.concatenate([np.asarray(cut[1][k], dtype=np.float64),
+                                                  np.asarray(v, dtype=np.float64)])
+                               for k, v in fresh.items() if k in cut[1]}
+                    cut = None
+                else:
+                    columns = fresh
+                strategy.tell(genes, columns)
+                index += 1
+                bar.update(len(genes) - done)
+        return replayed, strategy
+
+    def _run_predicted(self, study: Any) -> tuple[Strategy, list[dict[str, Any]]]:
+        from tqdm import tqdm
+
+        assert self.predictor is not None
+        s = self.settings
+        strategy = self.make_strategy()
+        generations: list[dict[str, Any]] = []
+        last_write = time.monotonic()
+        attr = f"predictor_generations/w{s.worker}/{s.strategy}/s{s.strategy_seed}"
+        with tqdm(total=s.budget, desc=f"search {s.strategy} (predictor) w{s.worker}", unit="subnet",
+                  disable=not self.progress) as bar:
+            while strategy.told < s.budget:
+                genes = strategy.ask(min(s.batch, s.budget - strategy.told))
+                columns = dict(self.costs.columns(genes))
+                columns["accuracy"] = np.asarray(self.predictor(genes), dtype=np.float64)
+                strategy.tell(genes, columns)
+                generations.append(self._summary(len(generations), columns, strategy.told))
+                if time.monotonic() - last_write > 5:
+                    study.set_user_attr(attr, generations)
+                    last_write = time.monotonic()
+                bar.update(len(genes))
+        study.set_user_attr(attr, generations)
+        self._measure_picks(study, strategy)
+        return strategy, generations
+
+    def _summary(self, generation: int, columns: Columns, told: int) -> dict[str, Any]:
+        s = self.settings
+        ok = np.ones(len(columns["accuracy"]), dtype=bool)
+        for c in s.constraints:
+            ok &= c.satisfied(columns[c.metric])
+        out: dict[str, Any] = {"generation": generation, "told": told, "evaluated": int(len(ok)),
+                               "feasible": float(ok.mean())}
+        if ok.any():
+            for o in s.objectives:
+                values = np.asarray(columns[o.metric], dtype=np.float64)[ok]
+                out[f"best_{o.metric}"] = float(values.max() if o.direction == "max" else values.min())
+        return out
+
+    def _measure_picks(self, study: Any, strategy: Strategy) -> None:
+        """Measure the strategy's best `picks` (by predicted accuracy) with the supernet, as trials; skip those
+        already measured for this worker."""
+        s = self.settings
+        done = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("evaluator") == "pick" and t.user_attrs.get("worker", 0) == s.worker}
+        order = strategy.ranking()[: s.picks]
+        genes = strategy.genes[order]
+        fresh = np.array([self.space.from_genes(row).key not in done for row in genes], dtype=bool)
+        if fresh.any():
+            predicted = -strategy.scores[order][fresh, [o.metric for o in s.objectives].index("accuracy")] \
+                if any(o.metric == "accuracy" for o in s.objectives) else np.full(int(fresh.sum()), np.nan)
+            columns = self.measure(genes[fresh])
+            self.evaluated += int(fresh.sum())
+            self._record(study, genes[fresh], columns, -1, evaluator="pick", extra={"predicted_accuracy": predicted})
+
+    # ------------------------------------------------------------------------------------------ picks
+
+    def picks(self, study: Any) -> tuple[list[dict[str, Any]], float | None]:
+        """The best true-evaluated architectures of the whole study (all workers), best first: feasible before
+        infeasible; one objective: top `picks`; several: the first Pareto front by crowding. With the study's
+        hypervolume (feasible true evaluations; reference from `hv_reference`)."""
+        s = self.settings
+        rows: dict[str, dict[str, Any]] = {}
+        for t in study.get_trials(deepcopy=False):
+            attrs = t.user_attrs
+            if t.state.name == "COMPLETE" and "key" in attrs and attrs["key"] not in rows:
+                rows[attrs["key"]] = {k: v for k, v in attrs.items()
+                                      if k not in ("strategy", "seed", "worker", "batch", "row", "batch_rows")}
+        if not rows:
+            return [], None
+        records = list(rows.values())
+        columns = {o.metric: np.array([r[o.metric] for r in records], dtype=np.float64) for o in s.objectives}
+        for c in s.constraints:
+            columns[c.metric] = np.array([r.get(c.metric, np.nan) for r in records], dtype=np.float64)
+        scores = minimised(columns, s.objectives)
+        violation = np.zeros(len(records))
+        for c in s.constraints:
+            violation += c.violation(columns[c.metric])
+        violation = np.where(np.isnan(violation), np.inf, violation)
+        order = rank_rows(scores, violation)[: s.picks]
+        feasible = violation == 0
+        hv = None
+        if feasible.any():
+            hv = hypervolume(scores[feasible], hv_reference(s.objectives, s.constraints, columns))
+        picks = []
+        for i in order:
+            picks.append({**records[i], "feasible": bool(feasible[i])})
+        return picks, hv
+
+
+def picks_csv(picks: Sequence[dict[str, Any]]) -> str:
+    """The picks as CSV text (arch last)."""
+    if not picks:
+        return ""
+    names = [k for k in picks[0] if k != "arch"] + ["arch"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=names, extrasaction="ignore")
+    writer.writeheader()
+    for p in picks:
+        writer.writerow(p)
+    return out.getvalue()
+
+
+def write_picks(run_dir: Path, picks: Sequence[dict[str, Any]]) -> Path:
+    from latency_tables.table import atomic_write
+
+    path = Path(run_dir) / "search" / "picks.csv"
+    atomic_write(path, picks_csv(picks))
+    return path

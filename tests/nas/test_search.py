@@ -1,0 +1,154 @@
+"""The search loop: every true evaluation is a trial, a cut-off search resumes from its study with the same
+trace (also when cut off half-way through recording a batch), predictor searches summarise generations,
+and two worker processes share one study without lost or duplicated trials."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency_tables.table import find_table
+from nas.evaluators import CostEvaluator
+from nas.objectives import parse_constraints, parse_objectives
+from nas.search import Search, SearchSettings, cost_screen
+from nas.study import open_study
+from search_spaces import get_space
+from search_spaces.errors import HwnasError
+
+SPACE = get_space("small")
+COSTS = CostEvaluator(SPACE, [find_table("small", "ort", "fp32")])
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stand_in(genes):
+    """A deterministic accuracy: grows with log MACs."""
+    return 0.8 + 0.02 * np.log(COSTS.columns(genes)["macs"] / 1e6)
+
+
+class Counting:
+    def __init__(self):
+        self.rows = 0
+
+    def __call__(self, genes):
+        self.rows += len(genes)
+        return stand_in(genes)
+
+
+def settings(**kw):
+    base = dict(strategy="evolution", objectives=parse_objectives(["accuracy"]),
+                constraints=parse_constraints(["latency_ms<=0.2"]), budget=24, batch=8, seed=3,
+                options={"population": 8})
+    return SearchSettings(**{**base, **kw})
+
+
+def search(tmp_path, accuracy=stand_in, name="s", db="study.db", **kw):
+    return Search(SPACE, settings(**kw), COSTS, accuracy, storage=f"sqlite:///{tmp_path / db}", study_name=name,
+                  progress=False)
+
+
+def keys_in_order(study, worker=0):
+    trials = [t for t in study.get_trials() if t.user_attrs.get("worker") == worker]
+    return [t.user_attrs["key"] for t in sorted(trials, key=lambda t: (t.user_attrs["batch"], t.user_attrs["row"]))]
+
+
+def test_trials_picks_and_resume_with_the_same_trace(tmp_path):
+    whole = search(tmp_path, db="whole.db", budget=40).run()
+    assert whole.evaluated == 40 and whole.trials == 40 and whole.replayed == 0
+    counting = Counting()
+    first = search(tmp_path, counting).run()
+    assert (first.evaluated, first.trials, counting.rows) == (24, 24, 24)
+    resumed = search(tmp_path, counting, budget=40).run()
+    assert (resumed.replayed, resumed.evaluated, resumed.trials, counting.rows) == (24, 16, 40, 40)
+    ours = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", settings().objectives, SPACE)
+    theirs = open_study(f"sqlite:///{tmp_path / 'whole.db'}", "s", settings().objectives, SPACE)
+    assert keys_in_order(ours) == keys_in_order(theirs) and len(set(keys_in_order(ours))) == 40
+    # picks: feasible first, best accuracy first, all of them true evaluations of the study
+    picks = resumed.picks
+    assert len(picks) == 5 and all(p["feasible"] for p in picks)
+    accuracies = [p["accuracy"] for p in picks]
+    assert accuracies == sorted(accuracies, reverse=True)
+    feasible = [t.user_attrs["accuracy"] for t in ours.get_trials() if t.user_attrs["latency_ms"] <= 0.2]
+    assert accuracies[0] == max(feasible) and resumed.hypervolume == pytest.approx(max(feasible))
+
+
+def test_a_batch_cut_off_while_recorded_is_completed_not_duplicated(tmp_path):
+    search(tmp_path, db="whole.db", budget=16).run()
+    whole = open_study(f"sqlite:///{tmp_path / 'whole.db'}", "s", settings().objectives, SPACE)
+    ordered = sorted(whole.get_trials(), key=lambda t: (t.user_attrs["batch"], t.user_attrs["row"]))
+    cut = open_study(f"sqlite:///{tmp_path / 'cut.db'}", "s", settings().objectives, SPACE)
+    cut.add_trials(ordered[:11])  # batch 0 and 3 of batch 1's 8 rows
+    counting = Counting()
+    resumed = search(tmp_path, counting, db="cut.db", budget=16).run()
+    assert (resumed.replayed, counting.rows, resumed.trials) == (8, 5, 16)
+    assert keys_in_order(cut) == keys_in_order(whole)
+
+
+def test_a_study_from_other_settings_is_refused(tmp_path):
+    search(tmp_path, budget=16).run()
+    with pytest.raises(HwnasError, match="does not follow from seed 3"):
+        search(tmp_path, budget=24, options={"population": 4}).run()
+
+
+def test_constraints_screen_candidates_and_unpriced_metrics_are_refused():
+    screen = cost_screen(COSTS, parse_constraints(["latency_ms<=0.2", "accuracy>=0.9"]))
+    genes = SPACE.sample_genes(np.random.default_rng(0), 200)
+    assert np.array_equal(screen(genes), COSTS.columns(genes)["latency_ms"] <= 0.2)
+    with pytest.raises(HwnasError, match="needs latency_ms, which this search does not price"):
+        Search(SPACE, settings(), CostEvaluator(SPACE), stand_in, storage="sqlite://", study_name="s")
+
+
+def test_a_predictor_search_summarises_generations_and_measures_its_picks(tmp_path):
+    counting = Counting()
+
+    def predictor(genes):  # a predictor that is close to, but not, the measured accuracy
+        return stand_in(genes) + 0.001 * np.sin(genes.sum(axis=1))
+
+    s = Search(SPACE, settings(budget=400, batch=50, options={"population": 50}), COSTS, counting,
+               storage=f"sqlite:///{tmp_path / 'p.db'}", study_name="p", predictor=predictor, progress=False)
+    result = s.run()
+    assert counting.rows == 5 and result.trials == 5 and result.told == 400 and len(result.generations) == 8
+    study = open_study(f"sqlite:///{tmp_path / 'p.db'}", "p", settings().objectives, SPACE)
+    generations = study.user_attrs[f"predictor_generations/w0/evolution/s{s.settings.strategy_seed}"]
+    assert [g["told"] for g in generations] == list(range(50, 401, 50))
+    assert all(t.user_attrs["evaluator"] == "pick" for t in study.get_trials())
+    for t in study.get_trials():
+        assert abs(t.user_attrs["predicted_accuracy"] - t.user_attrs["accuracy"]) <= 0.001
+    # the best generation's predicted accuracy is what the best pick was predicted to have
+    assert max(g["best_accuracy"] for g in generations) == pytest.approx(
+        max(t.user_attrs["predicted_accuracy"] for t in study.get_trials()))
+    again = Search(SPACE, settings(budget=400, batch=50, options={"population": 50}), COSTS, counting,
+                   storage=f"sqlite:///{tmp_path / 'p.db'}", study_name="p", predictor=predictor, progress=False)
+    assert again.run().trials == 5 and counting.rows == 5  # the same picks: not measured or recorded twice
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    from tests.nas.test_search import search
+    from pathlib import Path
+    result = search(Path(sys.argv[1]), worker=int(sys.argv[2]), budget=48).run()
+    print(result.evaluated)
+""")
+
+
+def test_two_worker_processes_share_one_study(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), str(w)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert [o[0].strip() for o in outs] == ["48", "48"]
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", settings().objectives, SPACE)
+    trials = study.get_trials()
+    places = [(t.user_attrs["worker"], t.user_attrs["batch"], t.user_attrs["row"]) for t in trials]
+    assert len(trials) == 96 and len(set(places)) == 96 and len({t.number for t in trials}) == 96
+    # each worker's trials are exactly what that worker asks for alone: nothing lost, nothing written twice
+    for w in (0, 1):
+        alone = search(tmp_path, db=f"alone{w}.db", worker=w, budget=48)
+        alone.run()
+        solo = open_study(f"sqlite:///{tmp_path / f'alone{w}.db'}", "s", settings().objectives, SPACE)
+        assert keys_in_order(study, w) == keys_in_order(solo, w)
+    assert keys_in_order(study, 0) != keys_in_order(study, 1)
+    assert json.loads(json.dumps(trials[0].user_attrs))["strategy"] == "evolution"
