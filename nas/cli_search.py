@@ -108,7 +108,9 @@ def search_objects(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
                                   threads=args.threads)
     space = evaluator.space
     tables = [resolve_table(t, space.name) for t in args.table or []]
-    if not tables and any(x.metric == "latency_ms" for x in (*objectives, *constraints)):
+    uses_latency = any(o.metric == "latency_ms" for o in objectives) or any(c.metric == "latency_ms"
+                                                                            for c in constraints)
+    if not tables and uses_latency:
         tables = [resolve_table("ort:fp32", space.name)]
         _log(args)(f"latency from the shipped table {tables[0].table_id} (choose one with --table)")
     costs = CostEvaluator(space, tables, dtype=args.dtype)
@@ -157,6 +159,19 @@ def export_picks(args: argparse.Namespace, space: Any, picks: list[dict[str, Any
                  constraints: Any, log: Any) -> list[str]:
     """Placeholder until nas.export lands."""
     return []
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from nas.study import serve_dashboard
+
+    storage = args.storage or f"sqlite:///{Path(args.run_dir) / 'study.db'}"
+    if not args.storage and not (Path(args.run_dir) / "study.db").is_file():
+        from search_spaces.errors import HwnasError
+
+        raise HwnasError(f"no study in {args.run_dir} (no study.db); run `hwnas search --run-dir {args.run_dir}` "
+                         f"first, or give --storage URL")
+    print(f"optuna-dashboard for {storage} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    serve_dashboard(storage, args.host, args.port)
 
 
 def register(groups: Any, command: Any) -> None:
@@ -219,3 +234,10 @@ def register(groups: Any, command: Any) -> None:
     se.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="re-measure the picks on the runtime and export them to RUN_DIR/subnets (default yes)")
     se.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    da = command(groups, "dashboard", cmd_dashboard, "serve optuna-dashboard for a search's study (history, "
+                 "Pareto front, trial attributes) on this machine only")
+    da.add_argument("run_dir", nargs="?", default="runs/search", help="search run directory (default %(default)s)")
+    da.add_argument("--storage", help="Optuna storage URL (default sqlite:///RUN_DIR/study.db)")
+    da.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    da.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")

@@ -149,3 +149,14 @@ def history(study: Any, space: SearchSpace, *, strategy: str, seed: int,
                                    for t in trials]) for name in names}
         out.append((genes, columns))
     return out
+
+
+def serve_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve optuna-dashboard for `storage` until interrupted (blocks)."""
+    _optuna()
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise HwnasError("the dashboard needs optuna-dashboard; install it with `pip install optuna-dashboard`") \
+            from None
+    run_server(_storage(storage), host=host, port=port)

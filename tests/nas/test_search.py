@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,42 @@ def test_two_worker_processes_share_one_study(tmp_path):
         assert keys_in_order(study, w) == keys_in_order(solo, w)
     assert keys_in_order(study, 0) != keys_in_order(study, 1)
     assert json.loads(json.dumps(trials[0].user_attrs))["strategy"] == "evolution"
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_dashboard_serves_the_study_and_its_trials(tmp_path):
+    import urllib.request
+
+    search(tmp_path, budget=16).run()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", str(tmp_path), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        studies = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as reply:
+                    studies = json.loads(reply.read())["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                time.sleep(0.5)
+        assert studies is not None, "the dashboard did not answer within 60 s"
+        (study,) = [s for s in studies if s["study_name"] == "s"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0",
+                                    timeout=10) as reply:
+            detail = json.loads(reply.read())
+        trials = detail["trials"]
+        assert len(trials) == 16
+        attrs = {a["key"]: a["value"] for a in trials[0]["user_attrs"]}
+        assert attrs["strategy"] == "evolution" and len(attrs["key"]) == 12 and "|" in attrs["arch"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
