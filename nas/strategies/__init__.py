@@ -7,9 +7,10 @@ from typing import Any
 from nas.strategies.base import Strategy, StrategyError
 from nas.strategies.evolution import Evolution, RandomSearch, RegularizedEvolution
 from nas.strategies.optuna_samplers import NSGA2, TPE
+from nas.strategies.rl import ReinforceSearch
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (RandomSearch, Evolution, RegularizedEvolution,
-                                                                   TPE, NSGA2)}
+                                                                   TPE, NSGA2, ReinforceSearch)}
 
 
 def get_strategy(name: str, *args: Any, **kwargs: Any) -> Strategy:

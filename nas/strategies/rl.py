@@ -1,0 +1,327 @@
+"""Reinforcement-learning search (`rl`): a REINFORCE controller (Williams 1992) over the space's genes, rewarded
+as MnasNet is (Tan et al. 2019). numpy only, no torch.
+
+Policy. One vector of logits per gene and a softmax over that gene's choices (a factorized policy: the genes of
+a candidate are drawn independently). A candidate is the canonical row of one draw; its probability is the
+product over the genes that matter for it (`SearchSpace.active_mask`), since a gene it does not use (a block
+beyond its stage's depth, the expand ratio of a ShuffleNet unit) sums out: such genes get no gradient from it.
+
+Update, after each told batch with rewards R_i (REINFORCE with a baseline):
+
+    A_i = (R_i - b) / s        b, s^2: moving averages of the reward and of (R - b)^2, decay d = `baseline_decay`
+    g   = sum_i w_i A_i d log pi(row_i) / d logits  +  entropy * d H(pi) / d logits
+
+and the logits step up g, by plain SGD (the default) or Adam, at rate `lr`. b starts at the first batch's mean
+reward, then b <- d b + (1 - d) mean(R); s likewise, from the deviations from the b before the batch. Dividing by s
+makes the step independent of the reward's units and lets a batch of one learn. The weights w_i are equal over
+the told rows; see the screen below.
+
+Reward (MnasNet): R = ACC * (LAT / T) ** w, with w = alpha if LAT <= T else beta.
+- `reward="hard"` (the default): alpha = 0, beta = -1: under the target only ACC counts, over it the reward falls
+  as T / LAT (a constraint here is a hard limit). `reward="soft"`: alpha = beta = -0.07, a smooth trade of
+  accuracy for latency on both sides of T. `alpha=` / `beta=` override either.
+- ACC is the first objective maximised (e.g. `accuracy`).
+- LAT is the metric of the first `<=` / `<` constraint on a cost metric, else of the first cost objective.
+- T is `target=` if given, else that constraint's bound, else (LAT an objective and no cost constraint) the
+  median LAT of everything told so far, this batch included: the reward then favours the faster half.
+- No LAT (one objective maximised, no cost constraint or cost objective): R = ACC. No objective maximised: R is
+  the one objective, signed so larger is better (several objectives and none maximised: no reward, an error).
+- A row that breaks a constraint the reward does not price (any but LAT's own: `accuracy>=0.9`, a second cost
+  limit), or whose reward is not finite (a NaN objective, a failed evaluation), gets the lowest of its batch's
+  other rewards and the baseline; when the first batch has no reward at all, nothing is learned from it.
+Objectives besides ACC and LAT do not enter the reward (the study's ranking still uses them).
+
+The screen. `Strategy.ask` turns down draws the screen rejects and draws told before. A draw the screen rejects
+is learned from too, with the lowest reward of its batch: the told rows stand for all draws that passed, so each
+rejected draw weighs `turned_down_weight` (default 0.3) x told / passed. Without that the controller drifts to
+where most draws are rejected (it is only ever told about the ones that pass); with full weight it keeps away
+from the limit where the best subnets are. A converged controller draws mostly architectures told before: each
+round of proposals draws at least `MIN_DRAWS` rows, and when even that finds too few new ones `ask` says so.
+
+Everything the controller holds (logits, optimizer moments, baseline, spread) is a function of the seed and the
+results told, in order, so `replay` resumes with the same trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+from nas.objectives import METRICS, Constraint, Objective
+from nas.strategies.base import Columns, Screen, Strategy, StrategyError
+from search_spaces import SearchSpace
+
+#: MnasNet's two settings of (alpha, beta).
+REWARDS: dict[str, tuple[float, float]] = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
+POLICIES = ("factorized",)
+OPTIMIZERS = ("adam", "sgd")
+#: Rows drawn per round of proposals at least: a concentrated policy draws mostly rows told before or turned
+#: down by the screen, and the base class's bounded retries would otherwise ask for them one at a time.
+MIN_DRAWS = 64
+#: The step size of each optimizer when `lr` is not given: the best of those tried on the stand-in search of
+#: tests/nas/test_rl.py (sgd 0.5-2, adam 0.05-0.1; the step is in units of the normalised advantage).
+DEFAULT_LR = {"sgd": 1.0, "adam": 0.05}
+
+
+def mnasnet_reward(accuracy: np.ndarray | float, latency: np.ndarray | float, target: float, alpha: float,
+                   beta: float) -> np.ndarray:
+    """ACC * (LAT / T) ** w, w = alpha where LAT <= T else beta (NaN where either input is NaN)."""
+    acc = np.asarray(accuracy, dtype=np.float64)
+    ratio = np.asarray(latency, dtype=np.float64) / target
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return acc * ratio ** np.where(ratio <= 1.0, alpha, beta)
+
+
+class FactorizedPolicy:
+    """Independent softmaxes, one per gene, over a flat vector of logits (all zero: uniform)."""
+
+    def __init__(self, gene_sizes: np.ndarray) -> None:
+        self.sizes = np.asarray(gene_sizes, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.params = np.zeros(int(self.sizes.sum()))
+
+    def probabilities(self) -> list[np.ndarray]:
+        out = []
+        for start, size in zip(self.offsets, self.sizes, strict=True):
+            z = self.params[start:start + size]
+            e = np.exp(z - z.max())
+            out.append(e / e.sum())
+        return out
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n rows (n, G), each gene drawn from its softmax (one uniform number per gene and row)."""
+        u = rng.random((n, len(self.sizes)))
+        rows = np.empty((n, len(self.sizes)), dtype=np.int64)
+        for g, p in enumerate(self.probabilities()):
+            rows[:, g] = np.minimum(np.searchsorted(np.cumsum(p), u[:, g], side="right"), len(p) - 1)
+        return rows
+
+    def gradient(self, genes: np.ndarray, active: np.ndarray, weights: np.ndarray, entropy: float) -> np.ndarray:
+        """d/dparams of sum_i weights_i * log pi(genes_i), over each row's active genes only, + entropy * H(pi)
+        (H: the summed entropy of the gene softmaxes)."""
+        grad = np.zeros_like(self.params)
+        for g, p in enumerate(self.probabilities()):
+            w = weights * active[:, g]
+            part = np.bincount(genes[:, g], weights=w, minlength=len(p)) - w.sum() * p
+            if entropy:  # dH/dz_k = -p_k (log p_k + H)
+                logp = np.log(np.maximum(p, 1e-300))
+                part -= entropy * p * (logp - (p * logp).sum())
+            grad[self.offsets[g]:self.offsets[g] + len(p)] = part
+        return grad
+
+    def entropy(self) -> float:
+        """Summed entropy of the gene softmaxes (nats)."""
+        return float(sum(-(p * np.log(np.maximum(p, 1e-300))).sum() for p in self.probabilities()))
+
+
+class _Adam:
+    """Adam ascent (Kingma and Ba 2015) with the usual 0.9 / 0.999 moments."""
+
+    def __init__(self, size: int, lr: float) -> None:
+        self.lr, self.m, self.v, self.t = lr, np.zeros(size), np.zeros(size), 0
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        self.t += 1
+        self.m = 0.9 * self.m + 0.1 * grad
+        self.v = 0.999 * self.v + 0.001 * grad ** 2
+        m_hat, v_hat = self.m / (1 - 0.9 ** self.t), self.v / (1 - 0.999 ** self.t)
+        params += self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+
+
+class _SGD:
+    def __init__(self, size: int, lr: float) -> None:
+        self.lr = lr
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        params += self.lr * grad
+
+
+@dataclass(frozen=True)
+class ReinforceConfig:
+    """The controller's settings (`rl` options); see the module docstring.
+
+    Args:
+        lr: step size of the logits (default: 1.0 for sgd, 0.05 for adam).
+        baseline_decay: d of the moving-average baseline and spread, in [0, 1).
+        entropy: weight of the policy's entropy in the objective (0: none).
+        reward: `hard` or `soft` (MnasNet's alpha, beta); `alpha` / `beta` override either.
+        target: T of the reward (default: the bound of the first cost constraint, else the median told).
+        turned_down_weight: how much a draw the screen turns down counts, relative to a told row standing for as
+            many draws, learned from with the lowest reward (0: learn from told rows only).
+        optimizer: `sgd` or `adam`.
+        policy: `factorized` (one softmax per gene).
+    """
+
+    lr: float | None = None
+    baseline_decay: float = 0.9
+    entropy: float = 0.0
+    reward: str = "hard"
+    alpha: float | None = None
+    beta: float | None = None
+    target: float | None = None
+    turned_down_weight: float = 0.3
+    optimizer: str = "sgd"
+    policy: str = "factorized"
+
+    def __post_init__(self) -> None:
+        def bad(option: str, allowed: str) -> StrategyError:
+            return StrategyError(f"rl: {option} = {getattr(self, option)!r} is not allowed; {option} must be {allowed}")
+
+        def number(value: Any, low: float = -np.inf) -> bool:
+            return isinstance(value, Real) and not isinstance(value, bool) and low < float(value) < np.inf
+
+        checks = [("lr", self.lr is None or number(self.lr, 0), "a number > 0 (or unset: 1.0 for sgd, 0.05 for adam)"),
+                  ("baseline_decay", number(self.baseline_decay) and 0 <= self.baseline_decay < 1, "in [0, 1)"),
+                  ("entropy", number(self.entropy) and self.entropy >= 0, "a number >= 0"),
+                  ("reward", self.reward in REWARDS, f"one of {', '.join(REWARDS)}"),
+                  ("alpha", self.alpha is None or number(self.alpha), "a finite number (or unset: the reward's)"),
+                  ("beta", self.beta is None or number(self.beta), "a finite number (or unset: the reward's)"),
+                  ("target", self.target is None or number(self.target, 0),
+                   "a number > 0 (or unset: a cost constraint's bound, else the median told)"),
+                  ("turned_down_weight", number(self.turned_down_weight) and 0 <= self.turned_down_weight <= 1,
+                   "in [0, 1]"),
+                  ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+                  ("policy", self.policy in POLICIES, f"one of {', '.join(POLICIES)}")]
+        for option, ok, allowed in checks:
+            if not ok:
+                raise bad(option, allowed)
+
+    @property
+    def step_size(self) -> float:
+        return float(DEFAULT_LR[self.optimizer] if self.lr is None else self.lr)
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(alpha, beta) of the reward."""
+        alpha, beta = REWARDS[self.reward]
+        return (float(alpha if self.alpha is None else self.alpha), float(beta if self.beta is None else self.beta))
+
+
+class ReinforceSearch(Strategy):
+    """REINFORCE over the space's genes with the MnasNet reward. Options: the fields of `ReinforceConfig`, as
+    keywords or as `config=`."""
+
+    name = "rl"
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
+                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100,
+                 config: ReinforceConfig | None = None, **options: Any) -> None:
+        super().__init__(space, objectives, constraints, seed=seed, screen=screen, retry_budget=retry_budget)
+        if config is not None and options:
+            raise StrategyError(f"{self.name}: give config= or options ({', '.join(options)}), not both")
+        unknown = sorted(set(options) - {f.name for f in fields(ReinforceConfig)})
+        if unknown:
+            raise StrategyError(f"{self.name}: unknown option(s) {', '.join(unknown)}; the options are "
+                                f"{', '.join(f.name for f in fields(ReinforceConfig))}")
+        self.config = config if config is not None else ReinforceConfig(**options)
+        self.alpha, self.beta = self.config.weights
+        self._resolve_reward()
+        self.policy = FactorizedPolicy(space.gene_sizes)
+        optimizer = _Adam if self.config.optimizer == "adam" else _SGD
+        self._optimizer = optimizer(len(self.policy.params), self.config.step_size)
+        self.baseline: float | None = None  # moving average of the reward
+        self.spread: float | None = None  # moving average of (reward - baseline) ** 2
+        self._drawn = 0  # rows drawn since the last tell
+        self._turned_down: list[np.ndarray] = []  # ... and those of them the screen turned down
+
+    def _resolve_reward(self) -> None:
+        """Which metric is ACC, which is LAT and where T comes from; see the module docstring."""
+        maximised = [o for o in self.objectives if o.direction == "max"]
+        if not maximised and len(self.objectives) > 1:
+            raise StrategyError(f"{self.name}: the MnasNet reward needs an objective to maximise (e.g. accuracy); "
+                                f"got {', '.join(map(str, self.objectives))}")
+        self.quality = maximised[0] if maximised else self.objectives[0]
+        cost_limits = [c for c in self.constraints if c.op in ("<=", "<") and METRICS[c.metric] == "min"]
+        cost_objectives = [i for i, o in enumerate(self.objectives)
+                           if o.direction == "min" and METRICS[o.metric] == "min" and o is not self.quality]
+        self.latency: str | None = None
+        self._latency_limit: Constraint | None = None
+        self._median_of: int | None = None  # index of the objective whose told median is T
+        if maximised and cost_limits:
+            self._latency_limit = cost_limits[0]
+            self.latency = cost_limits[0].metric
+        elif maximised and cost_objectives:
+            self._median_of = cost_objectives[0]
+            self.latency = self.objectives[cost_objectives[0]].metric
+        if self.config.target is not None and self.latency is None:
+            raise StrategyError(f"{self.name}: target = {self.config.target:g} needs a cost to compare with it: a <= "
+                                f"or < constraint on a cost metric, or a cost objective beside an objective maximised")
+        self._unpriced = [c for c in self.constraints if c is not self._latency_limit]
+
+    def _target_now(self) -> float:
+        if self.config.target is not None:
+            return float(self.config.target)
+        if self._latency_limit is not None:
+            return self._latency_limit.bound
+        assert self._median_of is not None
+        told = self.scores[:, self._median_of]  # a minimised objective: its score is its value
+        told = told[np.isfinite(told)]
+        return float(np.median(told)) if told.size else float("nan")
+
+    def rewards(self, columns: Columns) -> np.ndarray:
+        """The reward of each row of an evaluated batch (NaN where it cannot be formed)."""
+        quality = self.quality.sign * -np.asarray(columns[self.quality.metric], dtype=np.float64)
+        if self.latency is None:
+            return quality
+        target = self._target_now()
+        if not (np.isfinite(target) and target > 0):
+            return np.full(len(quality), np.nan)
+        return mnasnet_reward(quality, columns[self.latency], target, self.alpha, self.beta)
+
+    # --------------------------------------------------------------------------------- the strategy
+
+    def ask(self, n: int = 1) -> np.ndarray:
+        try:
+            return super().ask(n)
+        except StrategyError as err:
+            raise StrategyError(f"{err}. The controller may have converged: {self.told} architectures told, policy "
+                                f"entropy {self.policy.entropy():.1f} nats; a larger entropy bonus keeps it "
+                                f"exploring") from None
+
+    def _propose(self, n: int) -> np.ndarray:
+        rows = self.space.canonical_genes(self.policy.sample(self.rng, max(n, MIN_DRAWS)))
+        self._drawn += len(rows)
+        if self.screen is not None:  # the draws the screen turns down are learned from at the next tell
+            self._turned_down.append(rows[~np.asarray(self.screen(rows), dtype=bool)])
+        return rows
+
+    def _learn(self, genes: np.ndarray, columns: Columns) -> None:
+        reward = self.rewards(columns)
+        valid = np.isfinite(reward) & np.isfinite(self.violations[-len(genes):])
+        for c in self._unpriced:
+            if c.metric in columns:
+                valid &= c.satisfied(columns[c.metric])
+        turned_down = np.concatenate([np.zeros((0, len(self.space.genes)), dtype=np.int64), *self._turned_down])
+        passed, self._drawn, self._turned_down = self._drawn - len(turned_down), 0, []
+        floor = [float(reward[valid].min())] if valid.any() else []
+        floor += [self.baseline] if self.baseline is not None else []
+        if not floor:
+            return  # nothing told so far could be scored: no baseline, no gradient
+        # the told rows stand for all the draws that passed the screen: a turned-down draw weighs told / passed
+        down_weight = self.config.turned_down_weight * len(genes) / max(passed, 1)
+        weight = np.concatenate([np.ones(len(genes)), np.full(len(turned_down), down_weight)])
+        weight /= weight.sum()
+        reward = np.concatenate([np.where(valid, reward, min(floor)), np.full(len(turned_down), min(floor))])
+        self._step(np.concatenate([genes, turned_down]), reward, weight)
+
+    def _step(self, genes: np.ndarray, reward: np.ndarray, weight: np.ndarray) -> None:
+        """One REINFORCE step on rows with rewards (weights summing to 1); moves the baseline and spread."""
+        mean = float(weight @ reward)
+        if self.baseline is None:
+            self.baseline = mean
+        deviation = reward - self.baseline
+        d = self.config.baseline_decay
+        square = float(weight @ deviation ** 2)
+        self.spread = square if self.spread is None else d * self.spread + (1 - d) * square
+        advantage = deviation / np.sqrt(self.spread) if self.spread > 0 else np.zeros_like(deviation)
+        self.baseline = d * self.baseline + (1 - d) * mean
+        grad = self.policy.gradient(genes, self.space.active_mask(genes), weight * advantage, self.config.entropy)
+        self._optimizer.step(self.policy.params, grad)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **asdict(self.config), "lr": self.config.step_size, "alpha": self.alpha,
+                "beta": self.beta, "reward_accuracy": self.quality.metric, "reward_latency": self.latency}
