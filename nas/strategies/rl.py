@@ -5,16 +5,19 @@ Policy. One vector of logits per gene and a softmax over that gene's choices (a 
 a candidate are drawn independently). A candidate is the canonical row of one draw; its probability is the
 product over the genes that matter for it (`SearchSpace.active_mask`), since a gene it does not use (a block
 beyond its stage's depth, the expand ratio of a ShuffleNet unit) sums out: such genes get no gradient from it.
+`policy="lstm"` is the controller of NAS and MnasNet instead: an LSTM (hidden size `hidden`, weights drawn from
+the seed) that draws the genes in order, each conditioned on the choices before it; unused genes are not drawn
+(they are 0 and fed on as such), and its entropy bonus is that of the told rows' steps.
 
 Update, after each told batch with rewards R_i (REINFORCE with a baseline):
 
     A_i = (R_i - b) / s        b, s^2: moving averages of the reward and of (R - b)^2, decay d = `baseline_decay`
-    g   = sum_i w_i A_i d log pi(row_i) / d logits  +  entropy * d H(pi) / d logits
+    g   = sum_i w_i A_i d log pi(row_i) / d theta  +  entropy * d H(pi) / d theta
 
-and the logits step up g, by plain SGD (the default) or Adam, at rate `lr`. b starts at the first batch's mean
-reward, then b <- d b + (1 - d) mean(R); s likewise, from the deviations from the b before the batch. Dividing by s
-makes the step independent of the reward's units and lets a batch of one learn. The weights w_i are equal over
-the told rows; see the screen below.
+and the policy's parameters theta step up g, by plain SGD (the default) or Adam, at rate `lr`. b starts at the
+first batch's mean reward, then b <- d b + (1 - d) mean(R); s likewise, from the deviations from the b before the
+batch. Dividing by s makes the step independent of the reward's units and lets a batch of one learn. The weights
+w_i are equal over the told rows; see the screen below.
 
 Reward (MnasNet): R = ACC * (LAT / T) ** w, with w = alpha if LAT <= T else beta.
 - `reward="hard"` (the default): alpha = 0, beta = -1: under the target only ACC counts, over it the reward falls
@@ -38,13 +41,13 @@ where most draws are rejected (it is only ever told about the ones that pass); w
 from the limit where the best subnets are. A converged controller draws mostly architectures told before: each
 round of proposals draws at least `MIN_DRAWS` rows, and when even that finds too few new ones `ask` says so.
 
-Everything the controller holds (logits, optimizer moments, baseline, spread) is a function of the seed and the
+Everything the controller holds (its parameters, optimizer moments, baseline, spread) is a function of the seed and the
 results told, in order, so `replay` resumes with the same trace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from numbers import Real
 from typing import Any
@@ -57,7 +60,7 @@ from search_spaces import SearchSpace
 
 #: MnasNet's two settings of (alpha, beta).
 REWARDS: dict[str, tuple[float, float]] = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
-POLICIES = ("factorized",)
+POLICIES = ("factorized", "lstm")
 OPTIMIZERS = ("adam", "sgd")
 #: Rows drawn per round of proposals at least: a concentrated policy draws mostly rows told before or turned
 #: down by the screen, and the base class's bounded retries would otherwise ask for them one at a time.
@@ -118,6 +121,120 @@ class FactorizedPolicy:
         return float(sum(-(p * np.log(np.maximum(p, 1e-300))).sum() for p in self.probabilities()))
 
 
+class LSTMPolicy:
+    """An LSTM controller (Zoph and Le 2017, as in MnasNet): one step per gene in the space's order; the input at
+    step t embeds the choice made at step t - 1 (a learned start vector at step 0), the output is a softmax over
+    gene t's choices. A gene the row does not use (known from the genes before it: a stage's family and depth come
+    before its blocks) is not drawn but set to 0 and fed on as such, so draws are canonical and a row's probability
+    is the product over its active genes, as in the factorized policy."""
+
+    def __init__(self, space: SearchSpace, hidden: int, rng: np.random.Generator) -> None:
+        self.space, self.hidden = space, hidden
+        sizes = [int(k) for k in space.gene_sizes]
+        shapes: dict[str, tuple[int, ...]] = {"start": (hidden,), "W": (4 * hidden, 2 * hidden), "b": (4 * hidden,)}
+        for t, k in enumerate(sizes):
+            shapes |= {f"out{t}": (hidden, k), f"bias{t}": (k,)}
+            if t:
+                shapes[f"embed{t}"] = (sizes[t - 1], hidden)
+        self.params = np.zeros(sum(int(np.prod(shape)) for shape in shapes.values()))
+        self._slices: dict[str, tuple[slice, tuple[int, ...]]] = {}
+        at = 0
+        for name, shape in shapes.items():
+            self._slices[name] = (slice(at, at + int(np.prod(shape))), shape)
+            at += int(np.prod(shape))
+        self.p = self.views(self.params)
+        for name, view in self.p.items():
+            if not name.startswith("bias") and name != "b":
+                view[...] = rng.uniform(-0.1, 0.1, view.shape)
+        self._entropy = float(np.log(space.gene_sizes).sum())  # of the last batch learned from (uniform at first)
+
+    def _cell(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
+        z = np.concatenate([x, h], axis=1) @ self.p["W"].T + self.p["b"]
+        n = self.hidden
+        i, f, o = (1 / (1 + np.exp(-z[:, k * n:(k + 1) * n])) for k in range(3))
+        g = np.tanh(z[:, 3 * n:])
+        c_new = f * c + i * g
+        return o * np.tanh(c_new), c_new, i, f, o, g
+
+    def _run(self, n: int, choose: Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+             ) -> tuple[np.ndarray, list[tuple[np.ndarray, ...]]]:
+        """Step through the genes for n rows; `choose(t, probabilities, rows)` gives gene t's values."""
+        rows = np.zeros((n, len(self.space.genes)), dtype=np.int64)
+        h, c = np.zeros((n, self.hidden)), np.zeros((n, self.hidden))
+        x = np.tile(self.p["start"], (n, 1))
+        caches: list[tuple[np.ndarray, ...]] = []
+        for t in range(len(self.space.genes)):
+            h_prev, c_prev = h, c
+            h, c, i, f, o, g = self._cell(x, h_prev, c_prev)
+            logits = h @ self.p[f"out{t}"] + self.p[f"bias{t}"]
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = e / e.sum(axis=1, keepdims=True)
+            rows[:, t] = choose(t, probs, rows)
+            caches.append((x, h_prev, c_prev, h, c, i, f, o, g, probs))
+            if t + 1 < len(self.space.genes):
+                x = self.p[f"embed{t + 1}"][rows[:, t]]
+        return rows, caches
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        u = rng.random((n, len(self.space.genes)))
+
+        def draw(t: int, probs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            picked = np.minimum((u[:, t, None] > np.cumsum(probs, axis=1)).sum(axis=1), probs.shape[1] - 1)
+            return np.where(self.space.active_mask(rows)[:, t], picked, 0)
+
+        return self._run(n, draw)[0]
+
+    def log_prob(self, genes: np.ndarray) -> np.ndarray:
+        """log pi of each canonical row (over its active genes)."""
+        _, caches = self._run(len(genes), lambda t, probs, rows: genes[:, t])
+        active = self.space.active_mask(genes)
+        picked = np.stack([cache[-1][np.arange(len(genes)), genes[:, t]] for t, cache in enumerate(caches)], axis=1)
+        return np.where(active, np.log(picked), 0.0).sum(axis=1)
+
+    def gradient(self, genes: np.ndarray, active: np.ndarray, weights: np.ndarray, entropy: float) -> np.ndarray:
+        """d/dparams of sum_i weights_i * log pi(genes_i) + entropy * (mean over the rows of the summed entropy of
+        their active steps' softmaxes), by backpropagation through the steps."""
+        n, hid = len(genes), self.hidden
+        _, caches = self._run(n, lambda t, probs, rows: genes[:, t])
+        grad = np.zeros_like(self.params)
+        d = self.views(grad)
+        dh_next, dc_next, total_entropy = np.zeros((n, hid)), np.zeros((n, hid)), 0.0
+        for t in reversed(range(len(caches))):
+            x, h_prev, c_prev, h, c, i, f, o, g, probs = caches[t]
+            live = active[:, t].astype(np.float64)
+            dlogits = (weights * live)[:, None] * (np.eye(probs.shape[1])[genes[:, t]] - probs)
+            logp = np.log(np.maximum(probs, 1e-300))
+            step_entropy = -(probs * logp).sum(axis=1)
+            total_entropy += float((live * step_entropy).sum()) / n
+            if entropy:  # dH/dz_k = -p_k (log p_k + H)
+                dlogits -= (entropy * live / n)[:, None] * probs * (logp + step_entropy[:, None])
+            d[f"out{t}"] += h.T @ dlogits
+            d[f"bias{t}"] += dlogits.sum(axis=0)
+            dh = dlogits @ self.p[f"out{t}"].T + dh_next
+            tanh_c = np.tanh(c)
+            dc = dh * o * (1 - tanh_c ** 2) + dc_next
+            dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dh * tanh_c * o * (1 - o),
+                                 dc * i * (1 - g ** 2)], axis=1)
+            d["W"] += dz.T @ np.concatenate([x, h_prev], axis=1)
+            d["b"] += dz.sum(axis=0)
+            dxh = dz @ self.p["W"]
+            dh_next, dc_next = dxh[:, hid:], dc * f
+            if t:
+                np.add.at(d[f"embed{t}"], genes[:, t - 1], dxh[:, :hid])
+            else:
+                d["start"] += dxh[:, :hid].sum(axis=0)
+        self._entropy = total_entropy
+        return grad
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Each named weight as a view into a flat vector laid out as `params`."""
+        return {name: flat[where].reshape(shape) for name, (where, shape) in self._slices.items()}
+
+    def entropy(self) -> float:
+        """Mean summed entropy of the active steps over the rows last learned from (nats)."""
+        return self._entropy
+
+
 class _Adam:
     """Adam ascent (Kingma and Ba 2015) with the usual 0.9 / 0.999 moments."""
 
@@ -153,7 +270,8 @@ class ReinforceConfig:
         turned_down_weight: how much a draw the screen turns down counts, relative to a told row standing for as
             many draws, learned from with the lowest reward (0: learn from told rows only).
         optimizer: `sgd` or `adam`.
-        policy: `factorized` (one softmax per gene).
+        policy: `factorized` (one softmax per gene) or `lstm` (an LSTM controller).
+        hidden: the LSTM's hidden size.
     """
 
     lr: float | None = None
@@ -166,6 +284,7 @@ class ReinforceConfig:
     turned_down_weight: float = 0.3
     optimizer: str = "sgd"
     policy: str = "factorized"
+    hidden: int = 32
 
     def __post_init__(self) -> None:
         def bad(option: str, allowed: str) -> StrategyError:
@@ -185,7 +304,9 @@ class ReinforceConfig:
                   ("turned_down_weight", number(self.turned_down_weight) and 0 <= self.turned_down_weight <= 1,
                    "in [0, 1]"),
                   ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-                  ("policy", self.policy in POLICIES, f"one of {', '.join(POLICIES)}")]
+                  ("policy", self.policy in POLICIES, f"one of {', '.join(POLICIES)}"),
+                  ("hidden", isinstance(self.hidden, int) and not isinstance(self.hidden, bool) and self.hidden >= 1,
+                   "a whole number >= 1")]
         for option, ok, allowed in checks:
             if not ok:
                 raise bad(option, allowed)
@@ -220,7 +341,9 @@ class ReinforceSearch(Strategy):
         self.config = config if config is not None else ReinforceConfig(**options)
         self.alpha, self.beta = self.config.weights
         self._resolve_reward()
-        self.policy = FactorizedPolicy(space.gene_sizes)
+        self.policy: FactorizedPolicy | LSTMPolicy = (
+            LSTMPolicy(space, self.config.hidden, self.rng) if self.config.policy == "lstm"
+            else FactorizedPolicy(space.gene_sizes))
         optimizer = _Adam if self.config.optimizer == "adam" else _SGD
         self._optimizer = optimizer(len(self.policy.params), self.config.step_size)
         self.baseline: float | None = None  # moving average of the reward

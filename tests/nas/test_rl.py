@@ -6,8 +6,8 @@ import pytest
 
 from nas.objectives import Constraint, parse_constraints, parse_objectives
 from nas.strategies import StrategyError, get_strategy
-from nas.strategies.conformance import run
-from nas.strategies.rl import ReinforceConfig, ReinforceSearch, mnasnet_reward
+from nas.strategies.conformance import check_strategy, run
+from nas.strategies.rl import LSTMPolicy, ReinforceConfig, ReinforceSearch, mnasnet_reward
 from tests.nas.test_strategies import SPACE, evaluate, factory
 
 
@@ -55,7 +55,8 @@ def test_rewards_that_cannot_be_formed_are_refused_by_name():
     ("entropy", -0.1, "a number >= 0"), ("reward", "medium", "one of soft, hard"),
     ("alpha", float("inf"), "a finite number"), ("target", -2.0, "a number > 0"),
     ("turned_down_weight", 1.5, r"in \[0, 1\]"), ("optimizer", "rmsprop", "one of adam, sgd"),
-    ("policy", "transformer", "one of factorized"), ("lr", True, "a number > 0")])
+    ("policy", "transformer", "one of factorized, lstm"), ("hidden", 0, "a whole number >= 1"),
+    ("lr", True, "a number > 0")])
 def test_bad_options_name_the_option_the_value_and_what_is_allowed(option, value, allowed):
     with pytest.raises(StrategyError, match=rf"rl: {option} = .* is not allowed; {option} must be {allowed}"):
         rl(**{option: value})
@@ -155,3 +156,38 @@ def test_a_config_object_works_like_the_options():
     b = ReinforceSearch(SPACE, objectives, seed=4, lr=0.5, reward="soft")
     trace = run(a, evaluate, [8, 8, 8])
     assert all(np.array_equal(g, h) for (g, _), (h, _) in zip(trace, run(b, evaluate, [8, 8, 8]), strict=True))
+
+
+def test_the_lstm_policy_backpropagates_the_exact_gradient():
+    """Against central differences of sum_i w_i log pi(row_i) + entropy * (mean summed step entropy)."""
+    rng = np.random.default_rng(0)
+    policy = LSTMPolicy(SPACE, 5, rng)
+    policy.params += rng.normal(0, 0.3, policy.params.shape)
+    genes = policy.sample(rng, 6)
+    assert np.array_equal(genes, SPACE.canonical_genes(genes))  # unused genes are not drawn: 0
+    weights, active = rng.normal(size=6), SPACE.active_mask(genes)
+
+    def objective(bonus):
+        entropy = 0.0
+        if bonus:
+            policy.gradient(genes, active, np.zeros(6), 0.0)  # records the rows' entropy
+            entropy = policy.entropy()
+        return weights @ policy.log_prob(genes) + bonus * entropy
+
+    for bonus in (0.0, 0.7):
+        grad = policy.gradient(genes, active, weights, bonus)
+        for k in np.concatenate([rng.choice(len(grad), 20, replace=False), np.flatnonzero(grad)[::97]]):
+            saved = policy.params[k]
+            policy.params[k] = saved + 1e-6
+            up = objective(bonus)
+            policy.params[k] = saved - 1e-6
+            down = objective(bonus)
+            policy.params[k] = saved
+            assert (up - down) / 2e-6 == pytest.approx(grad[k], abs=1e-6), (bonus, k)
+
+
+def test_the_lstm_policy_passes_the_conformance_suite_and_learns():
+    check_strategy(factory("rl", policy="lstm", hidden=16), evaluate, [8] * 6)
+    strategy = rl(policy="lstm", hidden=16)
+    run(strategy, lambda g: {"accuracy": 0.5 + 0.1 * (g[:, 0] == 2) + 0.01 * g[:, 1]}, [20] * 10)
+    assert (strategy.ask(50)[:, 0] == 2).mean() > 0.8  # uniform: 1/3
