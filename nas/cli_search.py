@@ -150,15 +150,99 @@ def cmd_search(args: argparse.Namespace) -> None:
         lines.append(f"  {p['accuracy']:.2%}{lat}  macs {p['macs'] / 1e6:.2f}M  "
                      f"{'' if p['feasible'] else '(breaks a constraint) '}{p['key']}  {p['arch']}")
     if args.export and result.picks:
-        lines += export_picks(args, space, result.picks, costs.tables, settings.constraints, log)
+        lines += export_picks(args.supernet, Path(args.run_dir) / "subnets", result.picks, costs.tables,
+                              settings.constraints, log)
+        write_picks(Path(args.run_dir), result.picks)
         data["subnets"] = str(Path(args.run_dir) / "subnets")
     print(json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines))
 
 
-def export_picks(args: argparse.Namespace, space: Any, picks: list[dict[str, Any]], tables: Any,
-                 constraints: Any, log: Any) -> list[str]:
-    """Placeholder until nas.export lands."""
-    return []
+def export_picks(supernet: str, out_root: Path, picks: list[dict[str, Any]], tables: Any, constraints: Any,
+                 log: Any, *, overwrite: bool = False) -> list[str]:
+    """Export each pick to out_root/<key>/ (BN recalibrated weights, ONNX + TFLite with parity checks, metrics)
+    and re-measure it on the runtime of the first table; a pick whose measured latency breaks the latency
+    constraint is marked so (in the pick, its metrics.json and the lines returned). Exports already complete are
+    re-measured, not rebuilt (unless `overwrite`)."""
+    from nas.export import export_from_run, read_metrics, remeasure, remeasure_like_table
+    from search_spaces import ArchConfig
+
+    latency = next((c for c in constraints if c.metric == "latency_ms"), None)
+    first = tables[0] if tables else None
+    fp32 = first is not None and first.profile.precision == "fp32"
+    lines = [f"exported to {out_root}/<key>/ (spec.json, model.safetensors, model.onnx, model.tflite, metrics.json):"]
+    for pick in picks:
+        arch = ArchConfig.from_str(pick["arch"])
+        directory = out_root / arch.key
+        if (directory / "metrics.json").is_file() and not overwrite:
+            log(f"{arch.key}: exported before; measuring it again")
+            remeasure(directory, tables=list(tables), constraint=latency if fp32 else None, progress=log)
+        else:
+            export_from_run(supernet, arch, out_root, tables=list(tables), accuracy=pick.get("accuracy"),
+                            constraint=latency if fp32 else None, overwrite=overwrite, progress=log)
+        if first is not None and not fp32:
+            remeasure_like_table(directory, first, latency, progress=log)
+        metrics = read_metrics(directory)
+        verdict = metrics.get("latency", {}).get("constraint")
+        parity = metrics.get("parity", {})
+        worst = max((r["max_abs_diff"] for r in parity.get("runtimes", {}).values()), default=float("nan"))
+        measured = verdict["measured_ms"] if verdict else None
+        if verdict is None and first is not None:
+            comparison = metrics.get("latency", {}).get("comparison", {}).get(first.table_id)
+            measured = comparison["measured_ms"] if comparison else None
+        pick["measured_latency_ms"] = measured
+        pick["meets_constraint_measured"] = verdict["meets_constraint_measured"] if verdict else None
+        top1 = float(metrics.get("accuracy", {}).get("top1", float("nan")))
+        pick["exported_accuracy"] = top1
+        state = ""
+        if verdict is not None:
+            state = "meets " + verdict["constraint"] if verdict["meets_constraint_measured"] else \
+                f"BREAKS {verdict['constraint']} when measured: not a subnet that meets it"
+        predicted = f"{pick['latency_ms']:.4f}" if "latency_ms" in pick else "-"
+        lines.append(f"  {arch.key}: accuracy {top1:.2%}, latency predicted "
+                     f"{predicted} ms, measured {measured if measured is None else f'{measured:.4f}'} ms {state}; "
+                     f"parity max |diff| {worst:.1e}")
+    return lines
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import csv
+
+    from nas.cli import load_arch
+    from nas.evaluators import CostEvaluator, supernet_space
+    from nas.objectives import parse_constraints
+    from nas.search import write_picks
+
+    log = _log(args)
+    space = supernet_space(args.supernet)[0]
+    constraints = parse_constraints(args.constraint or [])
+    tables = [resolve_table(t, space.name) for t in args.table or []]
+    if not tables and any(c.metric == "latency_ms" for c in constraints):
+        tables = [resolve_table("ort:fp32", space.name)]
+    costs = CostEvaluator(space, tables)
+    picks: list[dict[str, Any]] = []
+    if args.picks:
+        with open(args.picks, encoding="utf-8", newline="") as fh:
+            picks += [dict(row) for row in csv.DictReader(fh)][: args.top]
+    for text in args.arch or []:
+        arch = space.validate(load_arch(text))
+        picks.append({"arch": arch.to_str(), "key": arch.key})
+    if not picks:
+        from search_spaces.errors import HwnasError
+
+        raise HwnasError("nothing to export: give architectures (ARCH ...) or --picks RUN_DIR/search/picks.csv")
+    for pick in picks:
+        arch = space.validate(load_arch(pick["arch"]))
+        priced = costs.columns(space.to_genes(arch)[None])
+        pick.update({k: float(v[0]) for k, v in priced.items()})
+        if pick.get("accuracy") not in (None, ""):
+            pick["accuracy"] = float(pick["accuracy"])
+        else:
+            pick.pop("accuracy", None)
+    lines = export_picks(args.supernet, Path(args.out), picks, tables, constraints, log, overwrite=args.overwrite)
+    if args.picks:
+        write_picks(Path(args.picks).parent.parent, picks)
+    print(json.dumps({"subnets": str(args.out), "picks": picks}, indent=2, default=str) if args.json
+          else "\n".join(lines))
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
@@ -234,6 +318,20 @@ def register(groups: Any, command: Any) -> None:
     se.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="re-measure the picks on the runtime and export them to RUN_DIR/subnets (default yes)")
     se.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ex = command(groups, "export", cmd_export, "export subnets of a trained supernet to DIR/<key>/ (BN recalibrated "
+                 "safetensors, ONNX, TFLite, parity checks, costs, predicted and measured latency)")
+    ex.add_argument("arch", nargs="*", help="architectures (strings, reference names or files)")
+    ex.add_argument("--supernet", required=True, help="run directory of `hwnas supernet train`")
+    ex.add_argument("--picks", help="also export the picks of a search (RUN_DIR/search/picks.csv; updated with "
+                                    "the measured latency)")
+    ex.add_argument("--top", type=int, default=5, help="how many of --picks (default 5)")
+    ex.add_argument("--out", default="runs/search/subnets", help="output root (default %(default)s)")
+    ex.add_argument("--table", action="append", metavar="DIR|RUNTIME:PRECISION",
+                    help="latency tables to predict with (the first is the constrained one)")
+    ex.add_argument("--constraint", action="append", metavar="latency_ms<=BOUND",
+                    help="check the measured latency against this limit")
+    ex.add_argument("--overwrite", action="store_true", help="export again subnets exported before")
 
     da = command(groups, "dashboard", cmd_dashboard, "serve optuna-dashboard for a search's study (history, "
                  "Pareto front, trial attributes) on this machine only")

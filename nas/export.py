@@ -503,6 +503,41 @@ def _latency_report(arch: ArchConfig, measured: dict[str, Any], tables: Sequence
     return report
 
 
+def remeasure_like_table(directory: str | Path, table: LatencyTable, constraint: str | Constraint | None = None,
+                         *, record: bool = True, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure an export's architecture on `table`'s runtime and precision the way the table measured its networks
+    (converted from seeded weights, under the table's protocol): for tables whose precision the export does not
+    hold (int8, fp16), where latency depends on the architecture, not on the trained weights. The verdict on
+    `constraint` goes into metrics.json's `latency` (as `constraint`, replacing one from another runtime) and
+    `latency.measured_like_table`."""
+    from latency_tables.build import measure_target
+
+    directory = Path(directory)
+    spec = SubnetSpec.load(directory)
+    p = table.profile
+    table.check(space=spec.space)
+    used = Protocol.from_dict(table.meta["protocol"])
+    _say(progress, f"measuring {spec.key} on {p.runtime} {p.precision} as table {table.table_id} does")
+    with _pinned(used.pin_cpu):
+        m = measure_target(p.runtime, p.precision, spec.arch, used)
+    predicted = float(table.predict_arch(spec.arch))
+    report: dict[str, Any] = {"table_id": table.table_id, "runtime": p.runtime, "precision": p.precision,
+                              "predicted_ms": predicted, "measured_ms": m.median_ms, "iqr_ms": m.iqr_ms,
+                              "relative_error": (predicted - m.median_ms) / m.median_ms, "threads": used.threads}
+    c = _latency_constraint(constraint)
+    if c is not None:
+        report["constraint"] = {**latency_verdict(c, predicted, m.median_ms), "table_id": table.table_id,
+                                "measured": _label(p.runtime, p.precision)}
+    if record:
+        metrics = read_metrics(directory)
+        latency = metrics.setdefault("latency", {})
+        latency["measured_like_table"] = report
+        if "constraint" in report:
+            latency["constraint"] = report["constraint"]
+        _write_metrics(directory, metrics)
+    return report
+
+
 def meets_constraint_measured(directory: str | Path) -> bool:
     """The measured verdict recorded in an export's metrics.json (by `export_subnet` or `remeasure` with a
     constraint): what a search must report, not the table's prediction."""

@@ -19,15 +19,31 @@ from search_spaces import SearchSpace
 from search_spaces.errors import HwnasError
 
 FORMAT = "hwnas accuracy predictor 1"
+#: Targets the MLP can regress: the accuracy itself, or its log error `-log(1 - accuracy + 0.005)`, which
+#: spreads out the crowded top of the range (most subnets of a trained supernet are within a few points of
+#: the best) and shrinks the few very poor subnets that would dominate a squared error on accuracy.
+TARGETS = ("accuracy", "log_error")
+_EPS = 0.005
+
+
+def _to_target(accuracy: np.ndarray, target: str) -> np.ndarray:
+    return -np.log(np.maximum(1.0 - accuracy + _EPS, 1e-6)) if target == "log_error" else accuracy
+
+
+def _from_target(value: np.ndarray, target: str) -> np.ndarray:
+    return 1.0 + _EPS - np.exp(-value) if target == "log_error" else value
 
 
 class AccuracyPredictor:
     """MLP encoding -> accuracy. `fit` trains it (Adam on mean squared error, seeded); `predict` is vectorised."""
 
-    def __init__(self, space: SearchSpace, hidden: Sequence[int] = (400, 400, 400), seed: int = 0) -> None:
+    def __init__(self, space: SearchSpace, hidden: Sequence[int] = (400, 400, 400), seed: int = 0,
+                 target: str = "log_error") -> None:
         if not hidden or any(h < 1 for h in hidden):
             raise HwnasError(f"hidden layer sizes must be positive; got {tuple(hidden)}")
-        self.space, self.hidden, self.seed = space, tuple(int(h) for h in hidden), seed
+        if target not in TARGETS:
+            raise HwnasError(f"predictor target {target!r} is not one of {', '.join(TARGETS)}")
+        self.space, self.hidden, self.seed, self.target = space, tuple(int(h) for h in hidden), seed, target
         rng = np.random.default_rng(seed)
         sizes = [space.encoding_length, *self.hidden, 1]
         self.weights = [rng.standard_normal((a, b)) * np.sqrt(2.0 / a) for a, b in zip(sizes, sizes[1:], strict=False)]
@@ -47,12 +63,13 @@ class AccuracyPredictor:
     def predict(self, genes: np.ndarray) -> np.ndarray:
         """Predicted accuracy of each gene row."""
         x = self.space.encode_genes(self.space.canonical_genes(genes)).astype(np.float64)
-        return self._forward(x)[0] * self.std + self.mean
+        return _from_target(self._forward(x)[0] * self.std + self.mean, self.target)
 
     def fit(self, genes: np.ndarray, accuracy: np.ndarray, *, epochs: int = 300, lr: float = 1e-3,
-            batch_size: int = 128, weight_decay: float = 1e-4) -> dict[str, float]:
-        """Train on measured (genes, accuracy); returns the training RMSE."""
-        y = np.asarray(accuracy, dtype=np.float64)
+            batch_size: int = 128, weight_decay: float = 1e-3) -> dict[str, float]:
+        """Train on measured (genes, accuracy); returns the training RMSE (of accuracy)."""
+        measured = np.asarray(accuracy, dtype=np.float64)
+        y = _to_target(measured, self.target)
         if len(y) != len(genes) or len(y) < 2:
             raise HwnasError(f"fit needs at least 2 architectures with one accuracy each; got {len(genes)} rows and "
                              f"{len(y)} accuracies")
@@ -83,8 +100,8 @@ class AccuracyPredictor:
                     v *= 0.999
                     v += 0.001 * g * g
                     p -= lr * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
-        rmse = float(np.sqrt(np.mean((self.predict(genes) - y) ** 2)))
-        self.figures = {"train_rmse": rmse, "train_size": len(y), "epochs": epochs}
+        rmse = float(np.sqrt(np.mean((self.predict(genes) - measured) ** 2)))
+        self.figures = {"train_rmse": rmse, "train_size": len(y), "epochs": epochs, "weight_decay": weight_decay}
         return {"train_rmse": rmse}
 
     def evaluate(self, genes: np.ndarray, accuracy: np.ndarray) -> dict[str, float]:
@@ -104,7 +121,7 @@ class AccuracyPredictor:
         np.savez(tmp, **arrays)
         tmp.replace(directory / "predictor.npz")
         meta = {"format": FORMAT, "space": self.space.to_dict(), "hidden": list(self.hidden), "seed": self.seed,
-                "mean": self.mean, "std": self.std, "figures": self.figures}
+                "target": self.target, "mean": self.mean, "std": self.std, "figures": self.figures}
         atomic_write(directory / "predictor.json", json.dumps(meta, indent=1))
         return directory
 
@@ -124,7 +141,7 @@ class AccuracyPredictor:
         if meta["space"] != space.to_dict():
             raise HwnasError(f"the predictor in {directory} was trained for space {meta['space'].get('name')!r} as "
                              f"defined then, not for {space.name!r} as defined now; train one for this space")
-        predictor = cls(space, meta["hidden"], meta["seed"])
+        predictor = cls(space, meta["hidden"], meta["seed"], meta.get("target", "accuracy"))
         n = len(predictor.weights)
         try:
             weights = [arrays[f"w{i}"] for i in range(n)]
@@ -234,13 +251,14 @@ def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed
 
 def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, holdout: int = 200,
                     hidden: Sequence[int] = (400, 400, 400), epochs: int = 300, lr: float = 1e-3,
+                    weight_decay: float = 1e-3, target: str = "log_error",
                     seed: int = 0) -> tuple[AccuracyPredictor, dict[str, Any]]:
     """Fit a predictor on all but the last `holdout` rows and report RMSE and Kendall tau on those; returns the
     predictor and its figures (also kept in `predictor.figures`, saved with it)."""
     if not 0 < holdout < len(genes) - 1:
         raise HwnasError(f"holdout must leave at least 2 training subnets: {len(genes)} collected, holdout {holdout}")
-    predictor = AccuracyPredictor(space, hidden, seed)
-    fit = predictor.fit(genes[:-holdout], accuracy[:-holdout], epochs=epochs, lr=lr)
+    predictor = AccuracyPredictor(space, hidden, seed, target)
+    fit = predictor.fit(genes[:-holdout], accuracy[:-holdout], epochs=epochs, lr=lr, weight_decay=weight_decay)
     held_out = predictor.evaluate(genes[-holdout:], accuracy[-holdout:])
     predictor.figures.update({"held_out_rmse": held_out["rmse"], "held_out_kendall_tau": held_out["kendall_tau"],
                               "held_out_size": holdout, "lr": lr})

@@ -34,7 +34,7 @@ def test_it_ranks_held_out_subnets(trained):
     held_out = predictor.evaluate(genes[1500:], y[1500:])
     assert held_out["kendall_tau"] >= 0.8 and held_out["n"] == 200, held_out
     assert held_out["rmse"] < y.std() / 2 and fit["train_rmse"] < y.std() / 2
-    untrained = AccuracyPredictor(SPACE, hidden=(128, 128), seed=0)
+    untrained = AccuracyPredictor(SPACE, hidden=(128, 128), seed=0, target="accuracy")
     untrained.mean = float(y.mean())
     assert untrained.evaluate(genes[1500:], y[1500:])["rmse"] > held_out["rmse"]
 

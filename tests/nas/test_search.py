@@ -192,3 +192,36 @@ def test_the_dashboard_serves_the_study_and_its_trials(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_hwnas_search_and_export_on_a_trained_supernet(tmp_path, capsys):
+    from nas.cli import main
+    from supernets.training import SupernetTrainer
+    from tests.supernets.test_training import quiet, tiny_config, tiny_digits
+
+    supernet = tmp_path / "supernet"
+    SupernetTrainer(tiny_config(), supernet, data=tiny_digits(), progress=False, log=quiet).run()
+    run = tmp_path / "search"
+    args = ["search", "--supernet", str(supernet), "--budget", "8", "--batch", "4", "--picks", "1", "--constraint",
+            "latency_ms<=0.3", "--run-dir", str(run), "--val-images", "48", "--recal-images", "64", "--json",
+            "--no-progress", "--strategy", "regularized-evolution", "--option", "population=4",
+            "--option", "sample_size=2"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trials"] == 8 and out["evaluated"] == 8 and len(out["picks"]) == 1
+    (pick,) = out["picks"]
+    assert pick["latency_ms"] <= 0.3 and pick["feasible"]
+    metrics = json.loads((run / "subnets" / pick["key"] / "metrics.json").read_text())
+    verdict = metrics["latency"]["constraint"]
+    assert verdict["meets_constraint_measured"] == (verdict["measured_ms"] <= 0.3) == pick["meets_constraint_measured"]
+    assert pick["measured_latency_ms"] == verdict["measured_ms"] > 0
+    assert all(r["max_abs_diff"] <= 1e-4 for r in metrics["parity"]["runtimes"].values())
+    picks_csv = (run / "search" / "picks.csv").read_text()
+    assert "measured_latency_ms" in picks_csv.splitlines()[0] and pick["key"] in picks_csv
+    # run again: everything replayed from the study, nothing measured, the export re-measured, not rebuilt
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["evaluated"], again["replayed"], again["trials"]) == (0, 8, 8)
+    # a malformed constraint: exit code 2 and a message naming what is allowed
+    assert main([*args[:10], "latency<=1", *args[11:]]) == 2
+    assert "unknown metric 'latency'" in capsys.readouterr().err

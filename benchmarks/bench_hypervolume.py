@@ -1,0 +1,114 @@
+"""Search quality at an equal budget of true evaluations (issue 5): every strategy searches the trained
+supernet's space for two objectives, accuracy (measured: the supernet with BN recalibration) and latency
+(a shipped lookup table), with the same number of measured subnets, for 3 seeds; the hypervolume of each
+run's measured front is reported side by side (target: evolution, NSGA-II and RL each above random search on
+the mean).
+
+Hypervolume reference point: accuracy `--hv-accuracy` (default 0.9: a subnet below it adds nothing) and the
+table latency of the slowest of 10,000 random subnets; the volume is in accuracy x milliseconds.
+
+Each run is a study in RUN_DIR/study.db (resumable: run the script again after an interruption); measured
+accuracies are cached by architecture key in one file, so a subnet two runs both ask for is measured once.
+
+Usage: .venv/bin/python benchmarks/bench_hypervolume.py [--supernet runs/bench-supernet] [--budget 80]
+       [--seeds 0 1 2] [--strategies ...] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_section  # noqa: E402
+
+DEFAULT = ["random", "evolution", "regularized-evolution", "nsga2", "tpe", "rl"]
+#: Strategy options sized for the budget (a population well under it).
+OPTIONS = {"evolution": {"population": 20}, "regularized-evolution": {"population": 20, "sample_size": 5},
+           "nsga2": {"population_size": 20}, "tpe": {"n_startup_trials": 20}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--supernet", default="runs/bench-supernet")
+    parser.add_argument("--run-dir", default="runs/bench-hypervolume")
+    parser.add_argument("--cache", help="accuracy cache to start from (default RUN_DIR/accuracy_cache.json; "
+                                        "`hwnas predictor collect` writes one with the same settings)")
+    parser.add_argument("--table", default="ort:fp32")
+    parser.add_argument("--budget", type=int, default=80, help="measured subnets per run (default 80)")
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--strategies", nargs="+", default=DEFAULT)
+    parser.add_argument("--hv-accuracy", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from nas.cli_search import resolve_table
+    from nas.evaluators import CostEvaluator, SupernetEvaluator
+    from nas.objectives import hypervolume, minimised, parse_objectives
+    from nas.search import Search, SearchSettings
+    from nas.study import open_study
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache = run_dir / "accuracy_cache.json"
+    if args.cache and not cache.exists():
+        cache.write_text(Path(args.cache).read_text())
+    evaluator = SupernetEvaluator(args.supernet, cache_path=cache, threads=args.threads)
+    space = evaluator.space
+    table = resolve_table(args.table, space.name)
+    costs = CostEvaluator(space, [table])
+    objectives = parse_objectives(["accuracy", "latency_ms"])
+    sample = space.sample_genes(np.random.default_rng(12345), 10_000)
+    slowest = float(np.round(costs.columns(sample)["latency_ms"].max(), 3))
+    reference = np.array([-args.hv_accuracy, slowest])
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+
+    results: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    for name in args.strategies:
+        for seed in args.seeds:
+            settings = SearchSettings(name, objectives, (), budget=args.budget, batch=args.batch, seed=seed,
+                                      options=OPTIONS.get(name, {}))
+            start = time.perf_counter()
+            Search(space, settings, costs, evaluator.accuracy, storage=storage, study_name=f"{name}-s{seed}",
+                   progress=True).run()
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+            study = open_study(storage, f"{name}-s{seed}", objectives, space)
+            trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+            columns = {m: np.array([t.user_attrs[m] for t in trials], dtype=np.float64)
+                       for m in ("accuracy", "latency_ms")}
+            hv = hypervolume(minimised(columns, objectives), reference)
+            results.setdefault(name, []).append(hv)
+            print(f"{name:22s} seed {seed}: {len(trials)} measured, hypervolume {hv:.5f}, best accuracy "
+                  f"{columns['accuracy'].max():.4f}", flush=True)
+
+    base = float(np.mean(results["random"])) if "random" in results else None
+    rows = ["| strategy | hypervolume per seed | mean | vs random | wall time (s) |", "|---|---|---|---|---|"]
+    for name, values in results.items():
+        ratio = f"{np.mean(values) / base:.3f}x" if base else "-"
+        rows.append(f"| {name} | {' / '.join(f'{v:.5f}' for v in values)} | {np.mean(values):.5f} | {ratio} | "
+                    f"{seconds[name]:.0f} |")
+    body = "\n".join([
+        f"Two objectives, accuracy (measured on the supernet `{args.supernet}`, BN recalibrated, "
+        f"{len(evaluator.data.val)} validation images) and latency (table `{table.table_id}`), "
+        f"{args.budget} measured subnets per run in batches of {args.batch}, seeds {args.seeds}. Hypervolume "
+        f"reference: accuracy {args.hv_accuracy}, latency {slowest:.3f} ms (the slowest of 10,000 random "
+        f"subnets); units "
+        f"accuracy x ms. Measured accuracies are cached by key across runs (evaluation is deterministic), so the "
+        f"wall times mostly show which runs met new subnets first.", "", *rows])
+    print(body)
+    if not args.no_write:
+        write_section("Search quality: hypervolume at equal true evaluations (issue 5)",
+                      "python benchmarks/bench_hypervolume.py", body, threads=f"{args.threads} torch thread(s)")
+
+
+if __name__ == "__main__":
+    main()
