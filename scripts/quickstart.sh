@@ -2,13 +2,17 @@
 # The main job (grows with each stage of hwnas): set up a venv, then show the search spaces, the reference
 # networks in the architecture language, their analytic costs, and a few sampled subnets with their costs;
 # then the latency tables shipped for this machine and their predictions; then train the once-for-all
-# supernet on the embedded MNIST digits with the default recipe (about 17 minutes on a 2-core CPU; run the
-# script again after an interruption and it continues) and evaluate it.
+# supernet on the embedded MNIST digits with the default recipe (about 19 minutes on a 2-core CPU; run the
+# script again after an interruption and it continues, or reuses the trained one) and evaluate it; then search
+# it for the most accurate subnet under a latency budget on this machine's shipped ONNX Runtime table (100
+# measured subnets, every one a trial of runs/quickstart-search/study.db: `bash scripts/dashboard.sh` with
+# RUN=runs/quickstart-search shows it), re-measure the picks on ONNX Runtime and export them (ONNX + TFLite,
+# parity-checked) to runs/quickstart-search/subnets/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/hwnas ]; then
   python3 -m venv .venv
-  .venv/bin/pip install -q -e .
+  .venv/bin/pip install -q -e ".[runtimes]"
 fi
 hwnas=.venv/bin/hwnas
 $hwnas space list
@@ -30,3 +34,11 @@ done
 echo; echo "== supernet: default recipe (configs/mnist5k.yaml) on mnist5k -> runs/quickstart-supernet"
 $hwnas supernet train --config configs/mnist5k.yaml --run-dir runs/quickstart-supernet --resume
 $hwnas supernet eval runs/quickstart-supernet --random 3
+echo; echo "== search: evolution, accuracy under latency_ms<=0.15 (ort fp32 table) -> runs/quickstart-search"
+$hwnas search --supernet runs/quickstart-supernet --strategy evolution --option population=40 --budget 100 \
+  --batch 20 --constraint "latency_ms<=0.15" --table ort:fp32 --picks 3 --run-dir runs/quickstart-search
+echo; echo "== summary"
+echo "supernet:  runs/quickstart-supernet (train_log.jsonl, checkpoint/)"
+echo "study:     runs/quickstart-search/study.db (RUN=runs/quickstart-search bash scripts/dashboard.sh)"
+echo "picks:     runs/quickstart-search/search/picks.csv"
+echo "subnets:   $(ls -d runs/quickstart-search/subnets/*/ | tr '\n' ' ')"
