@@ -51,6 +51,9 @@ class AccuracyPredictor:
         self.mean, self.std = 0.0, 1.0  # target scaling
         self.figures: dict[str, Any] = {}
 
+    def _inputs(self, genes: np.ndarray) -> np.ndarray:
+        return self.space.encode_genes(self.space.canonical_genes(genes)).astype(np.float64)
+
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         activations = [x]
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
@@ -62,7 +65,7 @@ class AccuracyPredictor:
 
     def predict(self, genes: np.ndarray) -> np.ndarray:
         """Predicted accuracy of each gene row."""
-        x = self.space.encode_genes(self.space.canonical_genes(genes)).astype(np.float64)
+        x = self._inputs(genes)
         return _from_target(self._forward(x)[0] * self.std + self.mean, self.target)
 
     def fit(self, genes: np.ndarray, accuracy: np.ndarray, *, epochs: int = 300, lr: float = 1e-3,
@@ -73,7 +76,7 @@ class AccuracyPredictor:
         if len(y) != len(genes) or len(y) < 2:
             raise HwnasError(f"fit needs at least 2 architectures with one accuracy each; got {len(genes)} rows and "
                              f"{len(y)} accuracies")
-        x = self.space.encode_genes(self.space.canonical_genes(genes)).astype(np.float64)
+        x = self._inputs(genes)
         self.mean, self.std = float(y.mean()), float(y.std()) or 1.0
         target = (y - self.mean) / self.std
         rng = np.random.default_rng(self.seed + 1)
@@ -158,24 +161,27 @@ class AccuracyPredictor:
 DATA_COLUMNS = ("key", "accuracy", "arch")
 
 
-def sample_unique(space: SearchSpace, n: int, seed: int) -> np.ndarray:
-    """`n` distinct canonical gene rows of `space`, uniformly sampled with `seed` (the same list every time, so
-    a collection that was cut off continues with the rows it had not reached)."""
-    if n < 1:
-        raise HwnasError(f"collect at least one subnet (got {n})")
-    if n > space.size():
-        raise HwnasError(f"space {space.name!r} has only {space.size()} subnets; asked for {n}")
+def sample_unique(space: SearchSpace, n: int, seed: int, exclude: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """`n` distinct canonical gene rows of `space`, not in `exclude`, uniformly sampled with `seed` in chunks of
+    256, so that the rows for a smaller `n` are the first rows for a larger one (a collection can grow)."""
+    if n < 0:
+        raise HwnasError(f"cannot sample {n} subnets")
+    if n + len(exclude) > space.size():
+        raise HwnasError(f"space {space.name!r} has only {space.size()} subnets; asked for {n} more than "
+                         f"{len(exclude)}")
     rng = np.random.default_rng(seed)
     rows: list[np.ndarray] = []
-    seen: set[bytes] = set()
-    for _ in range(100):
-        for row in space.canonical_genes(space.sample_genes(rng, n)):
+    seen: set[bytes] = {np.asarray(row, dtype=np.int64).tobytes() for row in exclude}
+    for _ in range(max(100, 4 * n // 256 + 4)):
+        if len(rows) >= n:
+            break
+        for row in space.canonical_genes(space.sample_genes(rng, 256)):
             if row.tobytes() not in seen and len(rows) < n:
                 seen.add(row.tobytes())
                 rows.append(row)
-        if len(rows) == n:
-            return np.stack(rows)
-    raise HwnasError(f"found only {len(rows)} distinct subnets of {space.name!r} in 100 rounds of {n} samples")
+    if len(rows) < n:
+        raise HwnasError(f"found only {len(rows)} new distinct subnets of {space.name!r}; asked for {n}")
+    return np.stack(rows) if rows else np.zeros((0, len(space.genes)), dtype=np.int64)
 
 
 def read_data(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
@@ -212,20 +218,21 @@ def read_data(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, np.ndar
 
 def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed: int = 0, chunk: int = 10,
             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Measure `n` seeded random subnets with `accuracy` (gene rows -> accuracies, e.g.
-    `SupernetEvaluator.accuracy`) and append one `key,accuracy,arch` row per subnet to the CSV at `path`.
-    Rows already there are kept and not measured again, so an interrupted collection continues. Returns all
-    the rows of the file that are among the `n` (gene rows, accuracies), in sampling order."""
+    """Make the CSV at `path` hold `n` uniformly sampled subnets measured with `accuracy` (gene rows ->
+    accuracies, e.g. `SupernetEvaluator.accuracy`), one `key,accuracy,arch` row each, appended as they are
+    measured. Rows already there are kept and count towards `n` (an interrupted collection continues; a larger
+    `n` grows it with new samples from `seed`). Returns the file's first `n` rows (gene rows, accuracies)."""
     import csv
 
     from tqdm import tqdm
 
+    if n < 1:
+        raise HwnasError(f"collect at least one subnet (got {n})")
     path = Path(path)
-    wanted = sample_unique(space, n, seed)
-    have: dict[bytes, float] = {}
+    have_genes = np.zeros((0, len(space.genes)), dtype=np.int64)
+    have_acc = np.zeros(0)
     if path.is_file():
-        done_genes, done_acc = read_data(path, space)
-        have = {row.tobytes(): float(a) for row, a in zip(done_genes, done_acc, strict=True)}
+        have_genes, have_acc = read_data(path, space)
         with path.open("rb+") as fh:  # drop a torn last line before appending
             text = fh.read()
             if text and not text.endswith(b"\n"):
@@ -233,20 +240,22 @@ def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(",".join(DATA_COLUMNS) + "\n", encoding="utf-8")
-    todo = np.array([row for row in wanted if row.tobytes() not in have]).reshape(-1, wanted.shape[1])
-    with tqdm(total=n, initial=n - len(todo), desc="predictor data", unit="subnet", disable=not progress) as bar, \
-            path.open("a", encoding="utf-8", newline="") as fh:
+    todo = sample_unique(space, max(0, n - len(have_genes)), seed, exclude=list(have_genes))
+    genes, values = [have_genes], [have_acc]
+    with tqdm(total=n, initial=min(n, len(have_genes)), desc="predictor data", unit="subnet",
+              disable=not progress) as bar, path.open("a", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         for start in range(0, len(todo), chunk):
             rows = todo[start:start + chunk]
-            values = np.asarray(accuracy(rows), dtype=np.float64)
-            for row, value in zip(rows, values, strict=True):
+            measured = np.asarray(accuracy(rows), dtype=np.float64)
+            for row, value in zip(rows, measured, strict=True):
                 arch = space.from_genes(row)
                 writer.writerow([arch.key, repr(float(value)), arch.to_str()])
-                have[row.tobytes()] = float(value)
             fh.flush()
+            genes.append(rows)
+            values.append(measured)
             bar.update(len(rows))
-    return wanted, np.array([have[row.tobytes()] for row in wanted])
+    return np.concatenate(genes)[:n], np.concatenate(values)[:n]
 
 
 def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, holdout: int = 200,

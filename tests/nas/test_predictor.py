@@ -62,3 +62,27 @@ def test_seeded_training_repeats():
     a.fit(genes, y, epochs=5)
     b.fit(genes, y, epochs=5)
     assert np.array_equal(a.predict(genes), b.predict(genes))
+
+
+def test_collect_appends_resumes_after_a_torn_line_and_grows(tmp_path):
+    from nas.predictor import collect, read_data
+
+    measured = []
+
+    def accuracy(genes):
+        measured.append(len(genes))
+        return stand_in_accuracy(genes)
+
+    path = tmp_path / "data.csv"
+    genes, acc = collect(SPACE, accuracy, 25, path, seed=1, chunk=10, progress=False)
+    assert sum(measured) == 25 and len({g.tobytes() for g in genes}) == 25
+    assert np.allclose(acc, stand_in_accuracy(genes))
+    text = path.read_text()
+    path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 20])  # the last row cut off mid-line
+    again, _ = collect(SPACE, accuracy, 40, path, seed=1, chunk=10, progress=False)
+    assert sum(measured) == 25 + 16 and np.array_equal(again[:24], genes[:24])  # the torn row measured again
+    stored_genes, stored_acc = read_data(path, SPACE)
+    assert len(stored_genes) == 40 and np.allclose(stored_acc, stand_in_accuracy(stored_genes))
+    path.write_text(path.read_text().replace(",0.", ",zero.", 1))
+    with pytest.raises(HwnasError, match="line 2 is malformed"):
+        read_data(path, SPACE)
