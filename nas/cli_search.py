@@ -50,7 +50,8 @@ def cmd_predictor_train(args: argparse.Namespace) -> None:
     space = supernet_space(args.run_dir)[0]
     genes, accuracy = read_data(Path(args.data) if args.data else out / "data.csv", space)
     predictor, figures = train_predictor(space, genes, accuracy, holdout=args.holdout,
-                                         hidden=tuple(args.hidden), epochs=args.epochs, lr=args.lr, seed=args.seed)
+                                         hidden=tuple(args.hidden), epochs=args.epochs, lr=args.lr,
+                                         weight_decay=args.weight_decay, seed=args.seed)
     predictor.save(out)
     lines = [f"accuracy predictor -> {out}: trained on {len(genes) - args.holdout} subnets; on {args.holdout} "
              f"held-out ones RMSE {figures['held_out_rmse']:.4f}, Kendall tau {figures['held_out_kendall_tau']:.3f} "
@@ -114,9 +115,16 @@ def search_objects(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         tables = [resolve_table("ort:fp32", space.name)]
         _log(args)(f"latency from the shipped table {tables[0].table_id} (choose one with --table)")
     costs = CostEvaluator(space, tables, dtype=args.dtype)
+    options = parse_options(args.option)
+    if args.strategy == "differentiable":  # it trains on the supernet and aims at the first table's latency
+        if not tables:
+            from search_spaces.errors import HwnasError
+
+            raise HwnasError("--strategy differentiable aims at a latency: give --constraint latency_ms<=BOUND (or "
+                             "--option target_ms=...) and a --table")
+        options = {"supernet": args.supernet, "table": tables[0], "progress": not args.no_progress, **options}
     settings = SearchSettings(args.strategy, objectives, constraints, budget=args.budget, batch=args.batch,
-                              seed=args.seed, worker=args.worker, picks=args.picks,
-                              options=parse_options(args.option))
+                              seed=args.seed, worker=args.worker, picks=args.picks, options=options)
     return space, settings, costs, evaluator
 
 
@@ -282,15 +290,16 @@ def register(groups: Any, command: Any) -> None:
     tr.add_argument("--hidden", type=int, nargs="+", default=[400, 400, 400], help="hidden layer sizes")
     tr.add_argument("--epochs", type=int, default=300, help="training epochs (default 300)")
     tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    tr.add_argument("--weight-decay", type=float, default=1e-2, help="L2 weight decay (default 1e-2)")
     tr.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
-    from nas.strategies import STRATEGIES
+    from nas.strategies import STRATEGY_NAMES
 
     se = command(groups, "search", cmd_search,
                  "search a trained supernet's space for the best subnets under cost limits; every true evaluation "
                  "is a trial of an Optuna study (resumes from it; several workers can share it)")
     se.add_argument("--supernet", required=True, help="run directory of `hwnas supernet train`")
-    se.add_argument("--strategy", default="evolution", choices=sorted(STRATEGIES), help="default evolution")
+    se.add_argument("--strategy", default="evolution", choices=STRATEGY_NAMES, help="default evolution")
     se.add_argument("--objective", action="append", metavar="METRIC[:max|min]",
                     help="repeatable (default: accuracy); e.g. --objective accuracy --objective latency_ms")
     se.add_argument("--constraint", action="append", metavar="METRIC<=BOUND",

@@ -69,7 +69,7 @@ class AccuracyPredictor:
         return _from_target(self._forward(x)[0] * self.std + self.mean, self.target)
 
     def fit(self, genes: np.ndarray, accuracy: np.ndarray, *, epochs: int = 300, lr: float = 1e-3,
-            batch_size: int = 128, weight_decay: float = 1e-3) -> dict[str, float]:
+            batch_size: int = 128, weight_decay: float = 1e-2) -> dict[str, float]:
         """Train on measured (genes, accuracy); returns the training RMSE (of accuracy)."""
         measured = np.asarray(accuracy, dtype=np.float64)
         y = _to_target(measured, self.target)
@@ -260,7 +260,7 @@ def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed
 
 def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, holdout: int = 200,
                     hidden: Sequence[int] = (400, 400, 400), epochs: int = 300, lr: float = 1e-3,
-                    weight_decay: float = 1e-3, target: str = "log_error",
+                    weight_decay: float = 1e-2, target: str = "log_error",
                     seed: int = 0) -> tuple[AccuracyPredictor, dict[str, Any]]:
     """Fit a predictor on all but the last `holdout` rows and report RMSE and Kendall tau on those; returns the
     predictor and its figures (also kept in `predictor.figures`, saved with it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from nas.strategies.base import Strategy, StrategyError
@@ -9,15 +10,30 @@ from nas.strategies.evolution import Evolution, RandomSearch, RegularizedEvoluti
 from nas.strategies.optuna_samplers import NSGA2, TPE
 from nas.strategies.rl import ReinforceSearch
 
+#: Strategies that need no trained supernet to be built (the conformance suite runs each on a stand-in).
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (RandomSearch, Evolution, RegularizedEvolution,
                                                                    TPE, NSGA2, ReinforceSearch)}
+#: Strategies living outside this package (they import it), loaded when asked for: name -> module:class.
+#: `differentiable` needs torch and a trained supernet (options `supernet=`, `table=`).
+LAZY_STRATEGIES = {"differentiable": "nas.differentiable:Differentiable"}
+STRATEGY_NAMES = tuple(sorted([*STRATEGIES, *LAZY_STRATEGIES]))
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class of the strategy registered as `name`."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    if name in LAZY_STRATEGIES:
+        module, _, cls = LAZY_STRATEGIES[name].partition(":")
+        found: type[Strategy] = getattr(importlib.import_module(module), cls)
+        return found
+    raise StrategyError(f"unknown strategy {name!r}; the strategies are {', '.join(STRATEGY_NAMES)}")
 
 
 def get_strategy(name: str, *args: Any, **kwargs: Any) -> Strategy:
     """The strategy registered as `name`, constructed with the given arguments."""
-    if name not in STRATEGIES:
-        raise StrategyError(f"unknown strategy {name!r}; the strategies are {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](*args, **kwargs)
+    return strategy_class(name)(*args, **kwargs)
 
 
-__all__ = ["STRATEGIES", "Strategy", "StrategyError", "get_strategy"]
+__all__ = ["LAZY_STRATEGIES", "STRATEGIES", "STRATEGY_NAMES", "Strategy", "StrategyError", "get_strategy",
+           "strategy_class"]
