@@ -60,7 +60,8 @@ def test_constraints_no_sample_meets_give_a_bounded_clear_error():
 
 
 def test_unknown_strategy_and_bad_options_are_named():
-    with pytest.raises(StrategyError, match="unknown strategy 'annealing'; the strategies are evolution, nsga2"):
+    names = "differentiable, evolution, nsga2, random, regularized-evolution, rl, tpe"
+    with pytest.raises(StrategyError, match=f"unknown strategy 'annealing'; the strategies are {names}"):
         get_strategy("annealing", SPACE, parse_objectives(["accuracy"]))
     with pytest.raises(StrategyError, match="sample_size must be in 1..population"):
         get_strategy("regularized-evolution", SPACE, parse_objectives(["accuracy"]), population=4, sample_size=9)
