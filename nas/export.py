@@ -21,7 +21,6 @@ model.safetensors alone. torch and the runtimes are imported only when needed: `
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from latency_tables.table import LatencyTable, atomic_write, default_device, shi
 from nas.objectives import Constraint
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
+from search_spaces.files import sha256_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -78,14 +78,6 @@ def model_file(runtime: str, precision: str) -> str:
 
 def _label(runtime: str, precision: str) -> str:
     return f"{runtime}-{precision}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hwnas_version() -> str:
@@ -228,7 +220,7 @@ def _checked_file(directory: Path, spec: SubnetSpec, name: str, what: str = "") 
     if not path.is_file():
         raise SubnetError(f"{path} is missing{what}; export the subnet again")
     want = spec.files.get(name)
-    if want is not None and _sha256(path) != want:
+    if want is not None and sha256_file(path) != want:
         raise SubnetError(f"{path} does not match the sha256 recorded in {directory / SPEC_FILE}: the file is "
                           f"corrupt or was replaced; export the subnet again")
     return path
@@ -689,7 +681,7 @@ def export_subnet(net: Supernet, arch: ArchConfig, data: Dataset, out_root: str 
                 convert.export_onnx(model, spec.input_shape, tmp / name)
             else:
                 convert.export_tflite(model, spec.input_shape, tmp / name, precision)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         spec = SubnetSpec(spec.arch, spec.space, spec.mean, spec.std, spec.provenance, spec.models, files)
         spec.save(tmp)
 

@@ -8,7 +8,6 @@ interruption leaves the previous checkpoint (`checkpoint/` or, mid-swap, `checkp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -20,16 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from search_spaces.errors import HwnasError
+from search_spaces.files import sha256_file
 
 FORMAT = "hwnas.supernet/1"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
