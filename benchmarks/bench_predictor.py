@@ -1,7 +1,7 @@
 """Accuracy predictor on real supernet accuracies (issue 5; target Kendall tau >= 0.8 on held-out subnets).
 
 The data are random subnets of the trained supernet measured with BN recalibration, as a search measures
-them: `hwnas predictor collect runs/bench-supernet --n 1200 --out runs/bench-predictor` (resumable; about
+them: `hwnas predictor collect runs/bench-supernet --n 2000 --out runs/bench-predictor` (resumable; about
 1.1 s per subnet on one core). The predictor is trained on all but the last `--holdout` of them, in sampling
 order, and ranks the held-out ones; the figures for several training-set sizes show how much data it needs.
 
@@ -28,6 +28,8 @@ def main() -> None:
                         help="training-set sizes (the first N subnets; capped at what was collected)")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--no-reliability", action="store_true",
+                        help="skip re-measuring the held-out subnets on two halves of the validation set")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     pin_one_core()
@@ -55,18 +57,43 @@ def main() -> None:
         figures.append((size, held))
         rows.append(f"| {size} | {held['rmse']:.4f} | {held['kendall_tau']:.3f} | {seconds:.1f} |")
         print(rows[-1], flush=True)
+    reliability = ""
+    if not args.no_reliability:
+        reliability = measurement_reliability(args.supernet, test_genes, test_acc)
+        print(reliability, flush=True)
     body = "\n".join([
         f"{len(genes)} random subnets of `{args.supernet}` measured with BN recalibration (accuracy "
         f"{accuracy.min():.3f} .. {accuracy.max():.3f}, mean {accuracy.mean():.3f}, std {accuracy.std():.3f}); the "
         f"last {args.holdout} held out. MLP 400-400-400 on the one-hot encoding regressing the log error "
         f"-ln(1 - accuracy + 0.005), Adam lr {args.lr}, weight decay 0.01, {args.epochs} epochs, seed 0. "
         f"For scale: MACs alone rank the held-out subnets with Kendall tau "
-        f"{kendall_tau(macs, test_acc):.3f}.", "", *rows])
+        f"{kendall_tau(macs, test_acc):.3f}.", "", *rows, "", reliability])
     print(body)
     if not args.no_write:
         write_section("Accuracy predictor on supernet accuracies (issue 5)",
-                      "hwnas predictor collect runs/bench-supernet --n 1200 --out runs/bench-predictor && "
+                      "hwnas predictor collect runs/bench-supernet --n 2000 --out runs/bench-predictor && "
                       "python benchmarks/bench_predictor.py", body)
+
+
+def measurement_reliability(supernet: str, genes: object, accuracy: object) -> str:
+    """How well the measured accuracy itself ranks the held-out subnets: each measured again on the two halves of
+    the validation set (the full measurement is their mean); the Kendall tau between the halves bounds what any
+    predictor can show against such labels."""
+    from dataclasses import replace
+
+    from latency_tables.table import kendall_tau
+    from nas.evaluators import SupernetEvaluator
+    from supernets.data import Split
+
+    full = SupernetEvaluator(supernet, threads=1)
+    data = full.data
+    half = len(data.val) // 2
+    halves = [replace(data, val=Split(data.val.images[part], data.val.labels[part]))
+              for part in (slice(None, half), slice(half, None))]
+    a, b = (SupernetEvaluator(supernet, data=d, threads=1).accuracy(genes) for d in halves)  # type: ignore[arg-type]
+    return (f"Reliability of the labels: the {len(a)} held-out subnets measured again on each half of the validation "
+            f"set ({half} images each) rank alike with Kendall tau {kendall_tau(a, b):.3f} (one half against the "
+            f"full measurement, which shares it: {kendall_tau(a, accuracy):.3f}).")
 
 
 if __name__ == "__main__":
