@@ -204,14 +204,19 @@ class SubnetSpec:
     @classmethod
     def load(cls, directory: str | Path) -> SubnetSpec:
         path = Path(directory) / SPEC_FILE
-        if not path.is_file():
-            raise SubnetError(f"{path} is missing: {directory} is not a complete exported subnet (expected "
-                              f"{SPEC_FILE} and {WEIGHTS_FILE}; export one with nas.export.export_subnet)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise SubnetError(f"{path} cannot be read as JSON ({err}); export the subnet again") from None
+        data = _read_json(path, f"{directory} is not a complete exported subnet (expected {SPEC_FILE} and "
+                                f"{WEIGHTS_FILE}; export one with nas.export.export_subnet)")
         return cls.from_dict(data, str(path))
+
+
+def _read_json(path: Path, missing: str) -> Any:
+    """The JSON in `path`; a missing or unreadable file is a SubnetError (`missing`: what that means)."""
+    if not path.is_file():
+        raise SubnetError(f"{path} is missing: {missing}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SubnetError(f"{path} cannot be read as JSON ({err}); export the subnet again") from None
 
 
 def _checked_file(directory: Path, spec: SubnetSpec, name: str, what: str = "") -> Path:
@@ -592,13 +597,8 @@ def remeasure(directory: str | Path, *, tables: Sequence[LatencyTable] | None = 
 
 def read_metrics(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / METRICS_FILE
-    if not path.is_file():
-        raise SubnetError(f"{path} is missing: {directory} is not a complete export (metrics.json is written "
-                          f"last); export the subnet again")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SubnetError(f"{path} cannot be read as JSON ({err})") from None
+    data = _read_json(path, f"{directory} is not a complete export (metrics.json is written last); export the "
+                            f"subnet again")
     if not isinstance(data, dict) or data.get("format") != METRICS_FORMAT:
         raise SubnetError(f"{path} is not an hwnas subnet metrics file (format {METRICS_FORMAT!r})")
     return data
