@@ -196,20 +196,37 @@ def export_picks(supernet: str, out_root: Path, picks: list[dict[str, Any]], tab
         measured = verdict["measured_ms"] if verdict else None
         if verdict is None and first is not None:
             comparison = metrics.get("latency", {}).get("comparison", {}).get(first.table_id)
-            measured = comparison["measured_ms"] if comparison else None
-        pick["measured_latency_ms"] = measured
-        pick["meets_constraint_measured"] = verdict["meets_constraint_measured"] if verdict else None
+            like_table = metrics.get("latency", {}).get("measured_like_table")
+            measured = comparison["measured_ms"] if comparison else like_table["measured_ms"] if like_table else None
+        if measured is not None:  # (an export without a table keeps what an earlier one measured)
+            pick["measured_latency_ms"] = measured
+        if verdict is not None:
+            pick["meets_constraint_measured"] = verdict["meets_constraint_measured"]
         top1 = float(metrics.get("accuracy", {}).get("top1", float("nan")))
         pick["exported_accuracy"] = top1
         state = ""
         if verdict is not None:
             state = "meets " + verdict["constraint"] if verdict["meets_constraint_measured"] else \
                 f"BREAKS {verdict['constraint']} when measured: not a subnet that meets it"
-        predicted = f"{pick['latency_ms']:.4f}" if "latency_ms" in pick else "-"
+        predicted = f"{float(pick['latency_ms']):.4f}" if pick.get("latency_ms") not in (None, "") else "-"
         lines.append(f"  {arch.key}: accuracy {top1:.2%}, latency predicted "
                      f"{predicted} ms, measured {measured if measured is None else f'{measured:.4f}'} ms {state}; "
                      f"parity max |diff| {worst:.1e}")
     return lines
+
+
+def _csv_value(text: str) -> Any:
+    """A CSV cell as what it was written from: None, a bool, a number, or the text."""
+    if text in ("", "None"):
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -218,7 +235,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from nas.cli import load_arch
     from nas.evaluators import CostEvaluator, supernet_space
     from nas.objectives import parse_constraints
-    from nas.search import write_picks
+    from nas.search import picks_csv
 
     log = _log(args)
     space = supernet_space(args.supernet)[0]
@@ -226,29 +243,30 @@ def cmd_export(args: argparse.Namespace) -> None:
     tables = [resolve_table(t, space.name) for t in args.table or []]
     if not tables and any(c.metric == "latency_ms" for c in constraints):
         tables = [resolve_table("ort:fp32", space.name)]
-    costs = CostEvaluator(space, tables)
-    picks: list[dict[str, Any]] = []
+    costs = CostEvaluator(space, tables, dtype=args.dtype)
+    rows: list[dict[str, Any]] = []  # every row of --picks, written back with the exported ones updated
     if args.picks:
         with open(args.picks, encoding="utf-8", newline="") as fh:
-            picks += [dict(row) for row in csv.DictReader(fh)][: args.top]
-    for text in args.arch or []:
-        arch = space.validate(load_arch(text))
-        picks.append({"arch": arch.to_str(), "key": arch.key})
+            rows = [dict(row) for row in csv.DictReader(fh)]
+    picks = rows[: args.top] + [{"arch": space.validate(load_arch(text)).to_str()} for text in args.arch or []]
     if not picks:
         from search_spaces.errors import HwnasError
 
         raise HwnasError("nothing to export: give architectures (ARCH ...) or --picks RUN_DIR/search/picks.csv")
     for pick in picks:
         arch = space.validate(load_arch(pick["arch"]))
-        priced = costs.columns(space.to_genes(arch)[None])
-        pick.update({k: float(v[0]) for k, v in priced.items()})
-        if pick.get("accuracy") not in (None, ""):
-            pick["accuracy"] = float(pick["accuracy"])
-        else:
+        pick["key"] = arch.key
+        for name, value in list(pick.items()):  # numbers and flags read back from the CSV
+            if name not in ("arch", "key", "evaluator") and isinstance(value, str):
+                pick[name] = _csv_value(value)
+        pick.update({k: v[0].item() for k, v in costs.columns(space.to_genes(arch)[None]).items()})
+        if pick.get("accuracy") is None:
             pick.pop("accuracy", None)
     lines = export_picks(args.supernet, Path(args.out), picks, tables, constraints, log, overwrite=args.overwrite)
     if args.picks:
-        write_picks(Path(args.picks).parent.parent, picks)
+        from latency_tables.table import atomic_write
+
+        atomic_write(Path(args.picks), picks_csv(rows))
     print(json.dumps({"subnets": str(args.out), "picks": picks}, indent=2, default=str) if args.json
           else "\n".join(lines))
 
@@ -341,6 +359,7 @@ def register(groups: Any, command: Any) -> None:
     ex.add_argument("--constraint", action="append", metavar="latency_ms<=BOUND",
                     help="check the measured latency against this limit")
     ex.add_argument("--overwrite", action="store_true", help="export again subnets exported before")
+    ex.add_argument("--dtype", default="fp32", help="element type of the byte counts (default fp32)")
 
     da = command(groups, "dashboard", cmd_dashboard, "serve optuna-dashboard for a search's study (history, "
                  "Pareto front, trial attributes) on this machine only")

@@ -248,16 +248,15 @@ class Search:
 
     def _measure_picks(self, study: Any, strategy: Strategy) -> None:
         """Measure the strategy's best `picks` (by predicted accuracy) with the supernet, as trials; skip those
-        already measured for this worker."""
+        the study holds a measurement of already (from any worker or search)."""
         s = self.settings
-        done = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("evaluator") == "pick" and t.user_attrs.get("worker", 0) == s.worker}
+        done = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
         order = strategy.ranking()[: s.picks]
         genes = strategy.genes[order]
         fresh = np.array([self.space.from_genes(row).key not in done for row in genes], dtype=bool)
         if fresh.any():
-            predicted = -strategy.scores[order][fresh, [o.metric for o in s.objectives].index("accuracy")] \
-                if any(o.metric == "accuracy" for o in s.objectives) else np.full(int(fresh.sum()), np.nan)
+            assert self.predictor is not None
+            predicted = np.asarray(self.predictor(genes[fresh]), dtype=np.float64)
             columns = self.measure(genes[fresh])
             self.evaluated += int(fresh.sum())
             self._record(study, genes[fresh], columns, -1, evaluator="pick", extra={"predicted_accuracy": predicted})
@@ -298,10 +297,10 @@ class Search:
 
 
 def picks_csv(picks: Sequence[dict[str, Any]]) -> str:
-    """The picks as CSV text (arch last)."""
+    """The picks as CSV text (every column any pick has; arch last)."""
     if not picks:
         return ""
-    names = [k for k in picks[0] if k != "arch"] + ["arch"]
+    names = [k for k in dict.fromkeys(k for p in picks for k in p) if k != "arch"] + ["arch"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=names, extrasaction="ignore")
     writer.writeheader()

@@ -50,7 +50,8 @@ def open_study(storage: str, name: str, objectives: Sequence[Objective], space: 
                                         load_if_exists=True)
             break
         except Exception as err:  # noqa: BLE001 - SQLAlchemy and Optuna errors: name the storage and the cause
-            if attempt == 4 or not any(s in str(err) for s in ("UNIQUE constraint", "locked", "already exists")):
+            text = f"{err} {err.__cause__} {err.__context__}"
+            if attempt == 4 or not any(s in text for s in ("UNIQUE constraint", "locked", "already exists")):
                 raise HwnasError(f"cannot open study {name!r} in {storage}: {err}") from None
             time.sleep(0.2 * (attempt + 1))
     have = {k: study.user_attrs.get(k) for k in wanted}
@@ -84,10 +85,15 @@ def _add_trial(study: Any, trial: Any) -> None:
         try:
             study.add_trial(trial)
             return
-        except Exception as err:  # noqa: BLE001 - SQLAlchemy's OperationalError, without importing SQLAlchemy
-            if "locked" not in str(err) or attempt == _LOCK_RETRIES - 1:
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's OperationalError, which Optuna wraps
+            if not _locked(err) or attempt == _LOCK_RETRIES - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
+
+
+def _locked(err: BaseException) -> bool:
+    """Whether `err` (or the error it wraps: Optuna's StorageInternalError wraps SQLAlchemy's) is a lock."""
+    return "locked" in f"{err} {err.__cause__} {err.__context__}"
 
 
 def constraint_value(constraint: Constraint, value: float) -> float:

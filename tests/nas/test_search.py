@@ -222,6 +222,43 @@ def test_hwnas_search_and_export_on_a_trained_supernet(tmp_path, capsys):
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
     assert (again["evaluated"], again["replayed"], again["trials"]) == (0, 8, 8)
+    # hwnas export of the search's picks without a table: re-exported, picks.csv keeps its rows and figures
+    extra = run / "search" / "picks.csv"
+    before = extra.read_text()
+    assert main(["export", "--supernet", str(supernet), "--picks", str(extra), "--out", str(run / "subnets"),
+                 "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)["picks"]
+    assert [p["key"] for p in exported] == [pick["key"]]
+    assert extra.read_text() == before
     # a malformed constraint: exit code 2 and a message naming what is allowed
     assert main([*args[:10], "latency<=1", *args[11:]]) == 2
     assert "unknown metric 'latency'" in capsys.readouterr().err
+
+
+def test_a_locked_database_is_retried_not_fatal(tmp_path):
+    import sqlite3
+    import threading
+
+    import optuna
+
+    from nas.study import _add_trial
+
+    search(tmp_path, db="other.db", budget=8, batch=8).run()
+    trial = open_study(f"sqlite:///{tmp_path / 'other.db'}", "s", settings().objectives, SPACE).get_trials()[0]
+    open_study(f"sqlite:///{tmp_path / 'lock.db'}", "s", settings().objectives, SPACE)
+    # SQLite gives up on a lock after 0.1 s here, so the error reaches hwnas's own retries
+    quick = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'lock.db'}",
+                                       engine_kwargs={"connect_args": {"timeout": 0.1}})
+    study = optuna.load_study(study_name="s", storage=quick)
+    holder = sqlite3.connect(tmp_path / "lock.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    try:
+        _add_trial(study, trial)
+    finally:
+        release.join()
+        holder.close()
+    assert time.monotonic() - started >= 1.4
+    assert [t.user_attrs["key"] for t in study.get_trials()] == [trial.user_attrs["key"]]
