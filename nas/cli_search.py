@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-
-def _log(args: argparse.Namespace) -> Any:
-    return (lambda line: print(line, file=sys.stderr)) if args.json else print
+from nas.cli_lut import _log
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -28,8 +25,7 @@ def cmd_predictor_collect(args: argparse.Namespace) -> None:
     from nas.evaluators import SupernetEvaluator
     from nas.predictor import collect
 
-    _threads(args)
-    out = _predictor_dir(args)
+    out = _predictor_dir(args)  # (the evaluator runs torch with --threads)
     evaluator = SupernetEvaluator(args.run_dir, val_images=args.val_images, recal_images=args.recal_images,
                                   cache_path=out / "accuracy_cache.json", threads=args.threads)
     genes, accuracy = collect(evaluator.space, evaluator.accuracy, args.n, out / "data.csv", seed=args.seed,
@@ -74,6 +70,16 @@ def resolve_table(text: str, space: str) -> Any:
                      f"litert:int8)")
 
 
+def resolve_tables(args: argparse.Namespace, space: str, metrics: list[str]) -> list[Any]:
+    """The --table list; when it is empty and `metrics` (of objectives and constraints) use `latency_ms`, this
+    machine's shipped ort:fp32 table (said on the log)."""
+    tables = [resolve_table(t, space) for t in args.table or []]
+    if not tables and "latency_ms" in metrics:
+        tables = [resolve_table("ort:fp32", space)]
+        _log(args)(f"latency from the shipped table {tables[0].table_id} (choose one with --table)")
+    return tables
+
+
 def parse_options(texts: list[str] | None) -> dict[str, Any]:
     """`KEY=VALUE` strategy options; values are read as int, float, true/false, or kept as text."""
     from search_spaces.errors import HwnasError
@@ -108,12 +114,7 @@ def search_objects(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
                                   cache_path=Path(args.run_dir) / "search" / f"accuracy_cache-w{args.worker}.json",
                                   threads=args.threads)
     space = evaluator.space
-    tables = [resolve_table(t, space.name) for t in args.table or []]
-    uses_latency = any(o.metric == "latency_ms" for o in objectives) or any(c.metric == "latency_ms"
-                                                                            for c in constraints)
-    if not tables and uses_latency:
-        tables = [resolve_table("ort:fp32", space.name)]
-        _log(args)(f"latency from the shipped table {tables[0].table_id} (choose one with --table)")
+    tables = resolve_tables(args, space.name, [o.metric for o in objectives] + [c.metric for c in constraints])
     costs = CostEvaluator(space, tables, dtype=args.dtype)
     options = parse_options(args.option)
     if args.strategy == "differentiable":  # it trains on the supernet and aims at the first table's latency
@@ -142,7 +143,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     storage = args.storage or f"sqlite:///{Path(args.run_dir) / 'study.db'}"
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     search = Search(space, settings, costs, evaluator.accuracy, storage=storage, study_name=args.study,
-                    predictor=predictor, progress=not args.no_progress, log=log)
+                    predictor=predictor, progress=not args.no_progress)
     result = search.run()
     picks_path = write_picks(Path(args.run_dir), result.picks)
     data = {"study": args.study, "storage": storage, "strategy": settings.strategy, "worker": settings.worker,
@@ -240,9 +241,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     log = _log(args)
     space = supernet_space(args.supernet)[0]
     constraints = parse_constraints(args.constraint or [])
-    tables = [resolve_table(t, space.name) for t in args.table or []]
-    if not tables and any(c.metric == "latency_ms" for c in constraints):
-        tables = [resolve_table("ort:fp32", space.name)]
+    tables = resolve_tables(args, space.name, [c.metric for c in constraints])
     costs = CostEvaluator(space, tables, dtype=args.dtype)
     rows: list[dict[str, Any]] = []  # every row of --picks, written back with the exported ones updated
     if args.picks:

@@ -96,6 +96,10 @@ FORMS = ("fbnet", "proxyless")
 LATENCY_TERMS = ("sampled", "expected")
 
 
+#: Rounds of `top`'s deepening search (16 x 4^9, about 4 million selections, at most).
+_TOP_ROUNDS = 10
+
+
 class SearchError(HwnasError):
     """Bad options for the differentiable search, or a space it cannot search."""
 
@@ -495,8 +499,9 @@ class DifferentiableSearch:
         log_probs = {name: torch.log_softmax(self._masked(name) / tau, dim=-1).detach().numpy()
                      for name in self.theta}
         k = max(2 * n, 16)
-        while True:
-            found: dict[bytes, tuple[np.ndarray, float]] = {}
+        found: dict[bytes, tuple[np.ndarray, float]] = {}
+        for _ in range(_TOP_ROUNDS):  # bounded: each round looks 4x deeper into the ranked selections
+            found = {}
             selections = self.layout.top_selections(log_probs, k)
             for score, sel in selections:
                 genes = self.layout.genes_of(sel)
@@ -504,6 +509,8 @@ class DifferentiableSearch:
             if len(found) >= n or len(selections) < k:
                 return list(found.values())[:n]
             k *= 4
+        raise SearchError(f"the {k // 4:,} most probable selections give only {len(found)} distinct architectures; "
+                          f"asked for {n}")
 
     # ------------------------------------------------------------------------------------------- steps
 

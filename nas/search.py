@@ -121,9 +121,9 @@ class Search:
 
     def __init__(self, space: SearchSpace, settings: SearchSettings, costs: CostEvaluator, accuracy: AccuracyFn, *,
                  storage: str, study_name: str, predictor: AccuracyFn | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+                 progress: bool = True) -> None:
         self.space, self.settings, self.costs, self.accuracy = space, settings, costs, accuracy
-        self.predictor, self.progress, self.log = predictor, progress, log
+        self.predictor, self.progress = predictor, progress
         self.storage, self.study_name = storage, study_name
         self.evaluated = 0
         for c in settings.constraints:
@@ -142,10 +142,10 @@ class Search:
         return get_strategy(s.strategy, self.space, s.objectives, s.constraints, seed=s.strategy_seed,
                             screen=cost_screen(self.costs, s.constraints), **{**s.options, **extra})
 
-    def measure(self, genes: np.ndarray) -> dict[str, np.ndarray]:
-        """True evaluation: costs and measured accuracy."""
+    def measure(self, genes: np.ndarray, accuracy: AccuracyFn | None = None) -> dict[str, np.ndarray]:
+        """Costs and accuracy of gene rows: measured, or from `accuracy` (the predictor) when given."""
         columns = dict(self.costs.columns(genes))
-        columns["accuracy"] = np.asarray(self.accuracy(genes), dtype=np.float64)
+        columns["accuracy"] = np.asarray((accuracy or self.accuracy)(genes), dtype=np.float64)
         return columns
 
     def _record(self, study: Any, genes: np.ndarray, columns: Columns, batch: int, *, first_row: int = 0,
@@ -221,8 +221,7 @@ class Search:
                   disable=not self.progress) as bar:
             while strategy.told < s.budget:
                 genes = strategy.ask(min(s.batch, s.budget - strategy.told))
-                columns = dict(self.costs.columns(genes))
-                columns["accuracy"] = np.asarray(self.predictor(genes), dtype=np.float64)
+                columns = self.measure(genes, self.predictor)
                 strategy.tell(genes, columns)
                 generations.append(self._summary(len(generations), columns, strategy.told))
                 if time.monotonic() - last_write > 5:

@@ -50,7 +50,7 @@ def open_study(storage: str, name: str, objectives: Sequence[Objective], space: 
                                         load_if_exists=True)
             break
         except Exception as err:  # noqa: BLE001 - SQLAlchemy and Optuna errors: name the storage and the cause
-            text = f"{err} {err.__cause__} {err.__context__}"
+            text = _error_text(err)
             if attempt == 4 or not any(s in text for s in ("UNIQUE constraint", "locked", "already exists")):
                 raise HwnasError(f"cannot open study {name!r} in {storage}: {err}") from None
             time.sleep(0.2 * (attempt + 1))
@@ -91,9 +91,13 @@ def _add_trial(study: Any, trial: Any) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
+def _error_text(err: BaseException) -> str:
+    """The message of `err` and of the error it wraps (Optuna's StorageInternalError wraps SQLAlchemy's)."""
+    return f"{err} {err.__cause__} {err.__context__}"
+
+
 def _locked(err: BaseException) -> bool:
-    """Whether `err` (or the error it wraps: Optuna's StorageInternalError wraps SQLAlchemy's) is a lock."""
-    return "locked" in f"{err} {err.__cause__} {err.__context__}"
+    return "locked" in _error_text(err)
 
 
 def constraint_value(constraint: Constraint, value: float) -> float:
