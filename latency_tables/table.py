@@ -29,6 +29,7 @@ import numpy as np
 from latency_tables.keys import KEY_COLUMNS, LutKey, SpaceIndex, arch_keys
 from search_spaces import ArchConfig, SearchSpace
 from search_spaces.errors import HwnasError
+from search_spaces.families import block_revisions, changed_families
 
 VALUE_COLUMNS = ("latency_ms_median", "latency_ms_iqr", "runs")
 COLUMNS = ("key", *KEY_COLUMNS, *VALUE_COLUMNS)
@@ -339,22 +340,18 @@ CONVERSION_REVISIONS: dict[tuple[str, str], int] = {("ort", "int8"): 2, ("litert
 
 
 def current_revisions(runtime: str, precision: str) -> dict[str, Any]:
-    """What a table measured now is measured with: block revisions (see `supernets.blocks.BLOCK_REVISIONS`) and
+    """What a table measured now is measured with: block revisions (`Family.revision`, those above 1) and
     the piece conversion's revision. Stored in meta.json as `revisions`; a table without it is at revision 1."""
-    from supernets.blocks import BLOCK_REVISIONS
-
-    return {"blocks": dict(sorted(BLOCK_REVISIONS.items())),
+    return {"blocks": {f: r for f, r in block_revisions().items() if r != 1},
             "conversion": CONVERSION_REVISIONS.get((runtime, precision), 1)}
 
 
 def stale_parts(meta: dict[str, Any]) -> tuple[bool, list[str]]:
     """(every key is stale, families whose blocks are stale) for a table's meta against this hwnas."""
-    from supernets.blocks import changed_blocks
-
     profile = meta["profile"]
     now = current_revisions(profile["runtime"], profile["precision"])
     had = meta.get("revisions", {})
-    return had.get("conversion", 1) != now["conversion"], changed_blocks(had.get("blocks", {}))
+    return had.get("conversion", 1) != now["conversion"], changed_families(had.get("blocks", {}))
 
 
 def describe_stale(every_key: bool, families: list[str]) -> str:

@@ -7,11 +7,11 @@ JSON forms belong to `search_spaces.codec`; the methods here only delegate to it
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from search_spaces.errors import ArchError
-from search_spaces.families import ACTIVATIONS, MAX_CHANNELS, MAX_EXPAND, get_family
+from search_spaces.families import ACTIVATIONS, MAX_CHANNELS, MAX_EXPAND, Family, get_family
 
 MAX_RESOLUTION = 4096
 MAX_CLASSES = 1_000_000
@@ -45,7 +45,15 @@ def _check_ratio(field: str, value: Any, low: float, high: float) -> float:
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """One block. `se` and `act` default to the family's fixed value where the family has one."""
+    """One block. `se` and `act` default to the family's fixed value where the family has one.
+
+    The optional fields state widths off the search grid, so that a pruned block is still a block:
+    `mid` the middle width (the expanded width of an MBConv, overriding `make_divisible(in x expand, 8)`; the
+    transformed branch's inner width of a ShuffleNet unit), `squeeze` the SE squeeze width (overriding the
+    family's rule), `noskip` no residual connection where stride 1 and equal widths would give one, `branch`
+    the output width of a ShuffleNet unit's transformed branch (default half the output; the other branch gives
+    the rest). `None` / `False` mean "as the family's rule says".
+    """
 
     family: str
     kernel: int
@@ -54,6 +62,10 @@ class BlockConfig:
     stride: int
     se: float | None = None
     act: str | None = None
+    mid: int | None = None
+    squeeze: int | None = None
+    noskip: bool = False
+    branch: int | None = None
 
     def __post_init__(self) -> None:
         fam = get_family(self.family)
@@ -81,6 +93,30 @@ class BlockConfig:
             raise ArchError(f"a {fam.name} block needs an activation; allowed: {', '.join(fam.activations)}")
         act = fam.activations[0] if self.act is None else self.act
         object.__setattr__(self, "act", _check_choice(f"activation of a {fam.name} block", act, fam.activations))
+        self._check_explicit(fam)
+
+    def _check_explicit(self, fam: Family) -> None:
+        """The explicit widths: each a whole number where the block has that width, absent elsewhere."""
+        name = fam.name
+        if self.mid is not None:
+            _check_int(f"middle channels (m) of a {name} block", self.mid, 1, MAX_CHANNELS)
+            if fam.kind != "shuffle" and self.expand == 1.0:
+                raise ArchError(f"middle channels (m{self.mid}) need an expansion layer; this {name} block has "
+                                "expand ratio 1 (its middle width is its input width)")
+        if self.squeeze is not None:
+            _check_int(f"SE squeeze channels (q) of a {name} block", self.squeeze, 1, MAX_CHANNELS)
+            if self.se_ratio == 0:
+                raise ArchError(f"SE squeeze channels (q{self.squeeze}) need an SE module; this {name} block has "
+                                "SE ratio 0")
+        if not isinstance(self.noskip, bool):
+            raise ArchError(f"noskip of a {name} block must be true or false; got {self.noskip!r}")
+        if self.noskip and fam.kind == "shuffle":
+            raise ArchError(f"a {name} unit has no residual connection to drop; noskip is not allowed there")
+        if self.branch is not None:
+            if fam.kind != "shuffle":
+                raise ArchError(f"branch channels (b{self.branch}) belong to ShuffleNet units; "
+                                f"a {name} block has no branches")
+            _check_int(f"branch channels (b) of a {name} unit", self.branch, 1, self.out_channels - 1)
 
     @property
     def se_ratio(self) -> float:
@@ -92,6 +128,44 @@ class BlockConfig:
         """The activation name (always set after construction)."""
         return str(self.act)
 
+    @property
+    def explicit(self) -> bool:
+        """Whether any width or the skip is stated off the family's rules (the block is off the search grid)."""
+        return self.mid is not None or self.squeeze is not None or self.noskip or self.branch is not None
+
+    def on_grid(self) -> BlockConfig:
+        """The same block with every explicit width dropped (the grid block it was pruned from)."""
+        return replace(self, mid=None, squeeze=None, noskip=False, branch=None)
+
+    def mid_channels(self, in_channels: int) -> int:
+        """Middle width: explicit `mid`, else the family's rule (MBConv: expanded width; ShuffleNet: branch)."""
+        if self.mid is not None:
+            return self.mid
+        if get_family(self.family).kind == "shuffle":
+            return self.branch_channels
+        return get_family(self.family).mid_channels(in_channels, self.expand)
+
+    def squeeze_channels(self, in_channels: int) -> int:
+        """SE squeeze width: explicit `squeeze`, else the family's rule (0 without SE)."""
+        if self.se_ratio == 0:
+            return 0
+        if self.squeeze is not None:
+            return self.squeeze
+        return get_family(self.family).se_channels(in_channels, self.mid_channels(in_channels), self.se_ratio)
+
+    @property
+    def branch_channels(self) -> int:
+        """ShuffleNet: the transformed (right) branch's output width; the other branch gives the rest."""
+        return self.branch if self.branch is not None else self.out_channels // 2
+
+    def is_split_unit(self, in_channels: int) -> bool:
+        """ShuffleNet: a split unit (stride 1, equal widths) transforms half its input and keeps the other."""
+        return get_family(self.family).kind == "shuffle" and self.stride == 1 and in_channels == self.out_channels
+
+    def has_residual(self, in_channels: int) -> bool:
+        """An MBConv adds its input at stride 1 with equal widths, unless `noskip` says it does not."""
+        return (get_family(self.family).kind != "shuffle" and self.stride == 1
+                and in_channels == self.out_channels and not self.noskip)
 
 @dataclass(frozen=True)
 class StemConfig:
@@ -163,6 +237,14 @@ class ArchConfig:
                 if not isinstance(block, BlockConfig):
                     raise ArchError(f"stage {s} block {b} must be a BlockConfig; got {type(block).__name__}")
         object.__setattr__(self, "stages", stages)
+        for site in self.sites():
+            block = site.block
+            if block.branch is not None and block.is_split_unit(site.in_channels) \
+                    and block.branch != block.out_channels // 2:
+                raise ArchError(
+                    f"stage {site.stage} block {site.position}: a split ShuffleNet unit keeps half of its "
+                    f"{site.in_channels} input channels, so its branch is {block.out_channels // 2} channels; "
+                    f"got b{block.branch}")
 
     def sites(self) -> Iterator[BlockSite]:
         """Every block in order, with the number of channels it receives."""

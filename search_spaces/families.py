@@ -7,6 +7,7 @@ from here, so a family's widths are defined in one place.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from search_spaces.errors import ArchError
@@ -40,6 +41,14 @@ class Family:
     se_gate: str = "hsigmoid"
     se_inner_act: str = "relu"
     even_channels: bool = False
+    #: Which implementation builds it: the torch blocks (static and elastic) and the analytic tracer are
+    #: registered per kind (`inverted_residual`, `fused`, `shuffle`), so a family of an existing kind is this
+    #: one entry and a new kind adds one file per layer.
+    kind: str = "inverted_residual"
+    #: What the family's block computes, by revision: bump it whenever its computation (and so its measured
+    #: latency) changes. Latency tables and supernet checkpoints record the revisions they were made at; a table
+    #: build re-measures the keys of a family whose revision moved. Torch-free, so pricing can read it.
+    revision: int = 1
 
     @property
     def act_is_knob(self) -> bool:
@@ -89,18 +98,38 @@ FAMILIES: dict[str, Family] = {
         Family(
             "fused",
             "EfficientNetV2 fused MBConv: kxk expand conv -> 1x1 project (one kxk conv when expand is 1), swish",
-            _KERNELS, _STRIDES, ("swish",), (0.0,), has_expand=True,
+            _KERNELS, _STRIDES, ("swish",), (0.0,), has_expand=True, kind="fused",
         ),
         Family(
             "shufflev2",
             "ShuffleNetV2 unit: channel split + shuffle (stride 1, in == out), two-branch unit otherwise, ReLU",
-            _KERNELS, _STRIDES, ("relu",), (0.0,), has_expand=False, even_channels=True,
+            _KERNELS, _STRIDES, ("relu",), (0.0,), has_expand=False, even_channels=True, kind="shuffle",
+            # 2: the split takes the odd channels and keeps the even ones in place (was `chunk(2)`)
+            revision=2,
         ),
     )
 }
 
 MAX_EXPAND = 8.0
 MAX_CHANNELS = 8192
+
+
+#: Implementation kinds a family may name; each layer (static blocks, elastic blocks, analytic tracer) registers
+#: one implementation per kind, and a conformance test checks that every kind has all of them.
+KINDS: tuple[str, ...] = ("inverted_residual", "fused", "shuffle")
+
+
+def block_revisions() -> dict[str, int]:
+    """The revision of every registered family (what tables and checkpoints record)."""
+    return {name: fam.revision for name, fam in sorted(FAMILIES.items())}
+
+
+def changed_families(recorded: dict[str, int], families: Iterable[str] | None = None) -> list[str]:
+    """The families (of `families`; default every family either side names) whose revision in `recorded` is not
+    this hwnas's; a family missing from either side is at revision 1. Shared by latency tables and checkpoints."""
+    now = block_revisions()
+    names = set(now) | set(recorded) if families is None else set(families)
+    return sorted(f for f in names if recorded.get(f, 1) != now.get(f, 1))
 
 
 def get_family(name: str) -> Family:

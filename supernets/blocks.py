@@ -6,7 +6,7 @@ counters take them from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -62,21 +62,6 @@ class FusedMBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
         return x + out if self.residual else out
-
-
-#: What each family's static block computes, by revision: bump a family's number whenever its computation (and
-#: so its measured latency) changes. Latency tables record the revisions they were measured at, and a table
-#: build re-measures the keys and networks of a family whose revision moved. Families not listed are at 1.
-BLOCK_REVISIONS: dict[str, int] = {
-    "shufflev2": 2,  # 2: the split takes the odd channels and keeps the even ones in place (was `chunk(2)`)
-}
-
-
-def changed_blocks(recorded: dict[str, int], families: Iterable[str] | None = None) -> list[str]:
-    """The families (of `families`; default every family either side names) whose revision in `recorded` is not
-    this hwnas's; a family missing from either side is at revision 1. Shared by latency tables and checkpoints."""
-    names = set(BLOCK_REVISIONS) | set(recorded) if families is None else set(families)
-    return sorted(f for f in names if recorded.get(f, 1) != BLOCK_REVISIONS.get(f, 1))
 
 
 def split_even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

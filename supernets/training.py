@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.errors import HwnasError
-from supernets.blocks import BLOCK_REVISIONS, changed_blocks
+from search_spaces.families import block_revisions as all_block_revisions
+from search_spaces.families import changed_families
 from supernets.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
 from supernets.data import Dataset, augment, batches, load_dataset
@@ -348,19 +349,20 @@ def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:
 
 
 def block_revisions(space: SearchSpace) -> dict[str, int]:
-    """The revision of every family `space` uses (see `supernets.blocks.BLOCK_REVISIONS`)."""
-    return {f: BLOCK_REVISIONS.get(f, 1) for f in sorted({f for st in space.stages for f in st.families})}
+    """The revision of every family `space` uses (`Family.revision`)."""
+    now = all_block_revisions()
+    return {f: now[f] for f in sorted({f for st in space.stages for f in st.families})}
 
 
 def check_block_revisions(meta: dict[str, Any], space: SearchSpace, run_dir: str | Path) -> None:
     """Refuse a checkpoint whose weights were trained for a block that now computes something else (a
     checkpoint without the record predates revisions: every family at 1)."""
     trained, now = meta.get("block_revisions", {}), block_revisions(space)
-    changed = [f"{f} (trained at revision {trained.get(f, 1)}, now {now[f]})" for f in changed_blocks(trained, now)]
+    changed = [f"{f} (trained at revision {trained.get(f, 1)}, now {now[f]})" for f in changed_families(trained, now)]
     if changed:
         raise HwnasError(f"the supernet in {run_dir} was trained for blocks that have changed since: "
                          f"{', '.join(changed)}; its weights do not fit them. Train it again (see "
-                         "supernets/blocks.py BLOCK_REVISIONS for what changed)")
+                         "the revision comments in search_spaces/families.py for what changed)")
 
 
 def _smallest_for_phase(space: SearchSpace, elastic: tuple[str, ...], families: tuple[int, ...] | None = None
