@@ -3,13 +3,22 @@
 String grammar (segments joined by ``|``, blocks of a stage by ``,``, tokens by ``_``)::
 
     r224_i3_n1000 | stem_c32_k3_s2_relu6[_mp] | STAGE | STAGE ... | head_c1280[_f1280]_relu6
-    STAGE = BLOCK,BLOCK,...      BLOCK = FAMILY_k3[_e6]_c24_s2[_se0.25][_ACT]
+    STAGE = BLOCK,BLOCK,...
+    BLOCK = FAMILY_k3[_e6][_m37][_b20]_c24_s2[_se0.25][_q16][_ACT][_noskip]
 
 ``r`` resolution, ``i`` input channels, ``n`` classes; ``c`` channels, ``k`` kernel, ``s`` stride, ``e``
 expand ratio, ``se`` squeeze-excitation ratio, ``f`` hidden features of the head's extra linear layer,
 ``mp`` a 3x3 stride-2 max pool after the stem. The canonical form writes every knob a family varies (``e``
 where the family expands, the activation where the family offers a choice, ``se`` when it is non-zero)
 and nothing else; the decoder also accepts tokens in any order and fixed knobs stated at their value.
+
+Explicit widths off the search grid (a pruned block), written only when set: ``m`` the middle width (an
+MBConv's expanded width; a ShuffleNet unit's transformed-branch inner width), ``b`` a ShuffleNet unit's
+transformed-branch output width (the other branch gives ``c`` minus it), ``q`` the SE squeeze width, and the
+flag ``noskip`` (no residual connection where stride 1 and equal widths would give one). Examples:
+``mbv2_k3_e6_m37_c24_s1``, ``mbv3_k5_e4_m70_c40_s1_se0.25_q16_hswish_noskip``, ``shufflev2_k3_m20_b20_c48_s2``.
+In JSON the same widths are the block fields ``mid``, ``branch``, ``squeeze`` and ``noskip``, present only when
+set, so an on-grid architecture keeps its canonical JSON and its key.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from search_spaces.families import ACTIVATIONS, FAMILIES, get_family
 _INT = re.compile(r"[0-9]{1,9}")
 _NUM = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 MAX_ARCH_STRING = 100_000
+#: The optional JSON fields of a block that state widths off the search grid (see the module docstring).
+EXPLICIT_FIELDS: tuple[str, ...] = ("mid", "squeeze", "branch", "noskip")
 
 
 def format_ratio(value: float) -> str:
@@ -42,12 +53,38 @@ def block_to_str(block: BlockConfig) -> str:
     parts = [fam.name, f"k{block.kernel}"]
     if fam.has_expand:
         parts.append(f"e{format_ratio(block.expand)}")
+    if block.mid is not None:
+        parts.append(f"m{block.mid}")
+    if block.branch is not None:
+        parts.append(f"b{block.branch}")
     parts += [f"c{block.out_channels}", f"s{block.stride}"]
     if fam.se_is_knob and block.se_ratio > 0:
         parts.append(f"se{format_ratio(block.se_ratio)}")
+    if block.squeeze is not None:
+        parts.append(f"q{block.squeeze}")
     if fam.act_is_knob:
         parts.append(block.activation)
+    if block.noskip:
+        parts.append("noskip")
     return "_".join(parts)
+
+
+def block_to_dict(block: BlockConfig) -> dict[str, Any]:
+    """A block's JSON fields; the explicit widths only when set, so on-grid blocks keep their canonical JSON."""
+    data: dict[str, Any] = {
+        "family": block.family,
+        "kernel": block.kernel,
+        "expand": block.expand,
+        "out_channels": block.out_channels,
+        "stride": block.stride,
+        "se": block.se_ratio,
+        "act": block.activation,
+    }
+    for name in EXPLICIT_FIELDS:
+        value = getattr(block, name)
+        if value is not None and value is not False:
+            data[name] = value
+    return data
 
 
 def arch_to_str(arch: ArchConfig) -> str:
@@ -72,21 +109,7 @@ def arch_to_dict(arch: ArchConfig) -> dict[str, Any]:
             "act": arch.stem.act,
             "maxpool": arch.stem.maxpool,
         },
-        "stages": [
-            [
-                {
-                    "family": b.family,
-                    "kernel": b.kernel,
-                    "expand": b.expand,
-                    "out_channels": b.out_channels,
-                    "stride": b.stride,
-                    "se": b.se_ratio,
-                    "act": b.activation,
-                }
-                for b in stage
-            ]
-            for stage in arch.stages
-        ],
+        "stages": [[block_to_dict(b) for b in stage] for stage in arch.stages],
         "head": {"channels": arch.head.channels, "hidden": arch.head.hidden, "act": arch.head.act},
     }
 
@@ -173,7 +196,7 @@ def block_from_str(text: str, where: str = "block") -> BlockConfig:
     if name not in FAMILIES:
         raise ArchError(f"{where}: unknown block family {name!r}; known families: {', '.join(FAMILIES)}")
     fam = FAMILIES[name]
-    spec = {"k": "int", "c": "int", "s": "int", "se": "num"}
+    spec = {"k": "int", "c": "int", "s": "int", "se": "num", "m": "int", "q": "int", "b": "int", "noskip": "flag"}
     if fam.has_expand:
         spec["e"] = "num"
     found = _tokens(body, where, spec, allow_act=True) if body else {}
@@ -183,7 +206,8 @@ def block_from_str(text: str, where: str = "block") -> BlockConfig:
     _require(found, required, where)
     try:
         return BlockConfig(name, found["k"], found.get("e", 1.0), found["c"], found["s"], found.get("se"),
-                           found.get("act"))
+                           found.get("act"), mid=found.get("m"), squeeze=found.get("q"),
+                           noskip=found.get("noskip", False), branch=found.get("b"))
     except ArchError as err:
         raise ArchError(f"{where}: {err}") from None
 
@@ -224,23 +248,28 @@ def _fields(data: Any, where: str, required: tuple[str, ...], optional: tuple[st
     return data
 
 
+def _block_from_dict(data: Any, where: str) -> BlockConfig:
+    """One block of the JSON form; explicit widths may be absent, null or (noskip) false."""
+    fields = dict(_fields(data, where, ("family", "kernel", "out_channels", "stride"),
+                          ("expand", "se", "act") + EXPLICIT_FIELDS))
+    if fields.get("noskip") is None:
+        fields["noskip"] = False
+    if not isinstance(fields["family"], str):
+        raise ArchError(f"{where}: family must be text; known families: {', '.join(FAMILIES)}")
+    try:
+        return BlockConfig(**{"expand": 1.0, **fields})
+    except ArchError as err:
+        raise ArchError(f"{where}: {err}") from None
+
+
 def arch_from_dict(data: Any) -> ArchConfig:
     top = _fields(data, "architecture", ("resolution", "in_channels", "num_classes", "stem", "stages", "head"))
     stem = _fields(top["stem"], "stem", ("channels",), ("kernel", "stride", "act", "maxpool"))
     head = _fields(top["head"], "head", ("channels",), ("hidden", "act"))
     if not isinstance(top["stages"], list) or not all(isinstance(s, list) for s in top["stages"]):
         raise ArchError("stages must be a JSON list of lists of blocks")
-    stages = []
-    for s, stage in enumerate(top["stages"]):
-        blocks = []
-        for b, block in enumerate(stage):
-            where = f"stage {s} block {b}"
-            fields = _fields(block, where, ("family", "kernel", "out_channels", "stride"), ("expand", "se", "act"))
-            try:
-                blocks.append(BlockConfig(**{"expand": 1.0, **fields}))
-            except ArchError as err:
-                raise ArchError(f"{where}: {err}") from None
-        stages.append(tuple(blocks))
+    stages = [tuple(_block_from_dict(block, f"stage {s} block {b}") for b, block in enumerate(stage))
+              for s, stage in enumerate(top["stages"])]
     return ArchConfig(top["resolution"], top["in_channels"], top["num_classes"], StemConfig(**stem), tuple(stages),
                       HeadConfig(**head))
 

@@ -117,3 +117,83 @@ def test_objects_are_frozen_and_validated():
         ArchConfig(32, 1, 10, StemConfig(8), ((),), HeadConfig(8))
     with pytest.raises(ArchError, match="must be a whole number"):
         BlockConfig("mbv2", 3, 6, True, 2)
+
+
+# ------------------------------------------------------------------------------------ explicit widths
+
+
+@pytest.mark.parametrize("text, block", [
+    ("mbv2_k3_e6_m37_c24_s1", BlockConfig("mbv2", 3, 6, 24, 1, mid=37)),
+    ("mbv3_k5_e4_m70_c40_s1_se0.25_q16_hswish_noskip",
+     BlockConfig("mbv3", 5, 4, 40, 1, 0.25, "hswish", mid=70, squeeze=16, noskip=True)),
+    ("shufflev2_k3_m20_b20_c48_s2", BlockConfig("shufflev2", 3, 1, 48, 2, mid=20, branch=20)),
+    ("effnet_k3_e6_c24_s1_q5_noskip", BlockConfig("effnet", 3, 6, 24, 1, squeeze=5, noskip=True)),
+    ("fused_k3_e4_m50_c48_s2", BlockConfig("fused", 3, 4, 48, 2, mid=50)),
+])
+def test_explicit_width_tokens_have_one_canonical_order(text, block):
+    assert block_to_str(block) == text
+    assert block_from_str(text) == block
+    shuffled = "_".join([text.split("_")[0]] + text.split("_")[1:][::-1])
+    assert block_from_str(shuffled) == block
+
+
+def test_explicit_widths_change_string_json_and_key_but_on_grid_json_is_unchanged():
+    grid = ArchConfig.from_str("r28_i1_n10|stem_c16_k3_s2_relu6|mbv2_k3_e2_c24_s1|head_c128_relu6")
+    pruned = ArchConfig.from_str("r28_i1_n10|stem_c16_k3_s2_relu6|mbv2_k3_e2_m37_c24_s1|head_c128_relu6")
+    assert json.loads(grid.to_json())["stages"][0][0] == {"act": "relu6", "expand": 2.0, "family": "mbv2",
+                                                          "kernel": 3, "out_channels": 24, "se": 0.0, "stride": 1}
+    assert json.loads(pruned.to_json())["stages"][0][0]["mid"] == 37
+    assert pruned.key != grid.key
+    assert ArchConfig.from_json(pruned.to_json()) == pruned
+    assert pruned.stages[0][0].on_grid() == grid.stages[0][0]
+
+
+def test_json_accepts_explicit_widths_null_or_false():
+    data = json.loads(VALID_JSON)
+    data["stages"][0][0].update({"mid": None, "squeeze": None, "branch": None, "noskip": False})
+    assert ArchConfig.from_dict(data).to_json() == ArchConfig.from_json(VALID_JSON).to_json()
+    data["stages"][0][0]["noskip"] = None
+    assert ArchConfig.from_dict(data).stages[0][0].noskip is False
+    data["stages"][0][0].update({"mid": 20, "noskip": True})
+    assert ArchConfig.from_dict(data).stages[0][0] == BlockConfig("mbv2", 3, 4, 8, 1, mid=20, noskip=True)
+
+
+VALID_JSON = ('{"resolution": 32, "in_channels": 1, "num_classes": 10, "stem": {"channels": 8}, "stages": '
+              '[[{"family": "mbv2", "kernel": 3, "expand": 4, "out_channels": 8, "stride": 1}]], '
+              '"head": {"channels": 8}}')
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("mid", [], "middle channels (m) of a mbv2 block must be a whole number"),
+    ("mid", True, "middle channels (m) of a mbv2 block must be a whole number"),
+    ("mid", 0, "middle channels (m) of a mbv2 block 0 is out of range"),
+    ("squeeze", {}, "SE squeeze channels (q) of a mbv2 block must be a whole number"),
+    ("branch", "x", "branch channels (bx) belong to ShuffleNet units"),
+    ("noskip", [], "noskip of a mbv2 block must be true or false"),
+    ("noskip", 1, "noskip of a mbv2 block must be true or false"),
+    ("family", [], "family must be text"),
+])
+def test_bad_explicit_json_fields_are_arch_errors(field, value, expected):
+    data = json.loads(VALID_JSON)
+    data["stages"][0][0][field] = value
+    with pytest.raises(ArchError) as err:
+        ArchConfig.from_dict(data)
+    assert f"stage 0 block 0: {expected}" in str(err.value)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (VALID.replace("_e4_c24", "_e4_m0_c24"), "middle channels (m) of a mbv2 block 0 is out of range"),
+    (VALID.replace("_e4_c24", "_e1_m30_c24"), "need an expansion layer"),
+    (VALID.replace("_c24_s2", "_c24_s2_q4"), "SE squeeze channels (q4) need an SE module"),
+    (VALID.replace("_c24_s2", "_c24_s2_b8"), "branch channels (b8) belong to ShuffleNet units"),
+    (VALID.replace("mbv2_k3_e4_c24_s2", "shufflev2_k3_c24_s2_noskip"), "noskip is not allowed there"),
+    (VALID.replace("mbv2_k3_e4_c24_s2", "shufflev2_k3_b24_c24_s2"), "branch channels (b) of a shufflev2 unit 24"),
+    (VALID.replace("mbv2_k3_e4_c24_s2", "shufflev2_k3_b10_c16_s1"), "its branch is 8 channels; got b10"),
+    (VALID.replace("_c24_s2", "_c24_s2_noskipp"), "cannot read token 'noskipp'"),
+    (VALID.replace("_c24_s2", "_c24_s2_noskip_noskip"), "token 'noskip' is given twice"),
+    (VALID.replace("_e4_c24", "_e4_m1.5_c24"), "cannot read token 'm1.5'"),
+])
+def test_malformed_explicit_tokens_name_what_is_wrong(text, expected):
+    with pytest.raises(ArchError) as err:
+        ArchConfig.from_str(text)
+    assert expected in str(err.value)
