@@ -91,10 +91,31 @@ def checkpoint_dir(run_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """The metadata (supernet.json) of a run's newest complete checkpoint, without loading any tensors."""
+    return _read_json_object(_require_dir(Path(run_dir)) / "supernet.json")
+
+
+def _require_dir(run_dir: Path) -> Path:
     directory = checkpoint_dir(run_dir)
     if directory is None:
         raise HwnasError(f"no supernet checkpoint in {run_dir} (expected {run_dir / 'checkpoint' / 'supernet.json'})")
+    return directory
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; anything else (unreadable, not UTF-8, not JSON, not an object) is a HwnasError."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HwnasError(f"{path} cannot be read as UTF-8 JSON: {err}; the checkpoint is damaged") from None
+    if not isinstance(data, dict):
+        raise HwnasError(f"{path} holds a JSON {type(data).__name__}, not an object; the checkpoint is damaged")
+    return data
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    directory = _require_dir(run_dir)
     try:
         meta = json.loads((directory / "supernet.json").read_text())
         if meta.get("format") != FORMAT:

@@ -28,7 +28,7 @@ from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.errors import HwnasError
 from search_spaces.families import block_revisions as all_block_revisions
 from search_spaces.families import changed_families
-from supernets.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from supernets.checkpoint import checkpoint_dir, load_checkpoint, read_meta, save_checkpoint
 from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
 from supernets.data import Dataset, augment, batches, load_dataset
 from supernets.evaluation import evaluate_subnet
@@ -346,6 +346,48 @@ def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:
     net = Supernet(space)
     net.load_state_dict(ckpt.weights)
     return net.eval(), ckpt.meta
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A trained run directory, loaded: its supernet (eval mode), checkpoint metadata and training recipe."""
+
+    run_dir: Path
+    net: Supernet
+    meta: dict[str, Any]
+    config: TrainConfig
+
+    @property
+    def weights_sha256(self) -> str:
+        """The sha256 of the supernet's weights file (provenance and cache keys)."""
+        return str(self.meta.get("weights_sha256", ""))
+
+    def dataset(self, data_path: str | Path | None = None) -> Dataset:
+        """The dataset the supernet was trained on (see `run_dataset`)."""
+        return run_dataset(self.meta, data_path=data_path)
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """Load a `hwnas supernet train` run directory: `run = load_run(d); run.net, run.config, run.dataset()`."""
+    net, meta = load_supernet(run_dir)
+    return TrainedRun(Path(run_dir), net, meta, run_config(meta))
+
+
+def run_config(meta_or_run_dir: dict[str, Any] | str | Path) -> TrainConfig:
+    """The training recipe recorded in a checkpoint's metadata (or a run directory's newest checkpoint)."""
+    meta = meta_or_run_dir if isinstance(meta_or_run_dir, dict) else read_meta(Path(meta_or_run_dir))
+    if not isinstance(meta.get("config"), dict):
+        raise HwnasError("the supernet checkpoint's metadata has no training config (key 'config'); the "
+                         "checkpoint is damaged or not from hwnas supernet train")
+    return TrainConfig.from_dict(meta["config"])
+
+
+def run_dataset(meta_or_run_dir: dict[str, Any] | str | Path, *, data_path: str | Path | None = None) -> Dataset:
+    """The dataset a supernet was trained on, split as in training (same validation fraction and seed), from its
+    checkpoint metadata or run directory; `data_path` overrides the recorded local path (a moved dataset)."""
+    config = run_config(meta_or_run_dir)
+    path = data_path if data_path is not None else config.data_path
+    return load_dataset(config.dataset, path, val_fraction=config.val_fraction, seed=config.seed)
 
 
 def block_revisions(space: SearchSpace) -> dict[str, int]:

@@ -18,7 +18,7 @@ from supernets.config import PhaseConfig, TrainConfig
 from supernets.data import Dataset, Split, load_dataset
 from supernets.evaluation import accuracy, recalibrate_bn, recalibration_images
 from supernets.supernet import Supernet
-from supernets.training import SupernetTrainer, load_supernet, phase_arch
+from supernets.training import SupernetTrainer, load_run, load_supernet, phase_arch, run_config, run_dataset
 
 
 def tiny_digits(n_train: int = 96, n_val: int = 48) -> Dataset:
@@ -260,3 +260,30 @@ def test_first_families_then_align_trains_only_what_each_phase_says(tmp_path):
         assert any(not torch.equal(after_align[n], after_first[n]) for n in others)
     assert [row["phase"] for row in history] == ["full", "align", "align", "align"]
     assert history[3]["loss"] < history[1]["loss"]  # the stage outputs come closer
+
+
+# ---------------------------------------------------------------------------------------------- run directories
+
+
+def test_one_loader_turns_a_run_directory_into_supernet_recipe_and_dataset(tmp_path):
+    config = tiny_config(phases=(PhaseConfig("full", 1, 0.05),), val_fraction=0.25, seed=3)
+    SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run()
+    run = load_run(tmp_path)
+    assert run.config == config and run.meta["epoch"] == 1 and run.run_dir == tmp_path
+    assert run.weights_sha256 == run.meta["weights_sha256"] and len(run.weights_sha256) == 64
+    assert (run.net.space.name, run.net.space.num_classes) == ("small", 10) and not run.net.training
+    expected = load_dataset("digits", val_fraction=0.25, seed=3)
+    for data in (run.dataset(), run_dataset(run.meta), run_dataset(tmp_path), run_dataset(str(tmp_path))):
+        assert data.name == "digits" and len(data.val) == len(expected.val)
+        assert np.array_equal(data.val.labels, expected.val.labels)
+    assert run_config(tmp_path) == config
+    # A data_path override reaches the loader (cifar10 needs one; a missing directory is named).
+    cifar = dict(run.meta, config={**run.meta["config"], "dataset": "cifar10", "data_path": "/recorded/cifar"})
+    with pytest.raises(HwnasError, match="/moved/cifar is not a directory"):
+        run_dataset(cifar, data_path=tmp_path / "moved" / "cifar")
+    with pytest.raises(HwnasError, match="/recorded/cifar is not a directory"):
+        run_dataset(cifar)
+    with pytest.raises(HwnasError, match="no supernet checkpoint"):
+        run_dataset(tmp_path / "elsewhere")
+    with pytest.raises(HwnasError, match="has no training config"):
+        run_config({"epoch": 1})
