@@ -18,7 +18,7 @@ import math
 import os
 import platform
 import re
-import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from latency_tables.keys import KEY_COLUMNS, LutKey, SpaceIndex, arch_keys
 from search_spaces import ArchConfig, SearchSpace
 from search_spaces.errors import HwnasError
 from search_spaces.families import block_revisions, changed_families
+from search_spaces.files import atomic_write_text
 
 VALUE_COLUMNS = ("latency_ms_median", "latency_ms_iqr", "runs")
 COLUMNS = ("key", *KEY_COLUMNS, *VALUE_COLUMNS)
@@ -92,25 +93,28 @@ class Prediction:
     estimated: np.ndarray
 
 
-def atomic_write(path: Path, text: str) -> None:
+#: The one atomic, durable text writer (`search_spaces.files.atomic_write_text`), under the name callers in nas/
+#: still import; new code imports it from search_spaces.files.
+atomic_write = atomic_write_text
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A table's meta.json as a dict; a `TableError` when it is missing, not UTF-8, not JSON or not an object."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if not path.is_file():
+        raise TableError(f"{path} is missing; a table directory holds table.csv and meta.json")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; tables are shared data
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TableError(f"{path} is not valid UTF-8 JSON ({err}); restore it or rebuild the table") from None
+    if not isinstance(meta, dict):
+        raise TableError(f"{path} holds a JSON {type(meta).__name__}, not an object; restore it or rebuild the table")
+    return meta
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     """Write a table's meta.json into `folder` (atomically; keys sorted, so diffs stay small)."""
-    atomic_write(Path(folder) / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(Path(folder) / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def row_line(key: LutKey, median_ms: float, iqr_ms: float, runs: int) -> str:
@@ -172,16 +176,10 @@ class LatencyTable:
         if not path.is_dir():
             raise TableError(f"latency table {path} does not exist (expected a directory with table.csv and "
                              f"meta.json; build one with `hwnas lut build`)")
-        meta_path = path / "meta.json"
-        if not meta_path.is_file():
-            raise TableError(f"{meta_path} is missing; a table directory holds table.csv and meta.json")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise TableError(f"{meta_path} is not valid JSON ({err}); restore it or rebuild the table") from None
+        meta = read_meta(path / "meta.json")
         missing = [k for k in ("space", "profile", "protocol") if k not in meta]
         if missing:
-            raise TableError(f"{meta_path} lacks {', '.join(missing)}; it is not an hwnas latency table")
+            raise TableError(f"{path / 'meta.json'} lacks {', '.join(missing)}; it is not an hwnas latency table")
         what = describe_stale(*stale_parts(meta))
         if what:
             raise TableError(f"table {path} was measured with an older version of {what} than this hwnas builds; "
@@ -363,25 +361,55 @@ def describe_stale(every_key: bool, families: list[str]) -> str:
 SHIPPED = Path(__file__).resolve().parent / "data"
 
 
+class DeviceMismatchWarning(UserWarning):
+    """A latency table picked for this machine was measured on another device."""
+
+
 def shipped_tables() -> list[Path]:
     """The finished table directories in latency_tables/data/ (the ones hwnas ships), sorted."""
     if not SHIPPED.is_dir():
         return []
     return sorted(p for p in SHIPPED.iterdir() if (p / "meta.json").is_file()
-                  and json.loads((p / "meta.json").read_text(encoding="utf-8")).get("status") == "complete")
+                  and read_meta(p / "meta.json").get("status") == "complete")
+
+
+def is_shipped(path: Path) -> bool:
+    """Whether `path` lies inside the installed package's table data (which hwnas never writes)."""
+    return Path(path).resolve().is_relative_to(SHIPPED)
+
+
+def on_this_machine(profile: DeviceProfile) -> bool:
+    """Whether a table's profile names this machine: the same device name, or the same recorded CPU model."""
+    return profile.device == default_device() or bool(profile.cpu_model) and profile.cpu_model == cpu_model()
 
 
 def find_table(space: str, runtime: str, precision: str, device: str | None = None, threads: int = 1,
                search: Sequence[Path] | None = None) -> LatencyTable:
-    """The table for (space, runtime, precision, device, threads) among `search` (default: the shipped ones)."""
+    """The table for (space, runtime, precision, device, threads) among `search` (default: the shipped ones).
+
+    Without `device`, a table measured on this machine (`on_this_machine`) is preferred; when only tables of
+    other devices match, the first is used and a `DeviceMismatchWarning` names its device and this machine's."""
     candidates = list(search) if search is not None else shipped_tables()
+    matching = []
     for path in candidates:
         table = LatencyTable.load(path)
         profile = table.profile
         if (table.space_name, profile.runtime, profile.precision, profile.threads) == (space, runtime, precision,
                                                                                        threads) and \
                 (device is None or profile.device == device):
+            matching.append(table)
+    if device is not None and matching:
+        return matching[0]
+    for table in matching:
+        if on_this_machine(table.profile):
             return table
+    if matching:
+        table, profile = matching[0], matching[0].profile
+        warnings.warn(f"latency table {table.table_id} was measured on device {profile.device!r} "
+                      f"(CPU {profile.cpu_model or 'unknown'}), not on this machine ({default_device()!r}, CPU "
+                      f"{cpu_model()}); its latencies are that device's. Build one here with `hwnas lut build` "
+                      f"or pass the table for this device", DeviceMismatchWarning, stacklevel=2)
+        return table
     have = ", ".join(p.name for p in candidates) or "none"
     raise TableError(f"no table for space {space!r} on {runtime} {precision}, {threads} thread(s)"
                      f"{f', device {device!r}' if device else ''}; tables found: {have}. Build one with "
