@@ -56,7 +56,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from nas.cli_search import resolve_table
+    from nas.cli.common import resolve_table
     from nas.evaluators import CostEvaluator, SupernetEvaluator
     from nas.objectives import hypervolume, minimised, parse_objectives
     from nas.search import Search, SearchSettings

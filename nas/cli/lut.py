@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from nas.cli.common import add_command, add_group, log_for
 from search_spaces import SPACES, get_space
-
-
-def _log(args: argparse.Namespace) -> Any:
-    return (lambda line: print(line, file=sys.stderr)) if args.json else print
 
 
 def _protocol(args: argparse.Namespace) -> Any:
@@ -43,7 +39,7 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
     out = _out(args)
     table = build_table(get_space(args.space), args.runtime, args.precision, out, protocol=_protocol(args),
                         device=args.device, fit_networks=args.fit_networks, jobs=args.jobs,
-                        progress=not args.no_progress, log=_log(args), drift_check=args.drift_check,
+                        progress=not args.no_progress, log=log_for(args), drift_check=args.drift_check,
                         drift_tolerance=args.drift_tolerance)
     if args.validate:
         validate_table(out, args.validate, seed=args.validate_seed, progress=not args.no_progress, jobs=args.jobs)
@@ -107,12 +103,11 @@ def cmd_lut_kit_import(args: argparse.Namespace) -> None:
     print(json.dumps({"table": str(table.path), **table.meta}, indent=2) if args.json else "\n".join(lines))
 
 
-def register(groups: Any, command: Any) -> None:
-    """Add the `lut` group to the top-level parser (`command` makes a subcommand with --json)."""
+def register(groups: Any) -> None:
+    """Add the `lut` group to the top-level parser."""
     from latency_tables.runtimes import PRECISIONS, RUNTIMES
 
-    lut = groups.add_parser("lut", help="measured latency lookup tables").add_subparsers(dest="command",
-                                                                                      required=True)
+    lut = add_group(groups, "lut", "measured latency lookup tables")
 
     def measured(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--space", default="small", help=f"search space ({', '.join(SPACES)}; default small)")
@@ -130,7 +125,7 @@ def register(groups: Any, command: Any) -> None:
         sub.add_argument("--validate-seed", type=int, default=1, help="seed of the validation subnets (default 1)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    build = command(lut, "build", cmd_lut_build, "measure every block key a space needs and write the table "
+    build = add_command(lut, "build", cmd_lut_build, "measure every block key a space needs and write the table "
                     "(resumes an interrupted build)")
     measured(build)
     build.add_argument("--device", help="device name in the table id (default: this CPU's model and cores)")
@@ -143,20 +138,20 @@ def register(groups: Any, command: Any) -> None:
     build.add_argument("--drift-tolerance", type=float, default=0.10, metavar="FRACTION",
                        help="if their median moved by more than this (default 0.10), measure the whole table again "
                             "(the earlier files are kept in a superseded-<time>/ folder)")
-    val = command(lut, "validate", cmd_lut_validate,
+    val = add_command(lut, "validate", cmd_lut_validate,
                   "measure N random subnets end to end and compare with the table's prediction")
     val.add_argument("--table", required=True, help="table directory")
     val.add_argument("--samples", type=int, default=100, help="subnets to measure (default 100)")
     val.add_argument("--seed", type=int, default=1, help="seed of the subnets (default 1)")
     val.add_argument("--jobs", type=int, default=1, help="processes converting the subnets (default 1)")
     val.add_argument("--no-progress", action="store_true", help="no progress bars")
-    show = command(lut, "show", cmd_lut_show, "describe a table")
+    show = add_command(lut, "show", cmd_lut_show, "describe a table")
     show.add_argument("table", help="table directory")
-    kit = command(lut, "kit-export", cmd_lut_kit_export,
+    kit = add_command(lut, "kit-export", cmd_lut_kit_export,
                   "write converted models, a manifest and a torch-free runner for measuring on another device")
     measured(kit)
     kit.add_argument("--out", required=True, help="kit directory")
-    imp = command(lut, "kit-import", cmd_lut_kit_import, "turn a kit's results.csv into a table")
+    imp = add_command(lut, "kit-import", cmd_lut_kit_import, "turn a kit's results.csv into a table")
     imp.add_argument("kit", help="kit directory holding manifest.json, results.csv and results_meta.json")
     imp.add_argument("--device", help="device name (default: the name the runner recorded)")
     imp.add_argument("--out", help="table directory (default <kit>/table)")

@@ -1,0 +1,139 @@
+"""`hwnas search`: search a trained supernet's space under cost limits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from nas.cli.common import add_command, log_for, resolve_tables
+from nas.cli.export import export_picks
+from search_spaces import HwnasError
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def parse_options(texts: list[str] | None) -> dict[str, Any]:
+    """`KEY=VALUE` strategy options; values are read as int, float, true/false, or kept as text."""
+    options: dict[str, Any] = {}
+    for text in texts or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise HwnasError(f"--option {text!r} is not KEY=VALUE (e.g. population=50)")
+        parsed: Any = value
+        for convert in (int, float):
+            try:
+                parsed = convert(value)
+                break
+            except ValueError:
+                continue
+        if value.lower() in ("true", "false"):
+            parsed = value.lower() == "true"
+        options[key.strip().replace("-", "_")] = parsed
+    return options
+
+
+def search_objects(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """(space, settings, costs, supernet evaluator) of a `hwnas search` command line."""
+    from nas.evaluators import CostEvaluator, SupernetEvaluator
+    from nas.objectives import parse_constraints, parse_objectives
+    from nas.search import SearchSettings
+
+    objectives = parse_objectives(args.objective or ["accuracy"])
+    constraints = parse_constraints(args.constraint or [])
+    evaluator = SupernetEvaluator(args.supernet, val_images=args.val_images, recal_images=args.recal_images,
+                                  cache_path=Path(args.run_dir) / "search" / f"accuracy_cache-w{args.worker}.json",
+                                  threads=args.threads)
+    space = evaluator.space
+    tables = resolve_tables(args, space.name, [o.metric for o in objectives] + [c.metric for c in constraints])
+    costs = CostEvaluator(space, tables, dtype=args.dtype)
+    options = parse_options(args.option)
+    if args.strategy == "differentiable":  # it trains on the supernet and aims at the first table's latency
+        if not tables:
+            raise HwnasError("--strategy differentiable aims at a latency: give --constraint latency_ms<=BOUND (or "
+                             "--option target_ms=...) and a --table")
+        options = {"supernet": args.supernet, "table": tables[0], "progress": not args.no_progress, **options}
+    settings = SearchSettings(args.strategy, objectives, constraints, budget=args.budget, batch=args.batch,
+                              seed=args.seed, worker=args.worker, picks=args.picks, options=options)
+    return space, settings, costs, evaluator
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from nas.search import Search, write_picks
+
+    _threads(args)
+    log = log_for(args)
+    space, settings, costs, evaluator = search_objects(args)
+    predictor = None
+    if args.predictor:
+        from nas.predictor import AccuracyPredictor
+
+        predictor = AccuracyPredictor.load(args.predictor, space).predict
+    storage = args.storage or f"sqlite:///{Path(args.run_dir) / 'study.db'}"
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    search = Search(space, settings, costs, evaluator.accuracy, storage=storage, study_name=args.study,
+                    predictor=predictor, progress=not args.no_progress)
+    result = search.run()
+    picks_path = write_picks(Path(args.run_dir), result.picks)
+    data = {"study": args.study, "storage": storage, "strategy": settings.strategy, "worker": settings.worker,
+            "evaluated": result.evaluated, "replayed": result.replayed, "told": result.told, "trials": result.trials,
+            "hypervolume": result.hypervolume, "picks": result.picks, "picks_csv": str(picks_path)}
+    lines = [f"search {settings.strategy} (worker {settings.worker}, seed {settings.seed}): {result.told} told "
+             f"({result.replayed} replayed from the study, {result.evaluated} measured now); study {args.study!r} "
+             f"holds {result.trials} trials" + (f"; hypervolume {result.hypervolume:.5g}"
+                                                 if result.hypervolume is not None else ""),
+             f"picks ({picks_path}):"]
+    for p in result.picks:
+        lat = f"  latency {p['latency_ms']:.4f} ms" if "latency_ms" in p else ""
+        lines.append(f"  {p['accuracy']:.2%}{lat}  macs {p['macs'] / 1e6:.2f}M  "
+                     f"{'' if p['feasible'] else '(breaks a constraint) '}{p['key']}  {p['arch']}")
+    if args.export and result.picks:
+        lines += export_picks(args.supernet, Path(args.run_dir) / "subnets", result.picks, costs.tables,
+                              settings.constraints, log)
+        write_picks(Path(args.run_dir), result.picks)
+        data["subnets"] = str(Path(args.run_dir) / "subnets")
+    print(json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines))
+
+
+def register(groups: Any) -> None:
+    """Add the `search` command to the top-level parser."""
+    from nas.strategies import STRATEGY_NAMES
+
+    se = add_command(groups, "search", cmd_search,
+                 "search a trained supernet's space for the best subnets under cost limits; every true evaluation "
+                 "is a trial of an Optuna study (resumes from it; several workers can share it)")
+    se.add_argument("--supernet", required=True, help="run directory of `hwnas supernet train`")
+    se.add_argument("--strategy", default="evolution", choices=STRATEGY_NAMES, help="default evolution")
+    se.add_argument("--objective", action="append", metavar="METRIC[:max|min]",
+                    help="repeatable (default: accuracy); e.g. --objective accuracy --objective latency_ms")
+    se.add_argument("--constraint", action="append", metavar="METRIC<=BOUND",
+                    help="hard limit, repeatable: latency_ms<=0.5, params<=300k, macs<5M, accuracy>=0.97")
+    se.add_argument("--table", action="append", metavar="DIR|RUNTIME:PRECISION",
+                    help="latency table (repeatable; the first is latency_ms, the others are reported as "
+                         "latency_ms@ID). Default with a latency metric: this machine's shipped ort:fp32")
+    se.add_argument("--dtype", default="fp32", help="element type of the byte counts (default fp32)")
+    se.add_argument("--budget", type=int, default=100,
+                    help="evaluations by this worker: measured ones, or with --predictor predicted ones (default 100)")
+    se.add_argument("--batch", type=int, default=10, help="architectures per ask (default 10)")
+    se.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    se.add_argument("--worker", type=int, default=0, help="this worker's number when several share a study")
+    se.add_argument("--picks", type=int, default=5, help="how many best subnets to pick and export (default 5)")
+    se.add_argument("--option", action="append", metavar="KEY=VALUE", help="strategy option, e.g. population=50")
+    se.add_argument("--predictor", metavar="DIR",
+                    help="tell the strategy predicted accuracy (`hwnas predictor train`); the picks are measured")
+    se.add_argument("--run-dir", default="runs/search",
+                    help="where study.db, search/picks.csv and subnets/ go (default %(default)s)")
+    se.add_argument("--storage", help="Optuna storage URL (default sqlite:///RUN_DIR/study.db)")
+    se.add_argument("--study", default="search", help="study name (default search)")
+    se.add_argument("--val-images", type=int, help="validation images per subnet (default: all)")
+    se.add_argument("--recal-images", type=int, help="training images for BN recalibration (default: the recipe's)")
+    se.add_argument("--threads", type=int, help="torch threads")
+    se.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                    help="re-measure the picks on the runtime and export them to RUN_DIR/subnets (default yes)")
+    se.add_argument("--no-progress", action="store_true", help="no progress bars")
