@@ -255,6 +255,15 @@ class ArchConfig:
                 channels = block.out_channels
 
     @property
+    def explicit(self) -> bool:
+        """Whether any block states widths off the search grid (a pruned network)."""
+        return any(block.explicit for stage in self.stages for block in stage)
+
+    def on_grid(self) -> ArchConfig:
+        """The same network with every block's explicit widths dropped (the grid network it was pruned from)."""
+        return replace(self, stages=tuple(tuple(block.on_grid() for block in stage) for stage in self.stages))
+
+    @property
     def depths(self) -> tuple[int, ...]:
         return tuple(len(stage) for stage in self.stages)
 

@@ -69,6 +69,13 @@ def block_to_str(block: BlockConfig) -> str:
     return "_".join(parts)
 
 
+def explicit_tokens(block: BlockConfig) -> list[str]:
+    """The block's explicit-width tokens in the order m, q, b, noskip (empty for an on-grid block)."""
+    tokens = [f"{tag}{value}" for tag, value in (("m", block.mid), ("q", block.squeeze), ("b", block.branch))
+              if value is not None]
+    return tokens + (["noskip"] if block.noskip else [])
+
+
 def block_to_dict(block: BlockConfig) -> dict[str, Any]:
     """A block's JSON fields; the explicit widths only when set, so on-grid blocks keep their canonical JSON."""
     data: dict[str, Any] = {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces.arch import ArchConfig, BlockConfig, HeadConfig, StemConfig
-from search_spaces.codec import format_ratio
+from search_spaces.codec import block_to_str, explicit_tokens, format_ratio
 from search_spaces.errors import ArchError, SpaceError
 from search_spaces.families import get_family
 
@@ -206,6 +206,11 @@ class SearchSpace:
             has_expand = get_family(first.family).has_expand
             for i, block in enumerate(blocks):
                 where = f"stage {j} block {i}"
+                if block.explicit:
+                    raise SpaceError(
+                        f"{where} {block_to_str(block)} states explicit widths ({', '.join(explicit_tokens(block))})"
+                        f", which are off the search grid of space {self.name!r} (a pruned block is not in a space;"
+                        " check the network it was pruned from with validate_parent)")
                 genes[base + 3 + 2 * i] = self._index(f"{where} kernel", block.kernel, st.kernels)
                 if has_expand:
                     genes[base + 4 + 2 * i] = self._index(f"{where} expand ratio", block.expand, st.expands)
@@ -258,9 +263,20 @@ class SearchSpace:
         return self.from_genes(self.canonical_genes(genes)[0])
 
     def validate(self, arch: ArchConfig) -> ArchConfig:
-        """Return `arch` if it is in this space; raise a `SpaceError` naming field, value and choices."""
+        """Return `arch` if it is in this space; raise a `SpaceError` naming field, value and choices.
+
+        Strict: a block with explicit widths (`m`, `q`, `b`, `noskip`) is off the grid and so not in the space.
+        """
         self.to_genes(arch)
         return arch
+
+    def validate_parent(self, arch: ArchConfig) -> ArchConfig:
+        """The grid network `arch` was pruned from (every block's explicit widths dropped), if it is in this space;
+        a `SpaceError` otherwise. An on-grid `arch` is its own parent. What a supernet checks before it
+        materialises a pruned architecture."""
+        if not isinstance(arch, ArchConfig):
+            raise SpaceError(f"expected an ArchConfig; got {type(arch).__name__}")
+        return self.validate(arch.on_grid())
 
     def sample(self, rng: np.random.Generator) -> ArchConfig:
         return self.from_genes(self.sample_genes(rng, 1)[0])

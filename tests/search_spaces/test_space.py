@@ -137,3 +137,27 @@ def test_genes_out_of_range_and_bad_spaces_are_errors():
         StageSpec(("shufflev2",), (15,), (1,), 2)
     with pytest.raises(SpaceError, match="repeats a choice"):
         StageSpec(("mbv2",), (16, 16), (1,), 2)
+
+
+def test_explicit_widths_are_off_the_grid_and_validate_parent_checks_the_grid_network():
+    space = tiny_space()
+    grid = ArchConfig.from_str("r16_i1_n10|stem_c8_k3_s2_relu|mbv2_k5_e3_c12_s1,mbv2_k3_e2_c12_s1|"
+                               "mbv3_k3_e4_c16_s2_se0.25_hswish|head_c32_relu")
+    pruned = ArchConfig.from_str("r16_i1_n10|stem_c8_k3_s2_relu|mbv2_k5_e3_c12_s1,mbv2_k3_e2_m11_c12_s1_noskip|"
+                                 "mbv3_k3_e4_c16_s2_se0.25_q3_hswish|head_c32_relu")
+    assert space.validate(grid) is grid
+    assert pruned.explicit and not grid.explicit and pruned.on_grid() == grid
+    with pytest.raises(SpaceError) as err:
+        space.validate(pruned)
+    assert str(err.value) == (
+        "stage 0 block 1 mbv2_k3_e2_m11_c12_s1_noskip states explicit widths (m11, noskip), which are off the "
+        "search grid of space 'tiny' (a pruned block is not in a space; check the network it was pruned from "
+        "with validate_parent)")
+    for refuse in (space.to_genes, space.encode, lambda a: space.mutate(a, np.random.default_rng(0))):
+        with pytest.raises(SpaceError, match="off the search grid"):
+            refuse(pruned)
+    assert space.validate_parent(pruned) == grid
+    assert space.validate_parent(grid) == grid
+    wider = ArchConfig.from_str(pruned.to_str().replace("relu|mbv2_k5_e3_c12", "relu|mbv2_k7_e3_c12"))
+    with pytest.raises(SpaceError, match="stage 0 block 0 kernel 7 is outside the space; allowed: 3, 5"):
+        space.validate_parent(wider)
