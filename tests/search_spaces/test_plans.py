@@ -12,7 +12,12 @@ import pytest
 
 from search_spaces import ArchConfig, get_space
 from search_spaces.plans import (
-    BitWidthPlan, LayerGroups, PlanError, PrunePlan, channel_groups, layer_groups,
+    BitWidthPlan,
+    LayerGroups,
+    PlanError,
+    PrunePlan,
+    channel_groups,
+    layer_groups,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
