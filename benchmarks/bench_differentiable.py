@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -48,7 +47,7 @@ def main() -> None:
     import torch
 
     from latency_tables.build import measure_targets
-    from latency_tables.runtimes import Protocol, pin_to_cpu
+    from latency_tables.runtimes import Protocol
     from latency_tables.table import find_table
     from nas.differentiable import DifferentiableSearch
     from search_spaces import ArchConfig
@@ -88,7 +87,6 @@ def main() -> None:
     picks = [rows[round(i * (len(rows) - 1) / max(1, args.references - 1))] for i in range(args.references)]
     references = [ArchConfig.from_str(row["arch"]) for row in picks]
     protocol = Protocol.from_dict({**table.meta["protocol"], "repeats": args.repeats})
-    pin_to_cpu(protocol.pin_cpu if protocol.pin_cpu is not None and protocol.pin_cpu < (os.cpu_count() or 1) else None)
     derived = [r.arch for r in results.values()]
     measured = measure_targets("ort", "fp32", derived + references, protocol)
     drift = statistics.median(m.median_ms / float(row["latency_ms_median"])

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from latency_tables.keys import LutKey, SpaceIndex
-from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime, pin_to_cpu
+from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime
 from latency_tables.table import (
     DeviceProfile,
     LatencyTable,
     TableError,
-    atomic_write,
     cpu_model,
     current_revisions,
     default_device,
@@ -45,6 +44,7 @@ from latency_tables.table import (
 )
 from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.codec import arch_from_str
+from search_spaces.files import atomic_write_text
 
 NETWORK_COLUMNS = ("arch_key", "arch", "latency_ms_median", "latency_ms_iqr", "runs")
 Log = Callable[[str], None]
@@ -118,7 +118,7 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
     """Measure whole networks end to end into a networks CSV, skipping those already in it (resumable). They are
     converted first (by `jobs` processes, into `models/` beside the CSV, kept until measured), then measured."""
     if not path.is_file():
-        atomic_write(path, ",".join(NETWORK_COLUMNS) + "\n")
+        atomic_write_text(path, ",".join(NETWORK_COLUMNS) + "\n")
     _drop_partial_line(path)
     done = read_networks(path)
     todo = [a for a in archs if a.key not in done]
@@ -126,7 +126,6 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
         models = path.parent / "models"
         items = [(a, models / f"n-{a.key}{get_runtime(runtime).suffix}") for a in todo]
         convert_all(runtime, precision, items, jobs, progress, chunk=2)
-        pin_to_cpu(protocol.pin_cpu)
         # Groups of 32 as for keys: a network's rounds are then seconds apart, so a burst of load elsewhere spoils
         # one round, not all three (with groups of 8, bursts inflated a few LiteRT networks by 25-40%).
         _measure_files(path, items, runtime, protocol, network_line, progress, desc, group=32)
@@ -168,11 +167,68 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
     profile = DeviceProfile(device or default_device(), runtime, precision, protocol.threads, rt.version(),
                             cpu_model())
     out = Path(out)
-    index = SpaceIndex(space)
-    meta = _start_meta(out, space, profile, protocol, len(index.keys), log)
+    with table_lock(out):
+        index = SpaceIndex(space)
+        meta = _start_meta(out, space, profile, protocol, len(index.keys), log)
+        done = _resume_rows(out, meta, runtime, precision, protocol, drift_check, drift_tolerance, log)
+        todo = [k for k in index.keys if k not in done]
+        log(f"space {space.name!r} needs {len(index.keys)} keys on {profile.table_id}; {len(done)} measured, "
+            f"{len(todo)} to go")
+        started = time.perf_counter()
+        _measure_keys(index, todo, runtime, precision, protocol, out, jobs, progress)
+        key_seconds = time.perf_counter() - started
+        build = meta.setdefault("build", {"key_seconds": 0.0, "keys_measured": 0, "network_seconds": 0.0})
+        build["key_seconds"] += key_seconds
+        build["keys_measured"] += len(todo)
+        build["seconds_per_key"] = build["key_seconds"] / max(1, build["keys_measured"])
+        meta["keys"] = len(index.keys)
+        write_meta(out, meta)
+
+        table = LatencyTable.load(out)
+        started = time.perf_counter()
+        fit_correction_for(table, space, fit_networks, fit_seed, progress=progress, jobs=jobs)
+        table.meta["build"]["network_seconds"] += time.perf_counter() - started
+        table.meta["status"] = "complete"
+        table.save_meta()
+    return table
+
+
+LOCK_NAME = ".hwnas-lock"
+
+
+@contextlib.contextmanager
+def table_lock(out: Path) -> Iterator[None]:
+    """Hold the table directory `out` for the block: an exclusive, non-blocking `flock` on `out/.hwnas-lock`,
+    which records the holder (pid, host, start time). A second holder gets a `TableError` naming the first; the
+    operating system releases the lock when the holder exits, however it ends."""
+    import fcntl
+    import socket
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = (out / LOCK_NAME).read_text(encoding="utf-8", errors="replace").strip() or "unknown holder"
+            raise TableError(f"{out} is in use by another hwnas run ({holder}); run this again once that one "
+                             f"finishes, or pick another --out") from None
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started {started}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _resume_rows(out: Path, meta: dict[str, Any], runtime: str, precision: str, protocol: Protocol,
+                 drift_check: int, drift_tolerance: float, log: Log) -> dict[LutKey, tuple[float, float, int]]:
+    """The rows measured so far in `out/table.csv` (made if missing), or none if the machine has drifted since
+    (`build_table`'s drift check; the earlier files are then moved aside)."""
     table_csv = out / "table.csv"
     if not table_csv.is_file():
-        atomic_write(table_csv, header_line())
+        atomic_write_text(table_csv, header_line())
     _drop_partial_line(table_csv)
     done = read_rows(table_csv)
     if done and drift_check > 0:
@@ -184,34 +240,21 @@ def build_table(space: SearchSpace, runtime: str, precision: str, out: str | Pat
             log(f"{out}: {min(drift_check, len(done))} keys measured earlier now measure {drift - 1:+.0%} (median); "
                 f"{why}, so the whole table is measured again. The earlier files are in {moved}")
             done = {}
-    todo = [k for k in index.keys if k not in done]
-    log(f"space {space.name!r} needs {len(index.keys)} keys on {profile.table_id}; {len(done)} measured, "
-        f"{len(todo)} to go")
-    started = time.perf_counter()
+    return done
+
+
+def _measure_keys(index: SpaceIndex, todo: list[LutKey], runtime: str, precision: str, protocol: Protocol,
+                  out: Path, jobs: int, progress: bool) -> None:
+    """Measure the keys still to do, appending a row to `out/table.csv` as each group finishes."""
+    table_csv = out / "table.csv"
     if runtime == "torch":  # nothing to convert: the model file is the key itself
-        pin_to_cpu(protocol.pin_cpu)
-        with tqdm(total=len(todo), desc=f"lut {profile.table_id}", disable=not progress, leave=False) as bar:
+        with tqdm(total=len(todo), desc="measure", disable=not progress, leave=False) as bar:
             for group in _chunks(todo, 32):
                 for key, m in zip(group, measure_targets(runtime, precision, group, protocol), strict=True):
                     _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
                 bar.update(len(group))
     else:
         _convert_then_measure(index, todo, runtime, precision, protocol, out, jobs, progress)
-    key_seconds = time.perf_counter() - started
-    build = meta.setdefault("build", {"key_seconds": 0.0, "keys_measured": 0, "network_seconds": 0.0})
-    build["key_seconds"] += key_seconds
-    build["keys_measured"] += len(todo)
-    build["seconds_per_key"] = build["key_seconds"] / max(1, build["keys_measured"])
-    meta["keys"] = len(index.keys)
-    write_meta(out, meta)
-
-    table = LatencyTable.load(out)
-    started = time.perf_counter()
-    fit_correction_for(table, space, fit_networks, fit_seed, progress=progress, jobs=jobs)
-    table.meta["build"]["network_seconds"] += time.perf_counter() - started
-    table.meta["status"] = "complete"
-    table.save_meta()
-    return table
 
 
 def _drift(done: dict[LutKey, tuple[float, float, int]], runtime: str, precision: str, protocol: Protocol,
@@ -219,7 +262,6 @@ def _drift(done: dict[LutKey, tuple[float, float, int]], runtime: str, precision
     """Median ratio (now / then) of `sample` already measured keys, measured again (a seeded choice)."""
     keys = sorted(done, key=LutKey.to_str)
     picked = [keys[i] for i in np.random.default_rng(0).choice(len(keys), min(sample, len(keys)), replace=False)]
-    pin_to_cpu(protocol.pin_cpu)
     now = measure_targets(runtime, precision, picked, protocol)
     return float(np.median([m.median_ms / done[k][0] for k, m in zip(picked, now, strict=True)]))
 
@@ -237,21 +279,21 @@ def _supersede(out: Path, meta: dict[str, Any]) -> Path:
         meta.pop(name, None)
     meta["status"] = "building"
     meta["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write(out / "table.csv", header_line())
+    atomic_write_text(out / "table.csv", header_line())
     write_meta(out, meta)
     return old
 
 
 def _convert_chunk(runtime: str, precision: str, items: list[tuple[dict[str, Any], str]]) -> int:
-    """Worker: convert pieces or networks (given by `convert.spec_of`) to the given paths (one torch thread;
-    files written atomically)."""
-    import torch
-
+    """Convert pieces or networks (given by `convert.spec_of`) to the given paths with one torch thread (files
+    written atomically). Runs in a pool worker, or in this process when there is one job: the thread count is
+    scoped either way."""
     from latency_tables.convert import export_for, target_from_spec
+    from supernets.threads import torch_threads
 
-    torch.set_num_threads(1)
-    for spec, path in items:
-        export_for(runtime, precision, target_from_spec(spec), Path(path), int(spec.get("seed", 0)))
+    with torch_threads(1):
+        for spec, path in items:
+            export_for(runtime, precision, target_from_spec(spec), Path(path), int(spec.get("seed", 0)))
     return len(items)
 
 
@@ -308,7 +350,6 @@ def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, p
     ids = {key: i for i, key in enumerate(index.keys)}
     items = [(key, out / "models" / f"k{ids[key]:05d}{get_runtime(runtime).suffix}") for key in todo]
     convert_all(runtime, precision, items, jobs, progress, chunk=16)
-    pin_to_cpu(protocol.pin_cpu)
     _measure_files(out / "table.csv", items, runtime, protocol,
                    lambda key, m: row_line(key, m.median_ms, m.iqr_ms, m.runs), progress, "measure", group=32)
 
@@ -330,7 +371,7 @@ def _drop_stale(out: Path, meta: dict[str, Any], log: Log) -> None:
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         rows = list(csv.DictReader(lines))
         keep = [line for line, row in zip(lines[1:], rows, strict=True) if not is_stale(row)]
-        atomic_write(path, lines[0] + "".join(keep))
+        atomic_write_text(path, lines[0] + "".join(keep))
         return len(rows) - len(keep)
 
     keys = rewrite(out / "table.csv", lambda row: every_key or row["family"] in stale)
@@ -367,7 +408,7 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
                              f"output directory")
         _drop_stale(out, meta, log)
         return dict(meta)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise TableError(f"{out} exists and is not a latency table; pick an empty or new directory")
     meta = {"space": space.name, "space_definition": space.to_dict(), "profile": profile.to_dict(),
             "table_id": profile.table_id, "protocol": protocol.to_dict(), "status": "building", "keys": keys,
@@ -414,7 +455,6 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
     """Measure `samples` random subnets (none used to fit the correction) end to end, compare with the
     prediction, store the summary in meta.json (and the measurements in validation.csv); return it."""
     table = LatencyTable.load(path)
-    pin_to_cpu(Protocol.from_dict(table.meta["protocol"]).pin_cpu)
     space = get_space(table.space_name)
     if table.meta.get("space_definition") not in (None, space.to_dict()):
         raise TableError(f"table {path} was built for another definition of space {space.name!r}")

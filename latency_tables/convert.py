@@ -13,7 +13,7 @@ import io
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from latency_tables.runtimes import RuntimeMissing, get_runtime
 from search_spaces import ArchConfig
 from search_spaces.codec import arch_from_str
 from search_spaces.errors import HwnasError
+from search_spaces.files import atomic_path
 from supernets.blocks import build_block
 from supernets.models import HeadNet, StaticNet, build_model, build_stem
 
@@ -84,22 +85,6 @@ def input_shape(target: LutKey | ArchConfig) -> tuple[int, int, int, int]:
     if isinstance(target, LutKey):
         return target.input_shape
     return (1, target.in_channels, target.resolution, target.resolution)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix), renamed onto `path` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def calibration_inputs(shape: Sequence[int], n: int = 8, seed: int = 0) -> list[np.ndarray]:

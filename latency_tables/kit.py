@@ -26,7 +26,6 @@ from latency_tables.table import (
     DeviceProfile,
     LatencyTable,
     TableError,
-    atomic_write,
     current_revisions,
     fit_correction,
     header_line,
@@ -35,6 +34,7 @@ from latency_tables.table import (
 )
 from search_spaces import SearchSpace, get_space
 from search_spaces.codec import arch_from_str
+from search_spaces.files import atomic_write_text
 
 RUNNER = Path(__file__).with_name("kit_runner.py")
 KIT_FORMAT = "hwnas device kit 1"
@@ -73,7 +73,7 @@ def export_kit(space: SearchSpace, runtime: str, precision: str, out: Path, *, p
     old = out / "manifest.json"
     if old.is_file() and json.loads(old.read_text())["entries"] != entries:
         raise TableError(f"{out} holds a kit for other settings; pick another --out")
-    atomic_write(old, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(old, json.dumps(manifest, indent=1) + "\n")
     shutil.copyfile(RUNNER, out / "runner.py")
     for entry, target in tqdm(list(zip(entries, targets, strict=True)), desc="kit", disable=not progress,
                               leave=False):
@@ -142,8 +142,8 @@ def import_kit(kit: Path, out: Path | None = None, device: str | None = None) ->
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "format": "hwnas latency table 1", "source": f"device kit {kit}",
             "revisions": manifest.get("revisions", {})}
-    atomic_write(out / "table.csv", "".join(lines))
-    atomic_write(out / "networks.csv", header + "".join(networks["fit"]))
+    atomic_write_text(out / "table.csv", "".join(lines))
+    atomic_write_text(out / "networks.csv", header + "".join(networks["fit"]))
     write_meta(out, meta)
     table = LatencyTable.load(out)
     _fit_and_validate(table, space, networks, manifest)
@@ -166,6 +166,6 @@ def _fit_and_validate(table: LatencyTable, space: SearchSpace, networks: dict[st
         genes, measured = parsed(networks["validation"])
         validation_summary(table, space, genes, measured, manifest["validate_seed"])
         assert table.path is not None
-        atomic_write(table.path / f"validation-s{manifest['validate_seed']}.csv",
+        atomic_write_text(table.path / f"validation-s{manifest['validate_seed']}.csv",
                      ",".join(NETWORK_COLUMNS) + "\n" + "".join(networks["validation"]))
     table.save_meta()

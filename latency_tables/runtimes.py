@@ -11,7 +11,6 @@ built from, with seeded weights). Runtime packages are imported lazily; a missin
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces.errors import HwnasError
+from search_spaces.files import pinned_to_cpu
 
 
 class RuntimeMissing(HwnasError):
@@ -117,12 +117,6 @@ def time_session(session: Session, protocol: Protocol, seed: int = 0) -> Measure
     return Measurement(float(median), float(q3 - q1), protocol.runs)
 
 
-def pin_to_cpu(cpu: int | None) -> None:
-    """Pin this process to one CPU (nn-Meter's protocol); no-op when `cpu` is None or pinning is unsupported."""
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
 class Runtime:
     """Base class: subclasses set `name`, `suffix`, `package` and implement `version` and `load`."""
 
@@ -150,14 +144,16 @@ class Runtime:
 
     def measure_many(self, paths: list[Path], protocol: Protocol, seed: int = 0) -> list[Measurement]:
         """Time each file in `protocol.repeats` rounds, round-robin over the files; keep each file's lowest round
-        median (load from elsewhere only ever slows a round down)."""
+        median (load from elsewhere only ever slows a round down). The process is pinned to `protocol.pin_cpu`
+        (when set and available) while it measures, and given back its CPUs afterwards."""
         best: list[Measurement | None] = [None] * len(paths)
-        for _ in range(protocol.repeats):
-            for i, path in enumerate(paths):
-                m = time_session(self.load(self.check_file(path), protocol.threads), protocol, seed)
-                current = best[i]
-                if current is None or m.median_ms < current.median_ms:
-                    best[i] = m
+        with pinned_to_cpu(protocol.pin_cpu):
+            for _ in range(protocol.repeats):
+                for i, path in enumerate(paths):
+                    m = time_session(self.load(self.check_file(path), protocol.threads), protocol, seed)
+                    current = best[i]
+                    if current is None or m.median_ms < current.median_ms:
+                        best[i] = m
         return [m for m in best if m is not None]
 
     def describe(self) -> dict[str, str]:
@@ -267,13 +263,19 @@ class TorchRuntime(Runtime):
 
         spec = json.loads(Path(path).read_text())
         module = module_from_spec(spec)
-        torch.set_num_threads(threads)
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return module(torch.from_numpy(x)).numpy()
 
         return Session(run, input_shape(target_from_spec(spec)))
+
+    def measure_many(self, paths: list[Path], protocol: Protocol, seed: int = 0) -> list[Measurement]:
+        """As for every runtime, with torch's thread count set to the protocol's while it measures."""
+        from supernets.threads import torch_threads
+
+        with torch_threads(protocol.threads):
+            return super().measure_many(paths, protocol, seed)
 
 
 RUNTIMES: dict[str, type[Runtime]] = {"ort": OrtRuntime, "litert": LiteRTRuntime, "torch": TorchRuntime}

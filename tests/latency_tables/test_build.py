@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from latency_tables import build as build_module
-from latency_tables.build import build_table, validate_table
+from latency_tables.build import LOCK_NAME, build_table, table_lock, validate_table
 from latency_tables.keys import SpaceIndex
 from latency_tables.kit import export_kit, import_kit
 from latency_tables.runtimes import Protocol, RuntimeMissing, get_runtime
@@ -22,7 +22,9 @@ FAST = Protocol(threads=1, warmup=2, runs=5)
 
 
 def digest(path: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+    """Hashes of a table directory's files (not the build lock, which names its latest holder)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 def test_build_measures_every_key_and_fits_the_correction(tiny_space, tmp_path):
@@ -243,3 +245,30 @@ def test_a_resumed_build_on_a_drifted_machine_measures_the_whole_table_again(tin
     fresh = read_rows(out / "table.csv")
     slow_rows = read_rows(old / "table.csv")
     assert set(fresh) == set(slow_rows) and all(fresh[k] != slow_rows[k] for k in fresh)  # every row is new
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from latency_tables.build import table_lock
+with table_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
+def test_a_second_build_on_the_same_directory_exits_naming_the_running_one(tiny_space, tmp_path):
+    out = tmp_path / "table"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(TableError, match=rf"{out} is in use by another hwnas run \(pid {holder.pid} on host "
+                                             r".+, started 20\d\d-.+\); run this again once that one finishes"):
+            build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=3,
+                        progress=False, log=lambda _: None)
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the refused run wrote nothing
+    finally:
+        holder.communicate("", timeout=30)
+    with table_lock(out):  # released when its holder exits
+        assert str(os.getpid()) in (out / LOCK_NAME).read_text()
