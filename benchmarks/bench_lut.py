@@ -36,7 +36,7 @@ def main() -> None:
 
     import numpy as np
 
-    from latency_tables.build import validate_table
+    from latency_tables.validation import validate_table
     from latency_tables.table import LatencyTable
     from search_spaces import get_space
 

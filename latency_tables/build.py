@@ -1,10 +1,9 @@
-"""Build, fit and validate a latency table on this machine.
+"""Build and fit a latency table on this machine.
 
 `build_table` enumerates the keys a space needs, converts and measures each (one model file at a time, in a
 temporary directory), appends one CSV row per finished key (flushed and fsynced: an interrupted build resumes
 where it stopped and never rewrites a finished row), then measures `fit_networks` random whole networks and
-fits the network-level correction. `validate_table` measures N other random subnets end to end, compares them
-with the prediction and stores the summary with the table.
+fits the network-level correction (`latency_tables.validation` checks a finished table on other subnets).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from latency_tables.table import (
     stale_parts,
     write_meta,
 )
-from search_spaces import ArchConfig, SearchSpace, get_space
+from search_spaces import ArchConfig, SearchSpace
 from search_spaces.codec import arch_from_str
 from search_spaces.files import atomic_write_text
 
@@ -419,20 +418,22 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
     return meta
 
 
-def _measured(table: LatencyTable, space: SearchSpace, csv_name: str, archs: list[ArchConfig], progress: bool,
-              desc: str, jobs: int = 1) -> tuple[list[ArchConfig], np.ndarray]:
-    assert table.path is not None
+def measured_like(table: LatencyTable, csv_path: Path, archs: list[ArchConfig], progress: bool, desc: str,
+                  jobs: int = 1) -> np.ndarray:
+    """Measured latencies (ms) of whole networks, on the table's runtime under its protocol, recorded in the
+    networks CSV `csv_path` (resumable)."""
     profile, protocol = table.profile, Protocol.from_dict(table.meta["protocol"])
-    rows = measure_networks(table.path / csv_name, archs, profile.runtime, profile.precision, protocol,
+    rows = measure_networks(csv_path, archs, profile.runtime, profile.precision, protocol,
                             progress=progress, desc=desc, jobs=jobs)
-    return archs, np.array([rows[a.key][1] for a in archs])
+    return np.array([rows[a.key][1] for a in archs])
 
 
 def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, seed: int = 0,
                        progress: bool = True, jobs: int = 1) -> dict[str, float]:
     """Measure `networks` random subnets end to end (networks.csv, resumable) and fit the correction."""
-    archs, measured = _measured(table, space, "networks.csv", unique_archs(space, networks, seed), progress,
-                                "fit networks", jobs)
+    assert table.path is not None
+    archs = unique_archs(space, networks, seed)
+    measured = measured_like(table, table.path / "networks.csv", archs, progress, "fit networks", jobs)
     genes = np.stack([space.to_genes(a) for a in archs])
     raw = table.raw_sum(space, genes).latency_ms
     table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured), "seed": seed}
@@ -448,35 +449,3 @@ def accuracy_summary(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
             "within_15": float(np.mean(np.abs(rel) <= 0.15)),
             "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
             "kendall_tau": kendall_tau(predicted, measured)}
-
-
-def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True,
-                   jobs: int = 1) -> dict[str, Any]:
-    """Measure `samples` random subnets (none used to fit the correction) end to end, compare with the
-    prediction, store the summary in meta.json (and the measurements in validation.csv); return it."""
-    table = LatencyTable.load(path)
-    space = get_space(table.space_name)
-    if table.meta.get("space_definition") not in (None, space.to_dict()):
-        raise TableError(f"table {path} was built for another definition of space {space.name!r}")
-    fitted = read_networks(Path(path) / "networks.csv")
-    archs = unique_archs(space, samples, seed, exclude=fitted)
-    archs, measured = _measured(table, space, f"validation-s{seed}.csv", archs, progress, "validate", jobs)
-    summary = validation_summary(table, space, np.stack([space.to_genes(a) for a in archs]), measured, seed)
-    table.save_meta()
-    return summary
-
-
-def validation_summary(table: LatencyTable, space: SearchSpace, genes: np.ndarray, measured: np.ndarray,
-                       seed: int) -> dict[str, Any]:
-    """Compare the table's prediction for gene rows with their measured latencies; store it in the table's
-    meta (not yet saved) and return it. Also ranks the subnets by MACs alone, to show what the table adds."""
-    from latency_tables.analytic import AnalyticCostModel
-
-    predicted = table.predict(space, genes).latency_ms
-    macs = AnalyticCostModel().estimate_genes(space, genes)["macs"]
-    summary = {**accuracy_summary(predicted, measured), "macs_kendall_tau": kendall_tau(macs, measured),
-               "samples": len(measured), "seed": seed,
-               "measured_ms_range": [float(measured.min()), float(measured.max())],
-               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    table.meta["validation"] = summary
-    return summary

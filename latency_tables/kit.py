@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from latency_tables.build import NETWORK_COLUMNS, network_line, unique_archs, validation_summary
+from latency_tables.build import NETWORK_COLUMNS, network_line, unique_archs
 from latency_tables.keys import LutKey, SpaceIndex
 from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime
 from latency_tables.table import (
@@ -32,6 +32,7 @@ from latency_tables.table import (
     row_line,
     write_meta,
 )
+from latency_tables.validation import validation_summary
 from search_spaces import SearchSpace, get_space
 from search_spaces.codec import arch_from_str
 from search_spaces.files import atomic_write_text

@@ -34,7 +34,8 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def cmd_lut_build(args: argparse.Namespace) -> None:
-    from latency_tables.build import build_table, validate_table
+    from latency_tables.build import build_table
+    from latency_tables.validation import validate_table
 
     out = _out(args)
     table = build_table(get_space(args.space), args.runtime, args.precision, out, protocol=_protocol(args),
@@ -55,11 +56,12 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
 
 
 def cmd_lut_validate(args: argparse.Namespace) -> None:
-    from latency_tables.build import validate_table
+    from latency_tables.validation import validate_table
 
     summary = validate_table(args.table, args.samples, seed=args.seed, progress=not args.no_progress,
-                             jobs=args.jobs)
-    print(json.dumps(summary, indent=2) if args.json else "\n".join([f"table {args.table}:"] +
+                             jobs=args.jobs, save=args.save, out=args.out)
+    stored = f" (stored in {args.out or args.table})" if args.save else " (not stored; --save stores it)"
+    print(json.dumps(summary, indent=2) if args.json else "\n".join([f"table {args.table}{stored}:"] +
                                                                      _summary_lines(summary)))
 
 
@@ -144,6 +146,9 @@ def register(groups: Any) -> None:
     val.add_argument("--samples", type=int, default=100, help="subnets to measure (default 100)")
     val.add_argument("--seed", type=int, default=1, help="seed of the subnets (default 1)")
     val.add_argument("--jobs", type=int, default=1, help="processes converting the subnets (default 1)")
+    val.add_argument("--save", action="store_true", help="store the validation (meta.json, validation-s<seed>.csv)"
+                     " beside the table, or with --out in a copy of it (needed for a shipped table)")
+    val.add_argument("--out", help="with --save: a directory for a copy of the table with this validation")
     val.add_argument("--no-progress", action="store_true", help="no progress bars")
     show = add_command(lut, "show", cmd_lut_show, "describe a table")
     show.add_argument("table", help="table directory")

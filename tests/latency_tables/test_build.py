@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from latency_tables import build as build_module
-from latency_tables.build import LOCK_NAME, build_table, table_lock, validate_table
+from latency_tables.build import LOCK_NAME, build_table, table_lock
 from latency_tables.keys import SpaceIndex
 from latency_tables.kit import export_kit, import_kit
 from latency_tables.runtimes import Protocol, RuntimeMissing, get_runtime
 from latency_tables.table import LatencyTable, TableError, read_rows
+from latency_tables.validation import validate_table
 
 FAST = Protocol(threads=1, warmup=2, runs=5)
 

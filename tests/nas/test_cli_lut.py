@@ -41,7 +41,7 @@ def test_build_show_validate(capsys, tmp_path):
     code, text, _ = run(capsys, "lut", "show", str(out))
     assert code == 0 and f"{data['keys']} of {data['keys']} keys measured (complete)" in text
     code, text, _ = run(capsys, "lut", "validate", "--table", str(out), "--samples", "5", "--seed", "9", "--json",
-                        "--no-progress")
+                        "--no-progress", "--save")
     summary = json.loads(text)
     assert code == 0 and {"mape", "rmspe", "within_5", "within_10", "within_15", "kendall_tau"} <= set(summary)
     assert json.loads((out / "meta.json").read_text())["validation"] == summary

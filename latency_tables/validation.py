@@ -1,0 +1,100 @@
+"""Validate a finished latency table: measure random subnets it was not fitted on, end to end, and compare.
+
+Validation measures and reports; it stores its summary (in meta.json) and measurements (`validation-s<seed>.csv`)
+only when asked, beside the table or in a copy of it elsewhere. A table shipped inside the installed package
+(`latency_tables/data/`) is never written: its validation is the one measured where it was built.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latency_tables.build import accuracy_summary, measured_like, read_networks, table_lock, unique_archs
+from latency_tables.table import LatencyTable, TableError, is_shipped, kendall_tau
+from search_spaces import SearchSpace, get_space
+from search_spaces.files import atomic_write_bytes
+
+#: The files that make a table directory complete enough to load, predict and validate again.
+TABLE_FILES = ("table.csv", "networks.csv", "meta.json")
+
+
+def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True, jobs: int = 1, *,
+                   save: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """Measure `samples` random subnets (none used to fit the correction) end to end, compare them with the
+    prediction and return the summary.
+
+    With `save`, the summary goes into meta.json and the measurements into `validation-s<seed>.csv`: beside the
+    table, or with `out` in a copy of the table there (made unless `out` holds this table already). A shipped
+    table is never written: saving its validation needs an `out` outside the package. Without `save`, nothing
+    is written anywhere but a temporary directory."""
+    path = Path(path)
+    table = LatencyTable.load(path)
+    space = get_space(table.space_name)
+    if table.meta.get("space_definition") not in (None, space.to_dict()):
+        raise TableError(f"table {path} was built for another definition of space {space.name!r}")
+    target = _save_target(path, save, out)
+    archs = unique_archs(space, samples, seed, exclude=read_networks(path / "networks.csv"))
+    genes = np.stack([space.to_genes(a) for a in archs])
+    csv_name = f"validation-s{seed}.csv"
+    if target is None:
+        with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
+            measured = measured_like(table, Path(tmp) / csv_name, archs, progress, "validate", jobs)
+        return validation_summary(table, space, genes, measured, seed)
+    with table_lock(target):
+        if target != path:
+            _copy_table(path, target)
+        stored = LatencyTable.load(target)
+        measured = measured_like(stored, target / csv_name, archs, progress, "validate", jobs)
+        summary = validation_summary(stored, space, genes, measured, seed)
+        stored.save_meta()
+    return summary
+
+
+def _save_target(path: Path, save: bool, out: str | Path | None) -> Path | None:
+    """Where a validation is stored (None: nowhere); a `TableError` for a place inside the package's tables."""
+    if not save:
+        return None
+    target = Path(out) if out is not None else path
+    if is_shipped(target):
+        where = "" if out is not None else f" (table {path} is one)"
+        raise TableError(f"{target} is inside the installed hwnas package's shipped tables{where}, which are never "
+                         f"rewritten; store this validation in a copy of the table elsewhere with --out DIR "
+                         f"(e.g. --out runs/lut/{path.name}), or validate without --save")
+    return target
+
+
+def _copy_table(path: Path, target: Path) -> None:
+    """Copy the table at `path` into `target`, unless `target` holds this table already (same table.csv)."""
+    if (target / "meta.json").exists():
+        same = (target / "table.csv").is_file() and \
+            (target / "table.csv").read_bytes() == (path / "table.csv").read_bytes()
+        if not same:
+            raise TableError(f"{target} holds another table; pick an empty or new --out directory (nothing was "
+                             f"overwritten)")
+        return
+    if any(p.name != ".hwnas-lock" for p in target.iterdir()):
+        raise TableError(f"{target} exists and is not a latency table; pick an empty or new --out directory")
+    for name in TABLE_FILES:  # meta.json last: a copy cut off midway has none, and is not taken for a table
+        if (path / name).is_file():
+            atomic_write_bytes(target / name, (path / name).read_bytes())
+
+
+def validation_summary(table: LatencyTable, space: SearchSpace, genes: np.ndarray, measured: np.ndarray,
+                       seed: int) -> dict[str, Any]:
+    """Compare the table's prediction for gene rows with their measured latencies; store it in the table's
+    meta (not yet saved) and return it. Also ranks the subnets by MACs alone, to show what the table adds."""
+    from latency_tables.analytic import AnalyticCostModel
+
+    predicted = table.predict(space, genes).latency_ms
+    macs = AnalyticCostModel().estimate_genes(space, genes)["macs"]
+    summary = {**accuracy_summary(predicted, measured), "macs_kendall_tau": kendall_tau(macs, measured),
+               "samples": len(measured), "seed": seed,
+               "measured_ms_range": [float(measured.min()), float(measured.max())],
+               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    table.meta["validation"] = summary
+    return summary

@@ -1,0 +1,49 @@
+"""Validating a table stores nothing unless asked, and never writes into the package's shipped tables."""
+
+import hashlib
+import json
+
+import pytest
+
+from latency_tables.table import LatencyTable, TableError, shipped_tables
+from latency_tables.validation import validate_table
+from nas.cli import main
+
+pytest.importorskip("onnxruntime", reason="validating the shipped ORT table needs the runtimes extra")
+
+
+def shipped_ort():
+    return next(p for p in shipped_tables() if p.name == "small-amd-epyc-2c-ort-fp32-t1")
+
+
+def snapshot(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))}
+
+
+def test_cli_validate_on_a_shipped_table_leaves_it_byte_identical(capsys, tmp_path):
+    table = shipped_ort()
+    before, meta = snapshot(table), (table / "meta.json").read_bytes()
+    code = main(["lut", "validate", "--table", str(table), "--samples", "2", "--seed", "7", "--no-progress",
+                 "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and json.loads(out)["samples"] == 2
+    assert (table / "meta.json").read_bytes() == meta and snapshot(table) == before
+
+    code = main(["lut", "validate", "--table", str(table), "--samples", "2", "--no-progress", "--save"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "shipped tables" in err and "--out DIR" in err and "Traceback" not in err
+    assert snapshot(table) == before
+
+
+def test_saving_a_shipped_tables_validation_goes_to_a_copy_elsewhere(tmp_path):
+    table, copy = shipped_ort(), tmp_path / "copy"
+    before = snapshot(table)
+    summary = validate_table(table, samples=2, seed=7, progress=False, out=copy)
+    assert snapshot(table) == before
+    stored = LatencyTable.load(copy)
+    assert stored.meta["validation"] == summary and summary["samples"] == 2 and summary["seed"] == 7
+    assert stored.rows == LatencyTable.load(table).rows and stored.table_id == "amd-epyc-2c-ort-fp32-t1"
+    assert len((copy / "validation-s7.csv").read_text().splitlines()) == 3  # header + 2 subnets
+    with pytest.raises(TableError, match="shipped tables"):
+        validate_table(table, samples=2, out=table.parent / "elsewhere-inside")
+    assert not (table.parent / "elsewhere-inside").exists()
