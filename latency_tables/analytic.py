@@ -8,7 +8,7 @@ indexing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -51,8 +51,9 @@ class AnalyticCostModel:
         self.dtype = dtype
         self._tables: dict[SearchSpace, _SpaceTables] = {}
 
-    def estimate(self, arch: ArchConfig) -> Cost:
-        return analytic_cost(arch, self.dtype)
+    def estimate(self, arch: ArchConfig, precision: Mapping[str, str] | None = None) -> Cost:
+        """The `Cost` of `arch`; `precision` (layer id -> precision) prices named layers at another precision."""
+        return analytic_cost(arch, self.dtype, precision)
 
     def estimate_many(self, archs: Iterable[ArchConfig]) -> list[Cost]:
         return [self.estimate(a) for a in archs]
