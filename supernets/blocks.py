@@ -1,46 +1,58 @@
-"""One static torch module per block family, each faithful to its paper, and a factory keyed by family.
+"""One static torch module per block kind, each faithful to its paper, and the registry keyed by `Family.kind`.
 
-Channel widths (expansion, SE squeeze) come from `search_spaces.families`, the same place the analytic
-counters take them from.
+Submodule paths are layer ids: an inverted residual has `expand` (absent at expand 1), `dw`, `se` (`reduce`,
+`expand`) and `project`; a fused block `expand` and `project`, or `conv` at expand 1; a ShuffleNet unit
+`left` (`dw`, `pw`) and `right` (`pw1`, `dw`, `pw2`). Widths come from the block's resolved helpers
+(`BlockConfig.mid_channels`, `squeeze_channels`, `branch_channels`, `has_residual`, `is_split_unit`), which
+honour explicit widths and otherwise follow `search_spaces.families`, as the analytic counters do.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import cast
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from search_spaces import BlockConfig, get_family
-from supernets.layers import ConvBNAct, SqueezeExcite
+from search_spaces import KINDS, BlockConfig, get_family
+from search_spaces.errors import HwnasError
+from supernets.elastic_layers import ElasticBlock, ElasticFused, ElasticInvertedResidual, ElasticShuffle
+from supernets.layers import ConvBNAct, SqueezeExcite, channel_shuffle, split_even_odd
 
 
 class InvertedResidual(nn.Module):
     """mbv2 / mbv3 / effnet: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 linear project (+ identity).
 
     The expansion layer is skipped when the expand ratio is 1; the residual applies at stride 1 with
-    equal input and output widths (Sandler et al. 2018; Howard et al. 2019; Tan & Le 2019).
+    equal input and output widths unless the block says `noskip` (Sandler et al. 2018; Howard et al. 2019;
+    Tan & Le 2019).
     """
 
     def __init__(self, block: BlockConfig, in_channels: int) -> None:
         super().__init__()
-        fam = get_family(block.family)
-        mid = fam.mid_channels(in_channels, block.expand)
-        layers: list[nn.Module] = []
-        if block.expand != 1.0:
-            layers.append(ConvBNAct(in_channels, mid, 1, act=block.activation))
-        layers.append(ConvBNAct(mid, mid, block.kernel, block.stride, groups=mid, act=block.activation))
-        if block.se_ratio > 0:
-            squeeze = fam.se_channels(in_channels, mid, block.se_ratio)
-            layers.append(SqueezeExcite(mid, squeeze, fam.se_inner_act, fam.se_gate))
-        layers.append(ConvBNAct(mid, block.out_channels, 1))
-        self.body = nn.Sequential(*layers)
-        self.residual = block.stride == 1 and in_channels == block.out_channels
+        fam, act = get_family(block.family), block.activation
+        mid = block.mid_channels(in_channels)
+        self.expand = ConvBNAct(in_channels, mid, 1, act=act) if block.expand != 1.0 else None
+        self.dw = ConvBNAct(mid, mid, block.kernel, block.stride, groups=mid, act=act)
+        squeeze = block.squeeze_channels(in_channels)
+        self.se = SqueezeExcite(mid, squeeze, fam.se_inner_act, fam.se_gate) if squeeze else None
+        self.project = ConvBNAct(mid, block.out_channels, 1)
+        self.residual = block.has_residual(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        return x + out if self.residual else out
+        h = self.expand(x) if self.expand is not None else x
+        h = self.dw(h)
+        if self.se is not None:
+            h = self.se(h)
+        h = self.project(h)
+        return x + h if self.residual else h
+
+    @torch.no_grad()
+    def zero_init_residual(self) -> None:
+        if self.residual:
+            _zero_bn_scale(self.project)
 
 
 class FusedMBConv(nn.Module):
@@ -48,37 +60,41 @@ class FusedMBConv(nn.Module):
 
     def __init__(self, block: BlockConfig, in_channels: int) -> None:
         super().__init__()
-        fam = get_family(block.family)
-        mid = fam.mid_channels(in_channels, block.expand)
+        k, s, act, out = block.kernel, block.stride, block.activation, block.out_channels
+        self.expand: ConvBNAct | None = None
+        self.project: ConvBNAct | None = None
+        self.conv: ConvBNAct | None = None
         if block.expand != 1.0:
-            self.body: nn.Module = nn.Sequential(
-                ConvBNAct(in_channels, mid, block.kernel, block.stride, act=block.activation),
-                ConvBNAct(mid, block.out_channels, 1),
-            )
+            mid = block.mid_channels(in_channels)
+            self.expand = ConvBNAct(in_channels, mid, k, s, act=act)
+            self.project = ConvBNAct(mid, out, 1)
         else:
-            self.body = ConvBNAct(in_channels, block.out_channels, block.kernel, block.stride, act=block.activation)
-        self.residual = block.stride == 1 and in_channels == block.out_channels
+            self.conv = ConvBNAct(in_channels, out, k, s, act=act)
+        self.residual = block.has_residual(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        return x + out if self.residual else out
+        if self.conv is not None:
+            h = self.conv(x)
+        else:
+            assert self.expand is not None and self.project is not None
+            h = self.project(self.expand(x))
+        return x + h if self.residual else h
 
-
-def split_even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ShuffleNet's channel split in a width-independent order: (even channels, odd channels)."""
-    return x[:, 0::2], x[:, 1::2]
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    batch, channels, height, width = x.shape
-    x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2)
-    return x.reshape(batch, channels, height, width)
+    @torch.no_grad()
+    def zero_init_residual(self) -> None:
+        if self.residual:
+            last = self.conv if self.conv is not None else self.project
+            assert last is not None
+            _zero_bn_scale(last)
 
 
 class ShuffleV2Unit(nn.Module):
     """shufflev2 (Ma et al. 2018, Fig. 3): at stride 1 with equal widths, split the channels, transform one half
     (1x1 -> kxk depthwise -> 1x1), concatenate and shuffle. Otherwise both branches see the whole input:
     kxk depthwise -> 1x1 on the left, 1x1 -> kxk depthwise -> 1x1 on the right (the paper's stride-2 unit).
+
+    The right (transformed) branch has inner width `block.mid_channels` and output `block.branch_channels`; the
+    left branch, or the kept half of a split unit, gives the rest of the output.
 
     The split takes the odd channels to transform and keeps the even ones, and the 2-group shuffle puts every
     channel back where it was read from (kept at 2i, transformed at 2i+1). That is the paper's split and shuffle
@@ -89,21 +105,21 @@ class ShuffleV2Unit(nn.Module):
 
     def __init__(self, block: BlockConfig, in_channels: int) -> None:
         super().__init__()
-        branch = block.out_channels // 2
         k, s, act = block.kernel, block.stride, block.activation
-        self.split = block.stride == 1 and in_channels == block.out_channels
-        right_in = branch if self.split else in_channels
-        self.left: nn.Module | None = None
+        mid, branch = block.mid_channels(in_channels), block.branch_channels
+        self.split = block.is_split_unit(in_channels)
+        right_in = in_channels // 2 if self.split else in_channels
+        self.left: nn.Sequential | None = None
         if not self.split:
-            self.left = nn.Sequential(
-                ConvBNAct(in_channels, in_channels, k, s, groups=in_channels),
-                ConvBNAct(in_channels, branch, 1, act=act),
-            )
-        self.right = nn.Sequential(
-            ConvBNAct(right_in, branch, 1, act=act),
-            ConvBNAct(branch, branch, k, s, groups=branch),
-            ConvBNAct(branch, branch, 1, act=act),
-        )
+            self.left = nn.Sequential(OrderedDict(
+                dw=ConvBNAct(in_channels, in_channels, k, s, groups=in_channels),
+                pw=ConvBNAct(in_channels, block.out_channels - branch, 1, act=act),
+            ))
+        self.right = nn.Sequential(OrderedDict(
+            pw1=ConvBNAct(right_in, mid, 1, act=act),
+            dw=ConvBNAct(mid, mid, k, s, groups=mid),
+            pw2=ConvBNAct(mid, branch, 1, act=act),
+        ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.left is None:
@@ -113,6 +129,15 @@ class ShuffleV2Unit(nn.Module):
             out = torch.cat((self.left(x), self.right(x)), dim=1)
         return channel_shuffle(out, 2)
 
+    def zero_init_residual(self) -> None:
+        """Not residual: a split unit replaces the half it transforms, so zeroing it would not give the identity."""
+
+
+def _zero_bn_scale(layer: ConvBNAct) -> None:
+    norm = layer[1]
+    assert isinstance(norm, nn.BatchNorm2d)
+    norm.weight.zero_()
+
 
 @torch.no_grad()
 def zero_init_residual(block: nn.Module) -> None:
@@ -121,25 +146,38 @@ def zero_init_residual(block: nn.Module) -> None:
     (Goyal et al. 2017.) Deep stacks of freshly initialised blocks then pass their input through, which
     matters most in a supernet whose later stages must accept any earlier stage's family.
     """
-    if isinstance(block, (InvertedResidual, FusedMBConv)) and block.residual:
-        # The branch ends in a ConvBNAct; a fused block at expand 1 is a single one.
-        body = cast(nn.Sequential, block.body)
-        norm = (body if isinstance(body, ConvBNAct) else cast(nn.Sequential, body[-1]))[1]
-    else:  # ShuffleNet units replace the half they transform: zeroing it would not give the identity
-        return
-    assert isinstance(norm, nn.BatchNorm2d)
-    norm.weight.zero_()
+    init = getattr(block, "zero_init_residual", None)
+    if callable(init):
+        init()
 
 
-BLOCKS: dict[str, Callable[[BlockConfig, int], nn.Module]] = {
-    "mbv2": InvertedResidual,
-    "mbv3": InvertedResidual,
-    "effnet": InvertedResidual,
-    "fused": FusedMBConv,
-    "shufflev2": ShuffleV2Unit,
+@dataclass(frozen=True)
+class BlockKind:
+    """The torch implementations of one block kind: `static(block, in_channels)` builds a fixed block;
+    `elastic.from_stage(family, stage, in_widths, index)` builds a supernet slot holding shared weights."""
+
+    static: Callable[[BlockConfig, int], nn.Module]
+    elastic: type[ElasticBlock]
+
+
+#: One entry per `Family.kind`: a family of an existing kind needs nothing here.
+BLOCK_KINDS: dict[str, BlockKind] = {
+    "inverted_residual": BlockKind(InvertedResidual, ElasticInvertedResidual),
+    "fused": BlockKind(FusedMBConv, ElasticFused),
+    "shuffle": BlockKind(ShuffleV2Unit, ElasticShuffle),
 }
+
+
+def block_kind(family: str) -> BlockKind:
+    """The torch implementations of `family`'s kind."""
+    kind = get_family(family).kind
+    try:
+        return BLOCK_KINDS[kind]
+    except KeyError:
+        raise HwnasError(f"family {family} is of kind {kind!r}, which has no torch blocks; "
+                         f"kinds with blocks: {', '.join(k for k in KINDS if k in BLOCK_KINDS)}") from None
 
 
 def build_block(block: BlockConfig, in_channels: int) -> nn.Module:
     """The static module for `block` receiving `in_channels` channels."""
-    return BLOCKS[block.family](block, in_channels)
+    return block_kind(block.family).static(block, in_channels)

@@ -1,6 +1,9 @@
-"""Small torch layers shared by the blocks: activation factory, conv-BN-activation, squeeze-excitation."""
+"""Small torch layers shared by the blocks: activation factory, conv-BN-activation, squeeze-excitation,
+ShuffleNet's split and shuffle, and the walk that lists a model's layers by layer id."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -52,3 +55,32 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.mean((2, 3), keepdim=True)
         return x * self.gate(self.expand(self.act(self.reduce(scale))))
+
+
+def split_even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ShuffleNet's channel split in a width-independent order: (even channels, odd channels)."""
+    return x[:, 0::2], x[:, 1::2]
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2)
+    return x.reshape(batch, channels, height, width)
+
+
+#: What counts as one prunable / quantisable layer: a conv+BN(+act) unit, a bare conv (SE), a linear layer.
+LAYER_TYPES: tuple[type[nn.Module], ...] = (ConvBNAct, nn.Conv2d, nn.Linear)
+
+
+def layer_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Every layer of `model` in execution order as (layer id, module); the layer id is the submodule path.
+
+    A ConvBNAct is one layer (its conv is not listed again), so the ids are the ones the cost trace and the
+    plans use: `stem`, `s1.b0.expand`, `s1.b0.se.reduce`, `head`, `classifier`, ...
+    """
+    for name, child in model.named_children():
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, LAYER_TYPES):
+            yield path, child
+        else:
+            yield from layer_modules(child, path)

@@ -45,8 +45,9 @@ def test_inverted_residual_structure_follows_the_papers():
     residual = build_block(BlockConfig("effnet", 3, 6, 24, 1), 24)
     assert residual.residual
     # Activation after expansion and depthwise only; the projection is linear.
-    body = build_block(BlockConfig("mbv3", 3, 4, 24, 2, 0.0, "hswish"), 16).body
-    assert [type(layer[-1]).__name__ for layer in body] == ["Hardswish", "Hardswish", "BatchNorm2d"]
+    block = build_block(BlockConfig("mbv3", 3, 4, 24, 2, 0.0, "hswish"), 16)
+    assert [type(block.get_submodule(name)[-1]).__name__ for name in ("expand", "dw", "project")] == [
+        "Hardswish", "Hardswish", "BatchNorm2d"]
 
 
 def test_fused_mbconv_uses_one_conv_when_expand_is_one():
