@@ -2,7 +2,8 @@
 
 A key names one measurable piece of a network at batch 1 with everything a runtime fuses inside it
 (conv + BN + activation): the stem, one block (family, input H x W x C, output channels, expand ratio,
-kernel, stride, SE ratio, activation), or the head (1x1 conv, pool, optional hidden layer, classifier).
+kernel, stride, SE ratio, activation, and in `extra` its explicit widths, e.g. `m37-q8-noskip`), or the head
+(1x1 conv, pool, optional hidden layer, classifier).
 Network latency is predicted as the sum over its keys (plus a fitted network-level correction).
 
 `SpaceIndex` enumerates every (piece, input width, input size) a space can produce once, so a batch of
@@ -21,7 +22,7 @@ import numpy as np
 
 from latency_tables.counting import conv_out, stem_ops
 from search_spaces import ArchConfig, BlockConfig, HeadConfig, SearchSpace, StemConfig
-from search_spaces.codec import format_ratio
+from search_spaces.codec import explicit_tokens, format_ratio
 from search_spaces.errors import HwnasError
 
 KINDS = ("stem", "block", "head")
@@ -31,7 +32,9 @@ KEY_COLUMNS = ("kind", "family", "input", "out_channels", "expand", "kernel", "s
 
 @dataclass(frozen=True, order=True)
 class LutKey:
-    """One lookup-table row's identity. `extra` holds what only the stem or head has (maxpool; hidden, classes)."""
+    """One lookup-table row's identity. `extra` holds what only the stem or head has (maxpool; hidden, classes) and a
+    block's explicit widths (`m37-q8-b20-noskip`, in that order; empty for an on-grid block, so grid keys are
+    unchanged)."""
 
     kind: str
     family: str
@@ -85,8 +88,12 @@ class LutKey:
     def block_config(self) -> BlockConfig:
         if self.kind != "block":
             raise HwnasError(f"{self.to_str()} is a {self.kind}, not a block")
-        return BlockConfig(self.family, self.kernel, self.expand, self.out_channels, self.stride, se=self.se,
-                           act=self.act)
+        explicit = _explicit_widths(self.extra, self.to_str())
+        try:
+            return BlockConfig(self.family, self.kernel, self.expand, self.out_channels, self.stride, se=self.se,
+                               act=self.act, **explicit)
+        except HwnasError as err:
+            raise HwnasError(f"key {self.to_str()}: {err}") from None
 
     def stem_config(self) -> StemConfig:
         if self.kind != "stem":
@@ -101,6 +108,25 @@ class LutKey:
         return HeadConfig(self.out_channels, hidden, self.act), classes
 
 
+_EXPLICIT_TOKEN = re.compile(r"([mqb])([0-9]{1,9})|noskip")
+_EXPLICIT_FIELD = {"m": "mid", "q": "squeeze", "b": "branch"}
+
+
+def _explicit_widths(extra: str, where: str) -> dict[str, Any]:
+    """The explicit widths a block key's `extra` states (`m37-q8-b20-noskip`), as BlockConfig fields."""
+    found: dict[str, Any] = {}
+    for token in extra.split("-") if extra else ():
+        match = _EXPLICIT_TOKEN.fullmatch(token)
+        if not match:
+            raise HwnasError(f"key {where}: cannot read explicit width {token!r}; a block's extra is empty or "
+                             "tokens m<mid>, q<squeeze>, b<branch>, noskip joined by '-' (e.g. m37-q8-noskip)")
+        name = "noskip" if token == "noskip" else _EXPLICIT_FIELD[match.group(1)]
+        if name in found:
+            raise HwnasError(f"key {where}: explicit width {name} is given twice")
+        found[name] = True if name == "noskip" else int(match.group(2))
+    return found
+
+
 def stem_key(stem: StemConfig, in_channels: int, resolution: int) -> LutKey:
     return LutKey("stem", "stem", resolution, resolution, in_channels, stem.channels, 1.0, stem.kernel, stem.stride,
                   0.0, stem.act, "maxpool" if stem.maxpool else "")
@@ -112,7 +138,7 @@ def stem_out_size(stem: StemConfig, resolution: int) -> int:
 
 def block_key(block: BlockConfig, in_channels: int, size: int) -> LutKey:
     return LutKey("block", block.family, size, size, in_channels, block.out_channels, block.expand, block.kernel,
-                  block.stride, block.se_ratio, block.activation)
+                  block.stride, block.se_ratio, block.activation, "-".join(explicit_tokens(block)))
 
 
 def head_key(head: HeadConfig, in_channels: int, size: int, num_classes: int) -> LutKey:

@@ -18,7 +18,7 @@ from latency_tables.table import (
     kendall_tau,
     row_line,
 )
-from search_spaces import HwnasError, get_space
+from search_spaces import ArchConfig, HwnasError, get_space
 
 
 def test_space_index_ids_are_the_keys_of_each_architecture():
@@ -40,6 +40,26 @@ def test_key_round_trips_through_its_csv_row_and_names_bad_values():
         LutKey.from_row({**row, "input": "12x12"})
     with pytest.raises(HwnasError, match="kind 'layer'"):
         LutKey.from_row({**row, "kind": "layer"})
+
+
+def test_explicit_widths_make_their_own_key_and_round_trip():
+    pruned = ArchConfig.from_str("r32_i1_n10|stem_c16_k3_s2_relu|mbv3_k3_e4_m50_c16_s1_se0.25_q5_hswish_noskip,"
+                                 "shufflev2_k3_m20_b10_c24_s2|head_c64_relu")
+    keys, grid_keys = arch_keys(pruned), arch_keys(pruned.on_grid())
+    assert keys[0] == grid_keys[0] and keys[-1] == grid_keys[-1]
+    assert [k.extra for k in keys[1:3]] == ["m50-q5-noskip", "m20-b10"]
+    assert [k.extra for k in grid_keys[1:3]] == ["", ""]
+    assert keys[1].to_str() == "block:mbv3-16x16x16-c16-e4-k3-s1-se0.25-hswish-m50-q5-noskip"
+    assert grid_keys[1].to_str() == "block:mbv3-16x16x16-c16-e4-k3-s1-se0.25-hswish"
+    for key, block in zip(keys[1:3], [b for stage in pruned.stages for b in stage], strict=True):
+        assert LutKey.from_row({k: str(v) for k, v in key.to_row().items()}) == key
+        assert key.block_config() == block
+    assert key_summary(keys[1]) != key_summary(grid_keys[1])
+    row = {k: str(v) for k, v in keys[1].to_row().items()}
+    for extra, message in [("m50-x3", "cannot read explicit width 'x3'"), ("m5-m6", "mid is given twice"),
+                           ("b4", r"-b4: branch channels \(b4\) belong to ShuffleNet units")]:
+        with pytest.raises(HwnasError, match=message):
+            LutKey.from_row({**row, "extra": extra}).block_config()
 
 
 def fake_latency(key: LutKey) -> float:
@@ -117,7 +137,7 @@ def test_missing_or_foreign_table_files(tmp_path):
         LatencyTable.load(tmp_path / "nowhere")
     path = write_table(tmp_path / "t", get_space("small"))
     (path / "meta.json").write_text("{not json")
-    with pytest.raises(TableError, match="meta.json is not valid JSON"):
+    with pytest.raises(TableError, match="meta.json is not valid UTF-8 JSON"):
         LatencyTable.load(path)
 
 
