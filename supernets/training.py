@@ -28,11 +28,13 @@ from search_spaces import ArchConfig, SearchSpace, get_space
 from search_spaces.errors import HwnasError
 from search_spaces.families import block_revisions as all_block_revisions
 from search_spaces.families import changed_families
-from supernets.checkpoint import checkpoint_dir, load_checkpoint, read_meta, save_checkpoint
+from search_spaces.files import atomic_write_text
+from supernets.checkpoint import check_run_dir, checkpoint_dir, load_checkpoint, read_meta, save_checkpoint
 from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
 from supernets.data import Dataset, augment, batches, load_dataset
 from supernets.evaluation import evaluate_subnet
 from supernets.supernet import Supernet
+from supernets.threads import torch_threads
 
 
 def phase_arch(space: SearchSpace, rng: np.random.Generator, elastic: tuple[str, ...], largest: bool = True,
@@ -111,8 +113,7 @@ class SupernetTrainer:
 
     def _setup(self, resume: bool) -> None:
         cfg = self.config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        check_run_dir(self.run_dir)
         existing = checkpoint_dir(self.run_dir)
         if existing is not None and not resume:
             raise HwnasError(f"{self.run_dir} already holds a checkpoint; pass --resume to continue it or choose "
@@ -130,9 +131,11 @@ class SupernetTrainer:
         self.epoch, self.history = 0, list[dict[str, Any]]()
         if existing is not None:
             self._restore()
-        elif self.world.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.run_dir / "config.yaml", cfg.to_yaml())
+            return
+        if resume:
+            self.log(f"{self.run_dir} holds no checkpoint and no trace of training: starting at epoch 0")
+        if self.world.rank == 0:
+            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
@@ -148,6 +151,8 @@ class SupernetTrainer:
         self.rng.bit_generator.state = ckpt.rng["numpy"]
         self.gen.set_state(torch.tensor(ckpt.rng["torch"], dtype=torch.uint8))
         self.epoch, self.history = int(ckpt.meta["epoch"]), list(ckpt.meta["metrics"])
+        if self.world.rank == 0:  # the log agrees with the checkpoint: rows past it dropped, missing ones restored
+            write_train_log(self.run_dir, self.history)
         self.log(f"resumed {self.run_dir} after epoch {self.epoch} of {self.config.total_epochs}")
 
     @staticmethod
@@ -160,7 +165,12 @@ class SupernetTrainer:
 
     def run(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train to the end of the recipe (continuing from the last checkpoint with `resume`); return the log."""
-        self._setup(resume)
+        with torch_threads(self.config.threads):
+            self._setup(resume)
+            self._train()
+        return self.history
+
+    def _train(self) -> None:
         while self.epoch < self.config.total_epochs:
             index, phase, _ = _phase_at(self.config, self.epoch)
             if phase.name in ("kernel", "depth", "expand") and self.teacher is None:
@@ -170,7 +180,6 @@ class SupernetTrainer:
             started = time.perf_counter()
             loss = self._train_epoch(phase)
             self._end_epoch(index, phase, loss, time.perf_counter() - started)
-        return self.history
 
     def _train_epoch(self, phase: PhaseConfig) -> float:
         cfg, data = self.config, self.data
@@ -295,11 +304,15 @@ class SupernetTrainer:
                 "torch_version": torch.__version__, "block_revisions": block_revisions(self.space)}
         rng = {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state().tolist()}
         save_checkpoint(self.run_dir, meta, self.net, self.optimizer, self.teacher, rng)
-        with (self.run_dir / "train_log.jsonl").open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        write_train_log(self.run_dir, self.history)
         scores = (f"  largest {row['acc_largest']:.2%}  smallest {row['acc_smallest']:.2%}"
                   if "acc_largest" in row else "")
         self.log(f"epoch {self.epoch}/{cfg.total_epochs} [{phase.name}] loss {loss:.4f}{scores}  ({seconds:.0f} s)")
+
+
+def write_train_log(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Write `train_log.jsonl` (one JSON row per epoch) as a copy of the checkpoint's `metrics`, atomically."""
+    atomic_write_text(run_dir / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def train_alone(arch: ArchConfig, data: Dataset, config: TrainConfig, *, epochs: int, lr: float, seed: int = 0,
@@ -430,9 +443,3 @@ def arch_families(space: SearchSpace, arch: ArchConfig) -> tuple[int, ...]:
 
 def _at_resolution(arch: ArchConfig, resolution: int) -> ArchConfig:
     return ArchConfig(resolution, arch.in_channels, arch.num_classes, arch.stem, arch.stages, arch.head)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

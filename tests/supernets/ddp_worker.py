@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from supernets.training import SupernetTrainer
-from tests.supernets.test_training import quiet, tiny_config, tiny_digits
+from tests.supernets.tiny import quiet, tiny_config, tiny_digits
 
 
 def main(run_dir: str) -> None:

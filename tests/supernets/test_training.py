@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,30 +16,13 @@ from search_spaces import get_space
 from search_spaces.errors import HwnasError
 from supernets.checkpoint import checkpoint_dir, load_checkpoint
 from supernets.config import PhaseConfig, TrainConfig
-from supernets.data import Dataset, Split, load_dataset
+from supernets.data import load_dataset
 from supernets.evaluation import accuracy, recalibrate_bn, recalibration_images
 from supernets.supernet import Supernet
 from supernets.training import SupernetTrainer, load_run, load_supernet, phase_arch, run_config, run_dataset
-
-
-def tiny_digits(n_train: int = 96, n_val: int = 48) -> Dataset:
-    """A small, fixed subset of scikit-learn's 8x8 digits (resized to the space's 24-32 px on the fly)."""
-    full = load_dataset("digits", seed=0)
-    return replace(full, train=Split(full.train.images[:n_train], full.train.labels[:n_train]),
-                   val=Split(full.val.images[:n_val], full.val.labels[:n_val]))
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    base = dict(dataset="digits", batch_size=32, bn_recal_images=64, threads=1,
-                phases=(PhaseConfig("full", 1, 0.05), PhaseConfig("depth", 1, 0.02, subnets=2)))
-    return TrainConfig(**{**base, **overrides})
-
+from tests.supernets.tiny import quiet, tiny_config, tiny_digits
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 # ---------------------------------------------------------------------------------------------- recipes
@@ -146,10 +130,9 @@ def test_training_writes_checkpoints_logs_and_a_loadable_supernet(tmp_path):
         meta["metrics"][-1]["acc_largest"], abs=5e-6)  # stored to 5 decimals
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, trained_supernet):
     data = tiny_digits()
-    config = tiny_config()
-    SupernetTrainer(config, tmp_path / "straight", data=data, progress=False, log=quiet).run()
+    config = tiny_config()  # the recipe of the straight run, trained_supernet
 
     def interrupt(_: str) -> None:
         raise KeyboardInterrupt
@@ -160,7 +143,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     lines: list[str] = []
     SupernetTrainer(config, tmp_path / "cut", data=data, progress=False, log=lines.append).run(resume=True)
     assert lines[0].startswith("resumed") and "after epoch 1 of 2" in lines[0]
-    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "cut")
+    a, b = load_checkpoint(trained_supernet), load_checkpoint(tmp_path / "cut")
     timeless = [[{k: v for k, v in row.items() if k != "seconds"} for row in c.meta["metrics"]] for c in (a, b)]
     assert timeless[0] == timeless[1]
     assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
@@ -181,9 +164,8 @@ def test_existing_runs_are_never_overwritten_and_resume_needs_the_same_recipe(tm
     assert len(SupernetTrainer(config, tmp_path, data=data, progress=False, log=lines.append).run(resume=True)) == 1
 
 
-def test_a_damaged_checkpoint_is_refused_and_a_half_swapped_one_is_found(tmp_path):
-    SupernetTrainer(tiny_config(phases=(PhaseConfig("full", 1, 0.05),)), tmp_path, data=tiny_digits(),
-                    progress=False, log=quiet).run()
+def test_a_damaged_checkpoint_is_refused_and_a_half_swapped_one_is_found(tmp_path, trained_supernet):
+    shutil.copytree(trained_supernet, tmp_path, dirs_exist_ok=True)
     # An interruption between the two renames of the swap leaves only checkpoint.old: still found.
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
     assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint.old"
@@ -197,9 +179,9 @@ def test_a_damaged_checkpoint_is_refused_and_a_half_swapped_one_is_found(tmp_pat
         load_supernet(tmp_path / "elsewhere")
 
 
-def test_a_supernet_trained_for_an_older_block_is_refused(tmp_path):
-    config = tiny_config(phases=(PhaseConfig("full", 1, 0.05), PhaseConfig("full", 1, 0.05)))
-    SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run()
+def test_a_supernet_trained_for_an_older_block_is_refused(tmp_path, trained_supernet):
+    config = tiny_config()  # trained_supernet's recipe
+    shutil.copytree(trained_supernet, tmp_path, dirs_exist_ok=True)
     meta_file = tmp_path / "checkpoint" / "supernet.json"
     meta = json.loads(meta_file.read_text())
     assert meta["block_revisions"]["shufflev2"] == 2 and meta["block_revisions"]["mbv2"] == 1
@@ -265,18 +247,20 @@ def test_first_families_then_align_trains_only_what_each_phase_says(tmp_path):
 # ---------------------------------------------------------------------------------------------- run directories
 
 
-def test_one_loader_turns_a_run_directory_into_supernet_recipe_and_dataset(tmp_path):
-    config = tiny_config(phases=(PhaseConfig("full", 1, 0.05),), val_fraction=0.25, seed=3)
-    SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run()
-    run = load_run(tmp_path)
-    assert run.config == config and run.meta["epoch"] == 1 and run.run_dir == tmp_path
+def test_one_loader_turns_a_run_directory_into_supernet_recipe_and_dataset(tmp_path, trained_supernet):
+    run = load_run(trained_supernet)
+    assert run.config == tiny_config() and run.meta["epoch"] == 2 and run.run_dir == trained_supernet
     assert run.weights_sha256 == run.meta["weights_sha256"] and len(run.weights_sha256) == 64
     assert (run.net.space.name, run.net.space.num_classes) == ("small", 10) and not run.net.training
+    expected = load_dataset("digits", val_fraction=0.2, seed=0)
+    for data in (run.dataset(), run_dataset(trained_supernet), run_dataset(str(trained_supernet))):
+        assert data.name == "digits" and np.array_equal(data.val.labels, expected.val.labels)
+    assert run_config(trained_supernet) == tiny_config()
+    # The recorded split (validation fraction and seed) is the one loaded.
+    other = dict(run.meta, config={**run.meta["config"], "val_fraction": 0.25, "seed": 3})
     expected = load_dataset("digits", val_fraction=0.25, seed=3)
-    for data in (run.dataset(), run_dataset(run.meta), run_dataset(tmp_path), run_dataset(str(tmp_path))):
-        assert data.name == "digits" and len(data.val) == len(expected.val)
-        assert np.array_equal(data.val.labels, expected.val.labels)
-    assert run_config(tmp_path) == config
+    assert np.array_equal(run_dataset(other).val.labels, expected.val.labels)
+    assert len(expected.val) != len(run.dataset().val)
     # A data_path override reaches the loader (cifar10 needs one; a missing directory is named).
     cifar = dict(run.meta, config={**run.meta["config"], "dataset": "cifar10", "data_path": "/recorded/cifar"})
     with pytest.raises(HwnasError, match="/moved/cifar is not a directory"):

@@ -1,0 +1,60 @@
+"""Shared test fixtures and markers.
+
+- `trained_supernet` (session scope): the run directory of a supernet trained once per test session with
+  `tests.supernets.tiny.tiny_config()` on `tiny_digits()` (the `small` space, 1 input channel, 10 classes; one
+  `full` and one `depth` epoch, so it has a teacher and a 2-row log). Read it, never write into it: a test that
+  changes a run directory copies it first (`shutil.copytree(trained_supernet, tmp_path / "run")`).
+- marker `runtime`: a test that needs the runtime extra (onnxruntime, onnx, ai_edge_litert or tflite_runtime,
+  litert_torch); skipped with the missing package named where the extra is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+#: Modules the `runtime` marker needs; each entry is satisfied by any one of its alternatives.
+RUNTIME_MODULES = (("onnxruntime",), ("onnx",), ("ai_edge_litert", "tflite_runtime"), ("litert_torch",))
+
+
+def missing_runtime_modules(find=importlib.util.find_spec) -> list[str]:
+    """The runtime modules (or alternatives, joined by ' or ') that cannot be found."""
+    missing = []
+    for alternatives in RUNTIME_MODULES:
+        if not any(_importable(name, find) for name in alternatives):
+            missing.append(" or ".join(alternatives))
+    return missing
+
+
+def _importable(name: str, find) -> bool:
+    try:
+        return find(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "runtime: needs the runtimes extra (pip install -e \".[runtimes]\")")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = missing_runtime_modules()
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"needs {', '.join(missing)}: pip install -e \".[runtimes]\"")
+    for item in items:
+        if item.get_closest_marker("runtime") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def trained_supernet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained supernet's run directory (see the module docstring); shared, so read-only."""
+    from supernets.training import SupernetTrainer
+    from tests.supernets.tiny import quiet, tiny_config, tiny_digits
+
+    path = tmp_path_factory.mktemp("trained_supernet")
+    SupernetTrainer(tiny_config(), path, data=tiny_digits(), progress=False, log=quiet).run()
+    return path
