@@ -12,8 +12,6 @@ since the two compute different things.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import nn
 
@@ -23,11 +21,6 @@ from supernets.blocks import block_kind
 from supernets.elastic_layers import ACT_FUNCS, ElasticBlock, ElasticConvBN
 from supernets.layers import ConvBNAct
 from supernets.models import StaticNet, build_model
-
-
-def on_grid(arch: ArchConfig) -> ArchConfig:
-    """`arch` with every block's explicit widths dropped: the grid architecture it was pruned from."""
-    return replace(arch, stages=tuple(tuple(block.on_grid() for block in stage) for stage in arch.stages))
 
 
 class Supernet(nn.Module):
@@ -100,7 +93,7 @@ class Supernet(nn.Module):
         `arch` may state explicit widths (a pruned subnet): its grid projection must be in the space and each
         explicit width must fit the slot's weights; the leading channels are copied, as for a grid subnet.
         """
-        self.space.validate(on_grid(arch))
+        self.space.validate_parent(arch)
         sites = [(site, self._slot(site)) for site in arch.sites()]
         model = build_model(arch)
         model.stem.load_state_dict(self.stem.state_dict())

@@ -123,3 +123,95 @@ def test_shufflenet_stage_keeps_its_channel_order_across_depth_and_width():
     # The split units read the same (odd) channels at every width: the kept half stays put at width 24 too.
     assert torch.equal(stage(3, 24)[:, 0::2], full[:, 0:24:2])
     assert not torch.allclose(stage(3, 32)[:, 1::2], stage(1, 32)[:, 1::2])
+
+
+# A pruned subnet of the small space: explicit middle widths (m), SE squeeze (q), ShuffleNet branch (b) and a dropped
+# residual (noskip), on a grid architecture that is in the space.
+PRUNED = ("r32_i1_n10|stem_c16_k3_s2_hswish|mbv2_k5_e4_m40_c24_s1,mbv2_k3_e3_c24_s1_noskip|"
+          "mbv3_k3_e4_m50_c32_s2_se0.25_q12_relu,mbv3_k5_e2_c32_s1_se0.25_relu|"
+          "shufflev2_k3_m15_b22_c40_s2,shufflev2_k5_m9_c40_s1|effnet_k3_e3_m100_c64_s1,effnet_k3_e4_q7_c64_s1|"
+          "head_c256_hswish")
+
+
+def run_supernet(net, x, arch):
+    """The supernet's forward without its strict space check (which refuses explicit widths)."""
+    h = net.stem(x)
+    for index, blocks in enumerate(arch.stages):
+        h = net.stage_forward(h, index, blocks)
+    return net.head_forward(h, arch)
+
+
+def pinned(arch):
+    """`arch` with every width its blocks resolve to stated explicitly: off the grid, but the same network."""
+    from dataclasses import replace
+
+    from search_spaces import get_family
+
+    stages = [list(stage) for stage in arch.stages]
+    for site in arch.sites():
+        block, shuffle = site.block, get_family(site.block.family).kind == "shuffle"
+        widths = {"mid": block.mid_channels(site.in_channels)} if shuffle or block.expand != 1.0 else {}
+        if block.se_ratio:
+            widths["squeeze"] = block.squeeze_channels(site.in_channels)
+        if shuffle:
+            widths["branch"] = block.branch_channels
+        stages[site.stage][site.position] = replace(block, **widths)
+    return replace(arch, stages=tuple(tuple(stage) for stage in stages))
+
+
+def test_materialize_with_the_grid_widths_stated_explicitly_is_the_grid_subnet():
+    space, net = warmed("small")
+    rng = np.random.default_rng(3)
+    for arch in [space.extreme(True, (0, 0, 2, 1)), space.extreme(False, (1, 2, 1, 2))] + [
+            space.sample(rng) for _ in range(4)]:
+        explicit = pinned(arch)
+        assert explicit != arch and any(b.explicit for stage in explicit.stages for b in stage)
+        x = torch.randn(2, 1, arch.resolution, arch.resolution)
+        with torch.no_grad():
+            assert torch.equal(net.materialize(explicit).eval()(x), net.materialize(arch).eval()(x)), arch.to_str()
+
+
+def test_materialize_honours_explicit_widths_and_copies_the_leading_channels():
+    space, net = warmed("small")
+    arch = ArchConfig.from_str(PRUNED)
+    grid = net.materialize(arch.on_grid())
+    model = net.materialize(arch).eval()
+    # The declared widths are the module's widths.
+    assert model.s0.b0.expand[0].weight.shape == (40, 16, 1, 1)
+    assert model.s0.b0.project[0].weight.shape == (24, 40, 1, 1)
+    assert not model.s0.b1.residual and grid.s0.b1.residual
+    assert (model.s1.b0.se.reduce.out_channels, model.s1.b0.se.reduce.in_channels) == (12, 50)
+    assert model.s2.b0.left.pw[0].out_channels == 18 and model.s2.b0.right.pw2[0].out_channels == 22
+    assert model.s2.b0.right.dw[0].weight.shape == (15, 1, 3, 3)
+    assert model.s2.b1.right.pw1[0].weight.shape[:2] == (9, 20)
+    assert model.s3.b1.se.reduce.out_channels == 7
+    # Each is the leading part of the grid subnet's weights.
+    assert torch.equal(model.s0.b0.expand[0].weight, grid.s0.b0.expand[0].weight[:40])
+    assert torch.equal(model.s0.b0.project[0].weight, grid.s0.b0.project[0].weight[:, :40])
+    assert torch.equal(model.s1.b0.se.expand.weight, grid.s1.b0.se.expand.weight[:50, :12])
+    assert torch.equal(model.s2.b0.left.pw[0].weight, grid.s2.b0.left.pw[0].weight[:18])
+    right = net.stages[2]["shufflev2"][0].right  # wider than the grid unit's 20 channels: the slot's own weights
+    assert torch.equal(model.s2.b0.right.pw2[0].weight, right[2].conv.weight[:22, :15])
+    assert torch.equal(model.s2.b0.right.pw2[1].running_mean, right[2].bn.running_mean[:22])
+    assert torch.equal(model.s3.b0.dw[1].running_var, grid.s3.b0.dw[1].running_var[:100])
+    # And the elastic blocks run the same network.
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert (run_supernet(net, x, arch) - model(x)).abs().max().item() <= 1e-5
+
+
+def test_materialize_refuses_widths_the_supernet_does_not_hold():
+    space, net = warmed("small")
+    too_wide = PRUNED.replace("mbv2_k5_e4_m40_c24_s1", "mbv2_k5_e4_m65_c24_s1")
+    with pytest.raises(SpaceError, match=r"block s0\.b0 \(mbv2\) has middle channels \(m\) 65, .*at most 64"):
+        net.materialize(ArchConfig.from_str(too_wide))
+    squeeze = PRUNED.replace("_q12_", "_q25_")
+    with pytest.raises(SpaceError, match=r"block s1\.b0 \(mbv3\) has SE squeeze channels \(q\) 25, .*at most 24"):
+        net.materialize(ArchConfig.from_str(squeeze))
+    lopsided = PRUNED.replace("_b22_", "_b14_")  # the left branch would give 26 channels; its weights hold 24
+    with pytest.raises(SpaceError, match=r"block s2\.b0 \(shufflev2\) has left branch channels \(out - b\) 26, .*"
+                                         r"at most 24"):
+        net.materialize(ArchConfig.from_str(lopsided))
+    off_space = PRUNED.replace("mbv2_k5_e4_m40_c24_s1", "mbv2_k5_e6_m40_c24_s1")  # its grid block is not in the space
+    with pytest.raises(SpaceError, match="expand"):
+        net.materialize(ArchConfig.from_str(off_space))
