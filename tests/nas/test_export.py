@@ -15,29 +15,39 @@ import numpy as np
 import pytest
 import torch
 
+from latency_tables.convert import seeded
 from latency_tables.runtimes import Protocol
 from latency_tables.table import find_table
 from nas.export import (
     METRICS_FILE,
+    PARITY,
+    PARITY_TOLERANCE,
     SPEC_FILE,
     WEIGHTS_FILE,
+    ExportOptions,
+    ParityCriterion,
     ParityError,
     Provenance,
     SubnetError,
     SubnetSpec,
     check_parity,
     export_from_run,
+    export_model,
     export_subnet,
     latency_verdict,
     load_subnet,
     meets_constraint_measured,
+    parity_failures,
     remeasure,
 )
-from search_spaces import get_space
+from nas.export.prune import prune_model
+from search_spaces import ArchConfig, get_space
 from search_spaces.errors import HwnasError
+from search_spaces.plans import BitWidthPlan, PrunePlan, layer_groups
 from supernets.config import PhaseConfig
 from supernets.data import to_tensor
 from supernets.evaluation import recalibrate_bn, recalibration_images
+from supernets.models import build_model
 from supernets.training import SupernetTrainer, load_supernet
 from tests.supernets.test_training import quiet, tiny_config, tiny_digits
 
@@ -343,3 +353,162 @@ def test_an_export_failing_parity_is_not_published_unless_asked(run_dir, tmp_pat
     metrics = json.loads((path / METRICS_FILE).read_text())
     assert not metrics["parity"]["passed"] and metrics["latency"]["measured"]["ort-fp32"]["median_ms"] > 0
     assert metrics["parity"]["runtimes"]["ort-fp32"]["max_abs_diff"] == pytest.approx(1e-3, rel=0.05)
+
+
+# ------------------------------------------------------------------------------------- plans, precisions, publish
+
+#: Two MBConv blocks sharing one residual chain (s0.b0.project) and an mbv3 block with SE; digits-shaped.
+MBCONV = "r28_i1_n10|stem_c16_k3_s2_relu6|mbv2_k3_e2_c24_s2,mbv2_k3_e3_c24_s1|mbv3_k3_e2_c32_s2_se0.25_relu|" \
+         "head_c128_f64_relu6"
+
+
+def _reader_weight(model, layer):
+    module = model.get_submodule(layer)
+    conv = module[0] if isinstance(module, torch.nn.Sequential) else module
+    return None if getattr(conv, "groups", 1) > 1 else conv.weight
+
+
+def test_a_prune_plan_replays_on_a_fresh_model_keeping_the_parents_channels():
+    """Zeroing what reads a pruned channel makes the parent compute what the pruned model computes."""
+    arch = ArchConfig.from_str(MBCONV)
+    plan = PrunePlan(arch.key, {"s0.b0.expand": [0, 3, 5, 8, 13, 21], "s1.b0.se.reduce": [1, 2, 7],
+                                "s0.b0.project": list(range(0, 24, 2)), "hidden": list(range(40))})
+    parent = seeded(build_model(arch))
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    pruned = prune_model(parent, plan)
+    assert pruned.arch == plan.apply_to(arch) and pruned.arch.stages[0][0].mid == 6
+    assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())  # the parent is not changed
+    assert torch.equal(pruned.get_submodule("s0.b0.expand")[0].weight, before["s0.b0.expand.0.weight"][[0, 3, 5, 8,
+                                                                                                         13, 21]])
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(parent(x), pruned(x), atol=1e-3)
+        for layer, groups in layer_groups(arch).items():
+            weight = _reader_weight(parent, layer)
+            if weight is not None and groups.inputs in plan.keep:
+                dropped = [i for i in range(weight.shape[1]) if i not in plan.keep[groups.inputs]]
+                weight[:, dropped] = 0
+        assert torch.allclose(parent(x), pruned(x), atol=1e-5)
+
+
+def test_export_model_exports_a_pruned_static_model_with_its_plan(tmp_path):
+    arch, data = ArchConfig.from_str(MBCONV), tiny_digits()
+    plan = PrunePlan(arch.key, {"s0.b0.expand": list(range(0, 32, 2)), "s1.b0.se.reduce": [0, 5]})
+    model = prune_model(seeded(build_model(arch)), plan)
+    spec = SubnetSpec(model.arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0), prune_plan=plan)
+    path = export_model(model, spec, data, tmp_path, ExportOptions(runtimes=(("ort", "fp32"),), protocol=FAST))
+    assert path.name == spec.key != model.arch.key
+    assert json.loads((path / SPEC_FILE).read_text())["prune_plan"] == plan.to_dict()
+    loaded, got = load_subnet(path)
+    assert got.prune_plan == plan and got.arch == model.arch and got.key == spec.key
+    x = to_tensor(data.val.images, arch.resolution, data.mean, data.std)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert json.loads((path / METRICS_FILE).read_text())["parity"]["runtimes"]["ort-fp32"]["passed"]
+    with pytest.raises(HwnasError, match="export_model takes the static model of the spec's architecture"):
+        export_model(seeded(build_model(arch)), spec, data, tmp_path / "other")
+
+
+def test_int8_is_calibrated_on_training_images_and_judged_by_top1_agreement(run_dir, tmp_path, monkeypatch):
+    from latency_tables import convert
+
+    seen = []
+    original = convert.quantize_onnx
+
+    def spy(fp32_path, path, calibration):
+        seen.append([np.array(c) for c in calibration])
+        return original(fp32_path, path, calibration)
+
+    monkeypatch.setattr(convert, "quantize_onnx", spy)
+    net, _ = load_supernet(run_dir)
+    data, arch = tiny_digits(), the_arch()
+    path = export_subnet(net, arch, data, tmp_path, recal_images=RECAL, seed=3, runtimes=[("ort", "int8")],
+                         protocol=FAST, require_parity=False)
+    chosen = np.sort(np.random.default_rng(3).permutation(len(data.train))[:64])
+    want = to_tensor(data.train.images[chosen], arch.resolution, data.mean, data.std).numpy()
+    assert len(seen) == 1 and len(seen[0]) == 64 and all(c.shape == (1, 1, 24, 24) for c in seen[0])
+    assert np.array_equal(np.concatenate(seen[0]), want)
+    spec = SubnetSpec.load(path)
+    assert spec.models == (("ort", "int8"),) and spec.provenance.calibration_images == 64
+    assert set(spec.files) == {"model.safetensors", "model-int8.onnx"}
+    report = json.loads((path / METRICS_FILE).read_text())["parity"]["runtimes"]["ort-int8"]
+    assert report["criterion"] == {"min_top1_agreement": PARITY["int8"].min_top1_agreement, "max_abs_diff": None}
+    assert report["passed"] == (report["top1_agreement"] >= 0.97) and 0 < report["max_abs_diff"] < 1
+
+
+def test_parity_criteria_are_stated_per_precision():
+    assert PARITY["fp32"] == ParityCriterion(1.0, 1e-4) and PARITY_TOLERANCE == 1e-4
+    assert PARITY["fp16"].max_abs_diff is None and PARITY["fp16"].min_top1_agreement == 0.99
+    assert PARITY["int8"].max_abs_diff is None and PARITY["int8"].min_top1_agreement == 0.97
+    report = {"images": 100, "tolerance": 1e-4, "runtimes": {
+        "ort-int8": {"file": "model-int8.onnx", "passed": False, "top1_agreement": 0.95, "top1_differ": 5,
+                     "max_abs_diff": 0.4, "criterion": PARITY["int8"].to_dict()}}}
+    assert parity_failures(report) == ["model-int8.onnx (ort-int8): 5 of 100 validation images get another top-1 "
+                                       "class than PyTorch (agreement 95.00%, needs 97%)"]
+
+
+def test_a_bitwidth_plan_a_runtime_cannot_run_is_refused_naming_the_layer_and_runtime(tmp_path):
+    from nas.export.writer import _runtimes_for
+
+    arch, data = ArchConfig.from_str(MBCONV), tiny_digits()
+    mixed = BitWidthPlan({"s1.b0.se.reduce": "fp32"}, default="int8")
+    spec = SubnetSpec(arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0), bitwidth_plan=mixed)
+    with pytest.raises(HwnasError, match=r"runs layer s1.b0.se.reduce at fp32, but the ort model is int8: ort cannot "
+                                         r"export a mixed-precision plan yet"):
+        export_model(seeded(build_model(arch)), spec, data, tmp_path, ExportOptions(runtimes=(("ort", "int8"),)))
+    with pytest.raises(HwnasError, match=r"runs layer stem at int8, but the ort model is fp32"):
+        export_model(seeded(build_model(arch)), spec, data, tmp_path)
+    simulated = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="int8", simulated={"s0.b0.dw"}))
+    with pytest.raises(HwnasError, match=r"simulates layer s0.b0.dw's precision, which ort does not run natively"):
+        export_model(seeded(build_model(arch)), simulated, data, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    uniform = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="int8"))
+    assert _runtimes_for(uniform, ExportOptions()) == (("ort", "int8"), ("litert", "int8"))
+    fp16 = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="fp16"))
+    assert _runtimes_for(fp16, ExportOptions()) == (("litert", "fp16"),)
+
+
+def test_a_spec_with_plans_round_trips_and_its_key_covers_them():
+    arch = the_arch()
+    base = SubnetSpec(arch, "small", 0.1, 0.3, Provenance(None, "digits", 1, 10))
+    prune, bits = PrunePlan("0123456789ab", {"stem": [0, 1]}), BitWidthPlan(default="int8")
+    planned = dataclasses.replace(base, prune_plan=prune, bitwidth_plan=bits)
+    assert base.key == arch.key  # exports without plans keep their names
+    keys = {planned.key, dataclasses.replace(base, prune_plan=prune).key,
+            dataclasses.replace(base, bitwidth_plan=bits).key}
+    assert len(keys) == 3 and arch.key not in keys
+    data = json.loads(json.dumps(planned.to_dict()))
+    assert data["prune_plan"] == prune.to_dict() and data["bitwidth_plan"] == bits.to_dict()
+    assert SubnetSpec.from_dict(data) == planned
+    with pytest.raises(SubnetError, match="key .* is not the key of its architecture and plans"):
+        SubnetSpec.from_dict({**data, "key": arch.key})
+    bad = {**data, "bitwidth_plan": {**bits.to_dict(), "layers": {"stem": "int4"}}}
+    with pytest.raises(SubnetError, match=r"not a valid subnet spec: PlanError: .*'int4'; allowed: fp32, fp16, int8"):
+        SubnetSpec.from_dict(bad)
+    today = base.to_dict()  # spec.json as exports wrote it before plans and int8 calibration existed
+    del today["provenance"]["calibration_images"]
+    assert SubnetSpec.from_dict(json.loads(json.dumps(today))) == base
+    with pytest.raises(HwnasError, match="prune_plan must be a PrunePlan or None; got dict"):
+        dataclasses.replace(base, prune_plan=prune.to_dict())
+
+
+def test_publish_keeps_the_old_export_until_the_new_one_is_in_place(tmp_path):
+    from nas.export.writer import publish
+
+    def directory(name, text):
+        path = tmp_path / name
+        path.mkdir()
+        (path / SPEC_FILE).write_text(text)
+        return path
+
+    final = tmp_path / "abc"
+    directory("abc", "old")
+    publish(directory(".abc.1.tmp", "new"), final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abc"] and (final / SPEC_FILE).read_text() == "new"
+    # A publish cut off between its two renames leaves the old export aside as the only complete copy ...
+    final.rename(tmp_path / ".abc.old")
+    with pytest.raises(FileNotFoundError):
+        publish(tmp_path / ".abc.missing.tmp", final)  # ... and a failing publish still keeps it
+    assert (tmp_path / ".abc.old" / SPEC_FILE).read_text() == "new"
+    publish(directory(".abc.2.tmp", "newer"), final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abc"] and (final / SPEC_FILE).read_text() == "newer"
