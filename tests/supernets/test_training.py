@@ -271,3 +271,17 @@ def test_one_loader_turns_a_run_directory_into_supernet_recipe_and_dataset(tmp_p
         run_dataset(tmp_path / "elsewhere")
     with pytest.raises(HwnasError, match="has no training config"):
         run_config({"epoch": 1})
+
+
+def test_training_sets_torch_threads_only_while_it_runs(trained_supernet, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_supernet, run)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        seen: list[int] = []
+        SupernetTrainer(tiny_config(threads=1), run, data=tiny_digits(), progress=False,
+                        log=lambda _: seen.append(torch.get_num_threads())).run(resume=True)
+        assert seen == [1] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
