@@ -43,7 +43,7 @@ from nas.export import (
 from nas.export.prune import prune_model
 from search_spaces import ArchConfig, get_space
 from search_spaces.errors import HwnasError
-from search_spaces.plans import BitWidthPlan, PrunePlan, layer_groups
+from search_spaces.plans import BitWidthPlan, PrunePlan, channel_groups, layer_groups
 from supernets.config import PhaseConfig
 from supernets.data import to_tensor
 from supernets.evaluation import recalibrate_bn, recalibration_images
@@ -512,3 +512,13 @@ def test_publish_keeps_the_old_export_until_the_new_one_is_in_place(tmp_path):
     assert (tmp_path / ".abc.old" / SPEC_FILE).read_text() == "new"
     publish(directory(".abc.2.tmp", "newer"), final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc"] and (final / SPEC_FILE).read_text() == "newer"
+
+
+def test_halving_every_group_replays_on_every_family():
+    space, rng = get_space("small"), np.random.default_rng(2)
+    for arch in [space.extreme(True, (1, 2, 2, 2)), *(space.sample(rng) for _ in range(6))]:
+        plan = PrunePlan(arch.key, {g: list(range(0, w, 2)) for g, w in channel_groups(arch).items()})
+        pruned = prune_model(seeded(build_model(arch)), plan)
+        with torch.no_grad():
+            assert pruned(torch.zeros(2, 1, arch.resolution, arch.resolution)).shape == (2, 10)
+        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in build_model(arch).parameters())

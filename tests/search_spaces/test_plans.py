@@ -154,3 +154,17 @@ def test_the_module_imports_no_torch():
     code = "import sys, search_spaces.plans; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_layer_ids_are_the_cost_traces_and_the_static_modules():
+    import numpy as np
+
+    from latency_tables.counting import layer_ids
+    from supernets.models import build_model
+
+    for name in ("small", "imagenet"):
+        space, rng = get_space(name), np.random.default_rng(1)
+        for arch in (space.sample(rng) for _ in range(10)):
+            assert list(layer_groups(arch)) == list(layer_ids(arch))
+        model = build_model(arch)
+        assert all(model.get_submodule(layer) is not None for layer in layer_groups(arch))
