@@ -111,3 +111,52 @@ def test_fresh_residual_blocks_start_as_the_identity():
         block = build_block(block_from_str(text), 16)
         zero_init_residual(block)
         assert all(m.weight.abs().sum() > 0 for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)), text
+
+
+def test_explicit_middle_width_gives_the_stated_parameter_count():
+    from latency_tables.counting import analytic_cost
+    from supernets.layers import layer_modules
+
+    arch = ArchConfig.from_str("r28_i1_n10|stem_c16_k3_s2_relu6|mbv2_k3_e2_m37_c24_s1|head_c128_relu6")
+    # By hand (conv weights + BatchNorm scale and shift; the linear layer's weights + bias):
+    #   stem        3x3 conv 1 -> 16:          3*3*1*16 = 144   + BN 2*16 = 32   ->  176
+    #   s0.b0.expand 1x1 conv 16 -> 37 (m37):  16*37    = 592   + BN 2*37 = 74   ->  666
+    #   s0.b0.dw     3x3 depthwise on 37:      3*3*37   = 333   + BN 2*37 = 74   ->  407
+    #   s0.b0.project 1x1 conv 37 -> 24:       37*24    = 888   + BN 2*24 = 48   ->  936
+    #   (no residual: 16 -> 24 channels)
+    #   head        1x1 conv 24 -> 128:        24*128   = 3072  + BN 2*128 = 256 -> 3328
+    #   classifier  linear 128 -> 10:          128*10   = 1280  + bias 10        -> 1290
+    #   total 176 + 666 + 407 + 936 + 3328 + 1290 = 6803
+    model = build_model(arch)
+    assert n_params(model) == 6803
+    assert analytic_cost(arch).params == 6803
+    per_layer = {name: n_params(layer) for name, layer in layer_modules(model)}
+    assert per_layer == {"stem": 176, "s0.b0.expand": 666, "s0.b0.dw": 407, "s0.b0.project": 936, "head": 3328,
+                         "classifier": 1290}
+    assert not model.s0.b0.residual
+
+
+def test_block_children_are_named_by_layer_id_and_take_explicit_widths():
+    from search_spaces.codec import block_from_str
+    from supernets.layers import layer_modules
+
+    def layers(text, in_ch):
+        return {name: tuple(m[0].weight.shape if isinstance(m, torch.nn.Sequential) else m.weight.shape)
+                for name, m in layer_modules(build_block(block_from_str(text), in_ch))}
+
+    assert layers("mbv3_k3_e4_m50_c24_s1_se0.25_q12_relu_noskip", 24) == {
+        "expand": (50, 24, 1, 1), "dw": (50, 1, 3, 3), "se.reduce": (12, 50, 1, 1), "se.expand": (50, 12, 1, 1),
+        "project": (24, 50, 1, 1)}
+    assert layers("fused_k5_e3_m20_c16_s2", 8) == {"expand": (20, 8, 5, 5), "project": (16, 20, 1, 1)}
+    assert layers("fused_k3_e1_c16_s1", 8) == {"conv": (16, 8, 3, 3)}
+    # Two-branch unit: left gives out - b = 14 channels, right b = 10 through an inner width of m = 6.
+    assert layers("shufflev2_k3_m6_b10_c24_s2", 16) == {
+        "left.dw": (16, 1, 3, 3), "left.pw": (14, 16, 1, 1), "right.pw1": (6, 16, 1, 1), "right.dw": (6, 1, 3, 3),
+        "right.pw2": (10, 6, 1, 1)}
+    # Split unit: the right branch reads the 12 odd channels, inner width 5, and gives the other 12.
+    assert layers("shufflev2_k3_m5_c24_s1", 24) == {
+        "right.pw1": (5, 12, 1, 1), "right.dw": (5, 1, 3, 3), "right.pw2": (12, 5, 1, 1)}
+    assert build_block(block_from_str("shufflev2_k3_m6_b10_c24_s2"), 16)(torch.randn(1, 16, 8, 8)).shape == (
+        1, 24, 4, 4)
+    skip, noskip = (build_block(block_from_str(t), 24) for t in ("mbv2_k3_e2_c24_s1", "mbv2_k3_e2_c24_s1_noskip"))
+    assert skip.residual and not noskip.residual
