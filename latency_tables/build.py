@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from latency_tables.keys import LutKey, SpaceIndex
-from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime
+from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime, runtime_spec
 from latency_tables.table import (
     DeviceProfile,
     LatencyTable,
@@ -246,7 +246,7 @@ def _measure_keys(index: SpaceIndex, todo: list[LutKey], runtime: str, precision
                   out: Path, jobs: int, progress: bool) -> None:
     """Measure the keys still to do, appending a row to `out/table.csv` as each group finishes."""
     table_csv = out / "table.csv"
-    if runtime == "torch":  # nothing to convert: the model file is the key itself
+    if not runtime_spec(runtime).converter:  # nothing to convert: the model file is the key itself
         with tqdm(total=len(todo), desc="measure", disable=not progress, leave=False) as bar:
             for group in _chunks(todo, 32):
                 for key, m in zip(group, measure_targets(runtime, precision, group, protocol), strict=True):

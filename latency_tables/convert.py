@@ -1,8 +1,10 @@
 """Conversion of lookup-table pieces and whole networks to runtime files, and agreement checks.
 
 PyTorch -> ONNX (fp32; int8 through ONNX Runtime's static QDQ quantization with calibration data) and
-PyTorch -> TFLite with `litert-torch` (fp32, fp16 weights, full int8 through its PT2E quantizer). Every
-write is atomic (a temporary file renamed into place). Modules get seeded weights and non-trivial
+PyTorch -> TFLite with `litert-torch` (fp32, fp16 weights, full int8 through its PT2E quantizer): the converters
+the runtime registry (`runtimes.RUNTIMES`) names, reached through `export_model_file` (a whole network) and
+`export_for` (a lookup-table piece or a seeded network). Every write is atomic (a temporary file renamed into
+place). Modules get seeded weights and non-trivial
 BatchNorm statistics, which is all latency depends on.
 """
 
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from latency_tables.keys import LutKey
-from latency_tables.runtimes import RuntimeMissing, get_runtime
+from latency_tables.runtimes import RuntimeMissing, check_precision, get_runtime, runtime_spec
 from search_spaces import ArchConfig
 from search_spaces.codec import arch_from_str
 from search_spaces.errors import HwnasError
@@ -265,33 +267,57 @@ def _boundary_quantizer() -> Any:
 # ------------------------------------------------------------------------------------------- export
 
 
+def to_onnx(module: nn.Module, shape: Sequence[int], path: Path, precision: str,
+            calibration: Sequence[np.ndarray], piece: LutKey | None = None) -> Path:
+    """The ONNX Runtime converter (`RuntimeSpec.converter`): fp32 ONNX, or int8 QDQ calibrated on
+    `calibration`. An int8 lookup-table `piece` takes and gives its quantized tensors where a network's would
+    (`integer_io`: only the stem's input and the head's output are float inside a network)."""
+    if precision == "fp32":
+        return export_onnx(module, shape, path)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        fp32 = export_onnx(module, shape, Path(tmpdir) / "fp32.onnx")
+        int8 = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", calibration)
+        if piece is not None:
+            integer_io(int8, input_=piece.kind != "stem", output=piece.kind != "head")
+        with atomic_path(path) as tmp:
+            os.replace(int8, tmp)
+    return Path(path)
+
+
+def to_tflite(module: nn.Module, shape: Sequence[int], path: Path, precision: str,
+              calibration: Sequence[np.ndarray], piece: LutKey | None = None) -> Path:
+    """The LiteRT converter (`RuntimeSpec.converter`): `export_tflite` (int8 pieces and networks alike take and
+    give int8 tensors)."""
+    return export_tflite(module, shape, path, precision, calibration)
+
+
+def export_model_file(runtime: str, precision: str, module: nn.Module, shape: Sequence[int], path: Path,
+                      calibration: Sequence[np.ndarray] | None = None) -> Path:
+    """Convert a whole network (float input and output) to `runtime`'s model file at `precision`, with the
+    registry's converter; int8 is calibrated on `calibration` (NCHW float arrays; default: seeded random
+    inputs, a stand-in for real images). Returns the path."""
+    spec = runtime_spec(runtime)
+    check_precision(runtime, precision)
+    calibration = list(calibration) if calibration is not None else calibration_inputs(shape)
+    return spec.convert_function()(module.eval(), tuple(shape), Path(path), precision, calibration)
+
+
 def export_for(runtime: str, precision: str, target: LutKey | ArchConfig, path: Path, seed: int = 0,
                calibration: Sequence[np.ndarray] | None = None) -> Path:
-    """Write the runtime's model file for a piece or a network at `precision`; returns its path."""
+    """Write the runtime's model file for a lookup-table piece or a network (seeded weights) at `precision`;
+    returns its path. A runtime without a converter gets the target's JSON spec (`spec_of`)."""
     import json
 
-    shape = input_shape(target)
-    if runtime == "torch":
+    spec = runtime_spec(runtime)
+    check_precision(runtime, precision)
+    if not spec.converter:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(spec_of(target, seed)))
         return Path(path)
-    module = target_module(target, seed)
+    shape = input_shape(target)
     calibration = list(calibration) if calibration is not None else calibration_inputs(shape, seed=seed)
-    if runtime == "ort":
-        if precision == "fp32":
-            return export_onnx(module, shape, path)
-        with tempfile.TemporaryDirectory() as tmpdir:
-            fp32 = export_onnx(module, shape, Path(tmpdir) / "fp32.onnx")
-            int8 = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", calibration)
-            if isinstance(target, LutKey):  # inside a network only the stem's input and head's output are float
-                integer_io(int8, input_=target.kind != "stem", output=target.kind != "head")
-            with atomic_path(path) as tmp:
-                os.replace(int8, tmp)
-            return Path(path)
-    if runtime == "litert":
-        return export_tflite(module, shape, path, precision, calibration)
-    get_runtime(runtime)  # raises the unknown-runtime error
-    raise AssertionError
+    piece = target if isinstance(target, LutKey) else None
+    return spec.convert_function()(target_module(target, seed), shape, Path(path), precision, calibration, piece)
 
 
 def agreement(runtime: str, path: Path, module: nn.Module, inputs: Sequence[np.ndarray],

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from latency_tables.build import NETWORK_COLUMNS, network_line, unique_archs
 from latency_tables.keys import LutKey, SpaceIndex
-from latency_tables.runtimes import Measurement, Protocol, check_precision, get_runtime
+from latency_tables.runtimes import RUNTIMES, Measurement, Protocol, check_precision, get_runtime, runtime_spec
 from latency_tables.table import (
     DeviceProfile,
     LatencyTable,
@@ -47,8 +47,10 @@ def export_kit(space: SearchSpace, runtime: str, precision: str, out: Path, *, p
     """Write the kit for `space` on `runtime` at `precision` into `out`; return the manifest."""
     from latency_tables.convert import export_for, input_shape
 
-    if runtime == "torch":
-        raise TableError("a device kit runs without torch; choose --runtime ort or litert")
+    if not runtime_spec(runtime).kit:
+        kits = [name for name, spec in RUNTIMES.items() if spec.kit]
+        raise TableError(f"a device kit runs without torch, and the runner does not run {runtime!r}; choose "
+                         f"--runtime {' or '.join(kits)}")
     rt = get_runtime(runtime)
     check_precision(runtime, precision)
     protocol = protocol or Protocol()

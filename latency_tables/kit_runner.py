@@ -50,16 +50,18 @@ def random_input(shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def load_session(runtime, path, threads):
+def load_ort(path, threads):
     """(run on one input, a random input of the model's own shape and type, the runtime's version string)."""
-    if runtime == "ort":
-        import onnxruntime as ort
+    import onnxruntime as ort
 
-        session = ort_session(ort, path, threads)
-        inp = session.get_inputs()[0]
-        dtype = ORT_TYPES.get(inp.type, np.float32)
-        x = random_input(inp.shape, dtype)
-        return (lambda x: session.run(None, {inp.name: x})[0]), x, "onnxruntime " + ort.__version__
+    session = ort_session(ort, path, threads)
+    inp = session.get_inputs()[0]
+    x = random_input(inp.shape, ORT_TYPES.get(inp.type, np.float32))
+    return (lambda x: session.run(None, {inp.name: x})[0]), x, "onnxruntime " + ort.__version__
+
+
+def load_litert(path, threads):
+    """As `load_ort`, for a .tflite model (ai-edge-litert, or tflite_runtime where that is installed)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -79,6 +81,17 @@ def load_session(runtime, path, threads):
         return interpreter.get_tensor(out["index"])
 
     return run, x, version
+
+
+#: The runtimes the kit runs, by name (hwnas's registry marks them `kit=True`; a test checks they agree).
+LOADERS = {"ort": load_ort, "litert": load_litert}
+
+
+def load_session(runtime, path, threads):
+    """(run on one input, a random input of the model's own shape and type, the runtime's version string)."""
+    if runtime not in LOADERS:
+        sys.exit(f"this runner does not run {runtime!r} models (it runs {', '.join(LOADERS)})")
+    return LOADERS[runtime](path, threads)
 
 
 def time_model(run, x, warmup, runs):

@@ -2,18 +2,20 @@
 
 `Runtime` is the small interface: `version()`, `load(path) -> Session` (a callable on one numpy input), and
 `measure(path, input_shape, protocol) -> Measurement` (warm-up runs, then timed runs; median and IQR).
-Implementations: ONNX Runtime (CPU execution provider, `.onnx`), LiteRT (`ai-edge-litert`, falling back to
-`tflite_runtime`; `.tflite`) and PyTorch eager (`.json`: the lookup-table key or architecture a module is
-built from, with seeded weights). Runtime packages are imported lazily; a missing one raises
-`RuntimeMissing` naming what to install.
+`RUNTIMES` is the registry, one `RuntimeSpec` per runtime (suffix, package, precisions, loader, converter,
+conversion revisions, device-kit support): ONNX Runtime (CPU execution provider, `.onnx`), LiteRT
+(`ai-edge-litert`, falling back to `tflite_runtime`; `.tflite`) and PyTorch eager (`.json`: the lookup-table
+key or architecture a module is built from, with seeded weights). Runtime packages are imported lazily; a
+missing one raises `RuntimeMissing` naming what to install.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +120,24 @@ def time_session(session: Session, protocol: Protocol, seed: int = 0) -> Measure
 
 
 class Runtime:
-    """Base class: subclasses set `name`, `suffix`, `package` and implement `version` and `load`."""
+    """Loads and times one runtime's model files. Subclasses implement `version` and `load`; `spec` is the
+    runtime's registry entry (`RUNTIMES`), which names it and its file suffix and package."""
 
-    name = ""
-    suffix = ""
-    package = ""  # what to pip install
+    def __init__(self, spec: RuntimeSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def suffix(self) -> str:
+        return self.spec.suffix
+
+    @property
+    def package(self) -> str:
+        """What to pip install."""
+        return self.spec.package
 
     def version(self) -> str:
         raise NotImplementedError
@@ -167,8 +182,6 @@ def _missing(runtime: str, package: str) -> RuntimeMissing:
 
 class OrtRuntime(Runtime):
     """ONNX Runtime, CPU execution provider, sequential execution, all graph optimisations."""
-
-    name, suffix, package = "ort", ".onnx", "onnxruntime"
 
     def _ort(self) -> Any:
         try:
@@ -220,8 +233,6 @@ def litert_interpreter_class() -> tuple[Any, str]:
 class LiteRTRuntime(Runtime):
     """LiteRT (TFLite) interpreter with the default XNNPACK delegate."""
 
-    name, suffix, package = "litert", ".tflite", "ai-edge-litert"
-
     def version(self) -> str:
         return litert_interpreter_class()[1]
 
@@ -248,8 +259,6 @@ class LiteRTRuntime(Runtime):
 class TorchRuntime(Runtime):
     """PyTorch eager on the CPU. Its model file is a JSON spec (`{"key": ...}` or `{"arch": ...}`): the module
     is built from it with seeded weights, which is all latency depends on."""
-
-    name, suffix, package = "torch", ".json", "torch"
 
     def version(self) -> str:
         import torch
@@ -278,21 +287,82 @@ class TorchRuntime(Runtime):
             return super().measure_many(paths, protocol, seed)
 
 
-RUNTIMES: dict[str, type[Runtime]] = {"ort": OrtRuntime, "litert": LiteRTRuntime, "torch": TorchRuntime}
-#: Precisions each runtime's tables may be built at.
-PRECISIONS: dict[str, tuple[str, ...]] = {"ort": ("fp32", "int8"), "litert": ("fp32", "fp16", "int8"),
-                                          "torch": ("fp32",)}
+@dataclass(frozen=True, eq=False)
+class RuntimeSpec:
+    """One runtime's registry entry: everything hwnas knows about it, in one place.
+
+    Args:
+        suffix: its model files' suffix.
+        package: what to pip install for it.
+        precisions: the precisions its tables are built and its models exported at.
+        runtime: the `Runtime` class that loads and times its model files (torch-free, but for torch's own).
+        converter: `"module:function"` converting a torch module to its model file (looked up only when a model
+            is converted, so pricing and measuring stay torch-free); the signature is that of
+            `latency_tables.convert.to_onnx`. Empty when the model file is a JSON spec of a piece or network,
+            built into a module when loaded (the torch runtime).
+        revisions: revision of the conversion of lookup-table pieces per precision (1 where absent); a change
+            re-measures every key of that precision's tables.
+        kit: whether the torch-free device kit (`kit_runner.LOADERS`) runs it.
+    """
+
+    name: str
+    suffix: str
+    package: str
+    precisions: tuple[str, ...]
+    runtime: type[Runtime]
+    converter: str = ""
+    revisions: Mapping[str, int] = field(default_factory=dict)
+    kit: bool = False
+
+    def make(self) -> Runtime:
+        return self.runtime(self)
+
+    def revision(self, precision: str) -> int:
+        return int(self.revisions.get(precision, 1))
+
+    def convert_function(self) -> Callable[..., Path]:
+        """The converter from a torch module (imports it, and with it torch and the converter package)."""
+        if not self.converter:
+            raise HwnasError(f"runtime {self.name!r} has no converter from a torch module: its model file is a "
+                             f"spec of a lookup-table piece or architecture (latency_tables.convert.export_for)")
+        module, _, function = self.converter.partition(":")
+        return getattr(importlib.import_module(module), function)
 
 
-def get_runtime(name: str) -> Runtime:
+#: The registry: one entry per runtime.
+RUNTIMES: dict[str, RuntimeSpec] = {spec.name: spec for spec in (
+    # ort int8 revision 2: pieces take and give uint8 tensors, as inside a whole network (`convert.integer_io`).
+    RuntimeSpec("ort", ".onnx", "onnxruntime", ("fp32", "int8"), OrtRuntime, "latency_tables.convert:to_onnx",
+                {"int8": 2}, kit=True),
+    # litert int8 revision 2: strict export, so residual adds quantize; every piece's result is quantized
+    # (`convert._convert_int8`).
+    RuntimeSpec("litert", ".tflite", "ai-edge-litert", ("fp32", "fp16", "int8"), LiteRTRuntime,
+                "latency_tables.convert:to_tflite", {"int8": 2}, kit=True),
+    RuntimeSpec("torch", ".json", "torch", ("fp32",), TorchRuntime),
+)}
+#: Precisions each runtime's tables may be built at (from the registry).
+PRECISIONS: dict[str, tuple[str, ...]] = {name: spec.precisions for name, spec in RUNTIMES.items()}
+
+
+def runtime_spec(name: str) -> RuntimeSpec:
+    """The registry entry of runtime `name`; a `HwnasError` naming the registered ones otherwise."""
     try:
-        return RUNTIMES[name]()
+        return RUNTIMES[name]
     except KeyError:
         raise HwnasError(f"unknown runtime {name!r}; allowed: {', '.join(RUNTIMES)}") from None
 
 
+def get_runtime(name: str) -> Runtime:
+    return runtime_spec(name).make()
+
+
 def check_precision(runtime: str, precision: str) -> str:
-    allowed = PRECISIONS[get_runtime(runtime).name]
+    allowed = runtime_spec(runtime).precisions
     if precision not in allowed:
         raise HwnasError(f"runtime {runtime!r} has no precision {precision!r}; allowed: {', '.join(allowed)}")
     return precision
+
+
+def exportable() -> dict[str, tuple[str, ...]]:
+    """Runtimes a torch module converts to (`convert.export_model_file`), with their precisions."""
+    return {name: spec.precisions for name, spec in RUNTIMES.items() if spec.converter}

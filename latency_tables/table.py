@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from latency_tables.keys import KEY_COLUMNS, LutKey, SpaceIndex, arch_keys
+from latency_tables.runtimes import RUNTIMES
 from search_spaces import ArchConfig, SearchSpace
 from search_spaces.errors import HwnasError
 from search_spaces.families import block_revisions, changed_families
@@ -331,17 +332,13 @@ def fit_correction(raw_ms: Sequence[float] | np.ndarray, pieces: Sequence[int] |
             "networks": int(len(raw)), "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}
 
 
-#: Revision of the conversion of lookup-table pieces, per (runtime, precision); a change re-measures every key.
-#: ort int8 2: pieces take and give uint8 tensors, as they do inside a whole network (`convert.integer_io`).
-#: litert int8 2: strict export, so residual adds quantize; every piece's result is quantized (`convert._convert_int8`).
-CONVERSION_REVISIONS: dict[tuple[str, str], int] = {("ort", "int8"): 2, ("litert", "int8"): 2}
-
-
 def current_revisions(runtime: str, precision: str) -> dict[str, Any]:
     """What a table measured now is measured with: block revisions (`Family.revision`, those above 1) and
-    the piece conversion's revision. Stored in meta.json as `revisions`; a table without it is at revision 1."""
+    the piece conversion's revision (the runtime's registry entry, `RuntimeSpec.revisions`). Stored in meta.json
+    as `revisions`; a table without it is at revision 1."""
+    spec = RUNTIMES.get(runtime)
     return {"blocks": {f: r for f, r in block_revisions().items() if r != 1},
-            "conversion": CONVERSION_REVISIONS.get((runtime, precision), 1)}
+            "conversion": spec.revision(precision) if spec is not None else 1}
 
 
 def stale_parts(meta: dict[str, Any]) -> tuple[bool, list[str]]:
