@@ -22,9 +22,10 @@ complete, so a failed export leaves no directory that looks finished. `load_subn
 spec.json and model.safetensors alone. torch and the runtimes are imported only when needed: `import nas.export`
 is cheap.
 
-Modules, bottom up (each imports only those before it): `spec` (the spec, files, loading, errors), `parity`,
-`latency` (re-measurement and verdicts), `writer` (export_model, export_subnet, publishing), and `prune` (torch:
-a prune plan replayed on a model's weights).
+Modules, bottom up (each imports only `spec` and nothing sideways, but for `writer`, which uses them all): `spec`
+(the spec, files, loading, errors), `parity`, `latency` (re-measurement and verdicts), `runtime_models` (which
+runtime models, int8 calibration, conversion), `writer` (export_model, export_subnet, publishing); and `prune`
+(torch, not imported here: a prune plan replayed on a model's weights).
 """
 
 from nas.export.latency import (
@@ -34,6 +35,7 @@ from nas.export.latency import (
     remeasure_like_table,
 )
 from nas.export.parity import PARITY, PARITY_TOLERANCE, ParityCriterion, check_parity, parity_failures
+from nas.export.runtime_models import DEFAULT_RUNTIMES, EXPORT_PRECISIONS, calibration_inputs
 from nas.export.spec import (
     METRICS_FILE,
     METRICS_FORMAT,
@@ -49,15 +51,7 @@ from nas.export.spec import (
     model_file,
     read_metrics,
 )
-from nas.export.writer import (
-    DEFAULT_RUNTIMES,
-    EXPORT_PRECISIONS,
-    ExportOptions,
-    calibration_inputs,
-    export_from_run,
-    export_model,
-    export_subnet,
-)
+from nas.export.writer import ExportOptions, export_from_run, export_model, export_subnet
 
 __all__ = [
     "DEFAULT_RUNTIMES", "EXPORT_PRECISIONS", "METRICS_FILE", "METRICS_FORMAT", "PARITY", "PARITY_TOLERANCE",

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latency_tables.runtimes import RUNTIMES, Protocol, get_runtime
+from latency_tables.runtimes import Protocol, get_runtime
 from latency_tables.table import LatencyTable
 from nas.export.latency import latency_constraint, latency_report, measure, predictions
 from nas.export.parity import PARITY_TOLERANCE, compare, parity_failures
+from nas.export.runtime_models import DEFAULT_RUNTIMES, calibration_inputs, convert_model, runtimes_for
 from nas.export.spec import (
     METRICS_FORMAT,
     SPEC_FORMAT,
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
     from supernets.data import Dataset
     from supernets.supernet import Supernet
 
-#: What an export converts to by default: (runtime, precision).
-DEFAULT_RUNTIMES: tuple[tuple[str, str], ...] = (("ort", "fp32"), ("litert", "fp32"))
-#: Precisions each runtime's export supports.
-EXPORT_PRECISIONS: dict[str, tuple[str, ...]] = {"ort": ("fp32", "int8"), "litert": ("fp32", "fp16", "int8")}
 
 
 @dataclass(frozen=True)
@@ -83,50 +80,9 @@ def _hwnas_version() -> str:
         return "unknown"
 
 
-def _check_runtimes(runtimes: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    pairs = tuple((str(r), str(p)) for r, p in runtimes)
-    for runtime, precision in pairs:
-        if runtime not in EXPORT_PRECISIONS:
-            known = [r for r in RUNTIMES if r in EXPORT_PRECISIONS]
-            raise HwnasError(f"cannot export to runtime {runtime!r}; allowed: {', '.join(known)}")
-        if precision not in EXPORT_PRECISIONS[runtime]:
-            raise HwnasError(f"exporting {runtime} at precision {precision!r} is not supported; allowed: "
-                             f"{', '.join(EXPORT_PRECISIONS[runtime])}")
-    if len(set(pairs)) != len(pairs):
-        raise HwnasError(f"runtimes {pairs} name one (runtime, precision) twice")
-    return pairs
-
-
-def _runtimes_for(spec: SubnetSpec, options: ExportOptions) -> tuple[tuple[str, str], ...]:
-    """The runtime models to write, checked against the spec's bit-width plan: each runtime model runs every layer
-    at one precision, so a layer the plan puts at another precision (or simulates) is refused, naming both."""
-    plan = spec.bitwidth_plan
-    if options.runtimes is not None:
-        models = _check_runtimes(options.runtimes)
-    elif plan is not None and len(plan.used(spec.arch)) == 1:
-        (precision,) = plan.used(spec.arch)
-        models = tuple((r, precision) for r, allowed in EXPORT_PRECISIONS.items() if precision in allowed)
-    else:
-        models = DEFAULT_RUNTIMES
-    if plan is None:
-        return models
-    precisions = plan.precisions(spec.arch)
-    for runtime, precision in models:
-        for layer, wanted in precisions.items():
-            if wanted != precision:
-                raise HwnasError(f"the bit-width plan runs layer {layer} at {wanted}, but the {runtime} model is "
-                                 f"{precision}: {runtime} cannot export a mixed-precision plan yet (every layer of "
-                                 f"a model at one precision); give every layer one precision")
-        if plan.simulated:
-            layer = sorted(plan.simulated)[0]
-            raise HwnasError(f"the bit-width plan simulates layer {layer}'s precision, which {runtime} does not run "
-                             f"natively; {runtime} exports only layers at a precision it runs")
-    return models
-
-
 def _check_request(spec: SubnetSpec, data: Dataset, out_root: Path, options: ExportOptions) -> None:
     """Everything that can be refused before any work: runtimes, plan, data, tables, constraint, target."""
-    models = _runtimes_for(spec, options)
+    models = runtimes_for(spec, options.runtimes)
     check_data(spec.arch, data)
     for table in options.tables:
         table.check(space=spec.space)
@@ -149,29 +105,6 @@ def _check_request(spec: SubnetSpec, data: Dataset, out_root: Path, options: Exp
         raise SubnetError(f"{final} already exists; pass overwrite=True to replace it (nothing was changed)")
 
 
-def calibration_inputs(data: Dataset, arch: ArchConfig, n: int, seed: int) -> list[np.ndarray]:
-    """`n` training images of `data` (a seeded choice) at the architecture's resolution, normalised as the model's
-    input, one (1, C, H, W) array each: what int8 models are calibrated on."""
-    from supernets.evaluation import recalibration_images
-
-    x = recalibration_images(data, arch.resolution, n, seed).numpy()
-    return [x[i:i + 1] for i in range(len(x))]
-
-
-def _convert(model: nn.Module, spec: SubnetSpec, runtime: str, precision: str, path: Path,
-             calibration: Sequence[np.ndarray]) -> None:
-    from latency_tables import convert
-
-    if runtime == "ort" and precision == "int8":
-        with tempfile.TemporaryDirectory() as tmpdir:
-            fp32 = convert.export_onnx(model, spec.input_shape, Path(tmpdir) / "fp32.onnx")
-            convert.quantize_onnx(fp32, path, calibration)
-    elif runtime == "ort":
-        convert.export_onnx(model, spec.input_shape, path)
-    else:
-        convert.export_tflite(model, spec.input_shape, path, precision, calibration)
-
-
 def _write_files(model: nn.Module, spec: SubnetSpec, data: Dataset, tmp: Path, models: Sequence[tuple[str, str]],
                  options: ExportOptions, progress: Progress | None) -> SubnetSpec:
     """Weights and runtime models into `tmp`, then spec.json recording them; returns that spec."""
@@ -186,7 +119,7 @@ def _write_files(model: nn.Module, spec: SubnetSpec, data: Dataset, tmp: Path, m
     for runtime, precision in models:
         name = model_file(runtime, precision)
         say(progress, f"converting to {runtime} {precision} ({name})")
-        _convert(model, spec, runtime, precision, tmp / name, calibration)
+        convert_model(model, spec, runtime, precision, tmp / name, calibration)
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     provenance = dataclasses.replace(spec.provenance, calibration_images=len(calibration))
     spec = dataclasses.replace(spec, provenance=provenance, models=tuple(models), files=files)
@@ -230,7 +163,7 @@ def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: st
         raise HwnasError(f"export_model takes the static model of the spec's architecture {spec.arch.key} "
                          f"(build_model / Supernet.materialize); got a {type(model).__name__}")
     _check_request(spec, data, out_root, options)
-    models = _runtimes_for(spec, options)
+    models = runtimes_for(spec, options.runtimes)
     key = spec.key
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=out_root))

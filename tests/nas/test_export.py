@@ -448,7 +448,7 @@ def test_parity_criteria_are_stated_per_precision():
 
 
 def test_a_bitwidth_plan_a_runtime_cannot_run_is_refused_naming_the_layer_and_runtime(tmp_path):
-    from nas.export.writer import _runtimes_for
+    from nas.export.runtime_models import runtimes_for
 
     arch, data = ArchConfig.from_str(MBCONV), tiny_digits()
     mixed = BitWidthPlan({"s1.b0.se.reduce": "fp32"}, default="int8")
@@ -463,9 +463,9 @@ def test_a_bitwidth_plan_a_runtime_cannot_run_is_refused_naming_the_layer_and_ru
         export_model(seeded(build_model(arch)), simulated, data, tmp_path)
     assert list(tmp_path.iterdir()) == []
     uniform = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="int8"))
-    assert _runtimes_for(uniform, ExportOptions()) == (("ort", "int8"), ("litert", "int8"))
+    assert runtimes_for(uniform, None) == (("ort", "int8"), ("litert", "int8"))
     fp16 = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="fp16"))
-    assert _runtimes_for(fp16, ExportOptions()) == (("litert", "fp16"),)
+    assert runtimes_for(fp16, None) == (("litert", "fp16"),)
 
 
 def test_a_spec_with_plans_round_trips_and_its_key_covers_them():

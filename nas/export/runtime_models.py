@@ -1,0 +1,95 @@
+"""Which runtime models an export writes and how each is converted: the (runtime, precision) pairs asked for,
+checked against what each runtime exports and against the spec's bit-width plan, and int8 calibration on the
+dataset's training images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from latency_tables.runtimes import RUNTIMES
+from nas.export.spec import SubnetSpec
+from search_spaces import ArchConfig
+from search_spaces.errors import HwnasError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from supernets.data import Dataset
+
+#: What an export converts to by default: (runtime, precision).
+DEFAULT_RUNTIMES: tuple[tuple[str, str], ...] = (("ort", "fp32"), ("litert", "fp32"))
+#: Precisions each runtime's export supports.
+EXPORT_PRECISIONS: dict[str, tuple[str, ...]] = {"ort": ("fp32", "int8"), "litert": ("fp32", "fp16", "int8")}
+
+
+def check_runtimes(runtimes: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """`runtimes` as (runtime, precision) pairs; each a runtime and precision an export supports, none twice."""
+    pairs = tuple((str(r), str(p)) for r, p in runtimes)
+    for runtime, precision in pairs:
+        if runtime not in EXPORT_PRECISIONS:
+            known = [r for r in RUNTIMES if r in EXPORT_PRECISIONS]
+            raise HwnasError(f"cannot export to runtime {runtime!r}; allowed: {', '.join(known)}")
+        if precision not in EXPORT_PRECISIONS[runtime]:
+            raise HwnasError(f"exporting {runtime} at precision {precision!r} is not supported; allowed: "
+                             f"{', '.join(EXPORT_PRECISIONS[runtime])}")
+    if len(set(pairs)) != len(pairs):
+        raise HwnasError(f"runtimes {pairs} name one (runtime, precision) twice")
+    return pairs
+
+
+def runtimes_for(spec: SubnetSpec, runtimes: Sequence[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+    """The runtime models to write (`runtimes`; None: `DEFAULT_RUNTIMES`, or with a uniform bit-width plan every
+    runtime that exports the plan's precision), checked against the spec's bit-width plan: a runtime model runs
+    every layer at one precision, so a layer the plan puts at another precision (or simulates) is refused,
+    naming the layer and the runtime."""
+    plan = spec.bitwidth_plan
+    if runtimes is not None:
+        models = check_runtimes(runtimes)
+    elif plan is not None and len(plan.used(spec.arch)) == 1:
+        (precision,) = plan.used(spec.arch)
+        models = tuple((r, precision) for r, allowed in EXPORT_PRECISIONS.items() if precision in allowed)
+    else:
+        models = DEFAULT_RUNTIMES
+    if plan is None:
+        return models
+    precisions = plan.precisions(spec.arch)
+    for runtime, precision in models:
+        for layer, wanted in precisions.items():
+            if wanted != precision:
+                raise HwnasError(f"the bit-width plan runs layer {layer} at {wanted}, but the {runtime} model is "
+                                 f"{precision}: {runtime} cannot export a mixed-precision plan yet (every layer of "
+                                 f"a model at one precision); give every layer one precision")
+        if plan.simulated:
+            layer = sorted(plan.simulated)[0]
+            raise HwnasError(f"the bit-width plan simulates layer {layer}'s precision, which {runtime} does not run "
+                             f"natively; {runtime} exports only layers at a precision it runs")
+    return models
+
+
+def calibration_inputs(data: Dataset, arch: ArchConfig, n: int, seed: int) -> list[np.ndarray]:
+    """`n` training images of `data` (a seeded choice) at the architecture's resolution, normalised as the model's
+    input, one (1, C, H, W) array each: what int8 models are calibrated on."""
+    from supernets.evaluation import recalibration_images
+
+    x = recalibration_images(data, arch.resolution, n, seed).numpy()
+    return [x[i:i + 1] for i in range(len(x))]
+
+
+def convert_model(model: nn.Module, spec: SubnetSpec, runtime: str, precision: str, path: Path,
+                  calibration: Sequence[np.ndarray]) -> None:
+    """Write `model` as `runtime`'s model file at `precision` (int8 calibrated on `calibration`)."""
+    import tempfile
+
+    from latency_tables import convert
+
+    if runtime == "ort" and precision == "int8":
+        with tempfile.TemporaryDirectory() as tmpdir:
+            fp32 = convert.export_onnx(model, spec.input_shape, Path(tmpdir) / "fp32.onnx")
+            convert.quantize_onnx(fp32, path, calibration)
+    elif runtime == "ort":
+        convert.export_onnx(model, spec.input_shape, path)
+    else:
+        convert.export_tflite(model, spec.input_shape, path, precision, calibration)
