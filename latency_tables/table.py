@@ -20,7 +20,7 @@ import platform
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,7 @@ class LatencyTable:
     rows: dict[LutKey, tuple[float, float, int]]
     path: Path | None = None
     _cache: dict[SearchSpace, tuple[SpaceIndex, np.ndarray]] = field(default_factory=dict, repr=False)
+    _fits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------------------------------ files
 
@@ -270,38 +271,64 @@ class LatencyTable:
 
     def predict_archs(self, space: SearchSpace, archs: Sequence[ArchConfig],
                       estimate_missing: bool = False) -> Prediction:
+        """Predicted latencies of architectures: through gene rows when all are on `space`'s grid, else (some
+        have explicit widths, e.g. pruned) key by key, as `predict_arch`."""
+        if any(a.explicit for a in archs):
+            priced = [self._price_arch(a, estimate_missing) for a in archs]
+            return Prediction(np.array([p[0] for p in priced]), np.array([p[1] for p in priced], dtype=bool))
         genes = np.stack([space.to_genes(a) for a in archs]) if archs else np.zeros((0, len(space.genes)), int)
         return self.predict(space, genes, estimate_missing)
 
-    def predict_arch(self, arch: ArchConfig) -> float:
-        """One architecture from its keys (any space); raises on a missing key."""
-        missing = [k for k in arch_keys(arch) if k not in self.rows]
-        if missing:
-            raise TableError(f"table {self.table_id} lacks {len(missing)} key(s) of this architecture, e.g. "
-                             f"{missing[0].to_str()}")
-        keys = arch_keys(arch)
-        scale, per_piece, offset = self.correction
-        return scale * sum(self.rows[k][0] for k in keys) + per_piece * len(keys) + offset
+    def predict_arch(self, arch: ArchConfig, estimate_missing: bool = False) -> float:
+        """One architecture from its keys (any space). A key the table lacks raises a `TableError`, or with
+        `estimate_missing` is estimated (`estimate_key`; `predict_archs` flags such predictions)."""
+        return self._price_arch(arch, estimate_missing)[0]
 
-    def _estimates(self, space: SearchSpace) -> np.ndarray:
-        """Estimated medians of every key of `space` from a model fitted on this table's rows: per kind,
-        least squares on (1, MACs, memory access) in log space (latency grows sub-linearly for tiny pieces)."""
+    def _price_arch(self, arch: ArchConfig, estimate_missing: bool) -> tuple[float, bool]:
+        """(predicted latency in ms, whether any key was estimated) of one architecture."""
+        keys = arch_keys(arch)
+        missing = [k for k in keys if k not in self.rows]
+        if missing and not estimate_missing:
+            raise TableError(f"table {self.table_id} lacks {len(missing)} key(s) of this architecture, e.g. "
+                             f"{missing[0].to_str()}; finish the table with `hwnas lut build` (it resumes), or ask "
+                             f"for estimates (estimate_missing=True / --estimate-missing)")
+        parts = [self.rows[k][0] if k in self.rows else self.estimate_key(k) for k in keys]
+        scale, per_piece, offset = self.correction
+        return scale * sum(parts) + per_piece * len(keys) + offset, bool(missing)
+
+    def estimate_key(self, key: LutKey) -> float:
+        """Estimated median (ms) of a key the table lacks. A block with explicit widths (off the search grid, e.g.
+        pruned) whose grid block is measured: that measurement, scaled by the ratio of the two blocks' latencies
+        under this table's fitted model (`_fitted`), which follows MACs and memory access sub-linearly. Any other
+        key: the fitted model's value."""
         from latency_tables.analytic import key_summary
 
-        index, _ = self._values(space)
-        estimates = np.zeros(len(index.keys) + 1)
-        for kind in ("stem", "block", "head"):
+        fitted = np.exp(_features([key_summary(key)]) @ self._fitted(key.kind))[0]
+        grid = replace(key, extra="") if key.kind == "block" and key.extra else None
+        if grid is not None and grid in self.rows:
+            grid_fitted = np.exp(_features([key_summary(grid)]) @ self._fitted(key.kind))[0]
+            return float(self.rows[grid][0] * fitted / grid_fitted)
+        return float(fitted)
+
+    def _fitted(self, kind: str) -> np.ndarray:
+        """Coefficients of log(latency) ~ 1 + log(1 + MACs) + log(1 + memory access), fitted by least squares on
+        this table's measured keys of one kind (stem, block or head)."""
+        from latency_tables.analytic import key_summary
+
+        if kind not in self._fits:
             known = [(k, v[0]) for k, v in self.rows.items() if k.kind == kind]
-            wanted = [i for i, k in enumerate(index.keys) if k.kind == kind]
-            if not wanted:
-                continue
             if len(known) < 3:
                 raise TableError(f"table {self.table_id} has {len(known)} measured {kind} key(s); at least 3 are "
                                  f"needed to estimate missing ones")
             x = _features([key_summary(k) for k, _ in known])
-            coef, *_ = np.linalg.lstsq(x, np.log([v for _, v in known]), rcond=None)
-            estimates[wanted] = np.exp(_features([key_summary(index.keys[i]) for i in wanted]) @ coef)
-        return estimates
+            self._fits[kind], *_ = np.linalg.lstsq(x, np.log([v for _, v in known]), rcond=None)
+        return self._fits[kind]
+
+    def _estimates(self, space: SearchSpace) -> np.ndarray:
+        """Per-key medians of `space` with each key the table lacks estimated (`estimate_key`); last entry 0."""
+        index, values = self._values(space)
+        known = zip(index.keys, values[:-1], strict=True)
+        return np.array([self.estimate_key(k) if np.isnan(v) else v for k, v in known] + [0.0])
 
 
 def _features(summaries: list[tuple[int, int, int, int]]) -> np.ndarray:

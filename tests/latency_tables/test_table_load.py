@@ -10,6 +10,7 @@ import pytest
 from latency_tables.table import LatencyTable, TableError, shipped_tables
 
 TORCH_FREE = """
+import dataclasses
 import sys
 import numpy as np
 from latency_tables.table import LatencyTable, shipped_tables
@@ -25,6 +26,12 @@ batch = table.predict(space, genes, estimate_missing=True).latency_ms
 one = table.predict_arch(archs[0])
 many = table.predict_archs(space, archs).latency_ms
 assert np.all(batch > 0) and abs(one - batch[0]) < 1e-9 and np.allclose(many, batch), (batch, one, many)
+site = next(s for s in archs[0].sites() if s.block.expand > 1 and s.block.family != "shufflev2")
+stages = [list(stage) for stage in archs[0].stages]
+stages[site.stage][site.position] = dataclasses.replace(site.block, mid=site.block.mid_channels(site.in_channels) - 3)
+pruned = dataclasses.replace(archs[0], stages=tuple(tuple(stage) for stage in stages))
+estimate = table.predict_archs(space, [pruned], estimate_missing=True)
+assert estimate.estimated.tolist() == [True] and 0 < estimate.latency_ms[0] < one, (estimate, one)
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
 
