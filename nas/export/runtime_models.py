@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 #: What an export converts to by default: (runtime, precision).
 DEFAULT_RUNTIMES: tuple[tuple[str, str], ...] = (("ort", "fp32"), ("litert", "fp32"))
-#: Precisions each runtime's export supports.
-EXPORT_PRECISIONS: dict[str, tuple[str, ...]] = {"ort": ("fp32", "int8"), "litert": ("fp32", "fp16", "int8")}
+#: Precisions each runtime's export supports: every registered runtime that converts a torch module, at its
+#: precisions (`latency_tables.runtimes.RUNTIMES`).
+EXPORT_PRECISIONS: dict[str, tuple[str, ...]] = {name: entry.precisions for name, entry in RUNTIMES.items()
+                                                 if entry.converter}
 
 
 def check_runtimes(runtimes: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -80,16 +82,8 @@ def calibration_inputs(data: Dataset, arch: ArchConfig, n: int, seed: int) -> li
 
 def convert_model(model: nn.Module, spec: SubnetSpec, runtime: str, precision: str, path: Path,
                   calibration: Sequence[np.ndarray]) -> None:
-    """Write `model` as `runtime`'s model file at `precision` (int8 calibrated on `calibration`)."""
-    import tempfile
+    """Write `model` as `runtime`'s model file at `precision` with the registry's converter (int8 calibrated on
+    `calibration`)."""
+    from latency_tables.convert import export_model_file
 
-    from latency_tables import convert
-
-    if runtime == "ort" and precision == "int8":
-        with tempfile.TemporaryDirectory() as tmpdir:
-            fp32 = convert.export_onnx(model, spec.input_shape, Path(tmpdir) / "fp32.onnx")
-            convert.quantize_onnx(fp32, path, calibration)
-    elif runtime == "ort":
-        convert.export_onnx(model, spec.input_shape, path)
-    else:
-        convert.export_tflite(model, spec.input_shape, path, precision, calibration)
+    export_model_file(runtime, precision, model, spec.input_shape, path, calibration)
