@@ -49,7 +49,7 @@ def main() -> None:
     from latency_tables.build import measure_targets
     from latency_tables.runtimes import Protocol
     from latency_tables.table import find_table
-    from nas.differentiable import DifferentiableSearch
+    from nas.strategies.differentiable import DifferentiableSearch
     from search_spaces import ArchConfig
     from supernets.config import TrainConfig
     from supernets.data import load_dataset
@@ -104,8 +104,8 @@ def main() -> None:
     inside = sum(abs(e) <= 0.10 for e in errors)
     archs = "\n".join(f"- {form}, seed {seed}: `{r.arch}`" for (form, seed), r in results.items())
     body = f"""
-`nas.differentiable.DifferentiableSearch` on `{Path(args.run_dir).name}` (mnist5k), {args.epochs} epochs over the
-weights' 80% of the training split (one theta step on the other 20% after every weight step), default options,
+`nas.strategies.differentiable.DifferentiableSearch` on `{Path(args.run_dir).name}` (mnist5k), {args.epochs} epochs
+over the weights' 80% of the training split (one theta step on the other 20% after every weight step), default options,
 aiming at **{target:.4f} ms**: the median table latency of 1,000 random subnets on `{table.table_id}`.
 Measured: the derived architecture exported to ONNX and timed end to end on ONNX Runtime fp32, 1 thread, batch 1
 ({protocol.warmup} warm-up + {protocol.runs} runs per round, {protocol.repeats} rounds, lowest round median).

@@ -68,7 +68,7 @@ def main() -> None:
     cache = run_dir / "accuracy_cache.json"
     if args.cache and not cache.exists():
         cache.write_text(Path(args.cache).read_text())
-    evaluator = SupernetEvaluator(args.supernet, cache_path=cache, threads=args.threads)
+    evaluator = SupernetEvaluator.from_run(args.supernet, cache_path=cache, threads=args.threads)
     space = evaluator.space
     table = resolve_table(args.table, space.name)
     costs = CostEvaluator(space, [table])

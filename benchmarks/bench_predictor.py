@@ -85,12 +85,12 @@ def measurement_reliability(supernet: str, genes: object, accuracy: object) -> s
     from nas.evaluators import SupernetEvaluator
     from supernets.data import Split
 
-    full = SupernetEvaluator(supernet, threads=1)
+    full = SupernetEvaluator.from_run(supernet, threads=1)
     data = full.data
     half = len(data.val) // 2
     halves = [replace(data, val=Split(data.val.images[part], data.val.labels[part]))
               for part in (slice(None, half), slice(half, None))]
-    a, b = (SupernetEvaluator(supernet, data=d, threads=1).accuracy(genes) for d in halves)  # type: ignore[arg-type]
+    a, b = (SupernetEvaluator.from_run(supernet, data=d, threads=1).accuracy(genes) for d in halves)  # type: ignore[arg-type]
     return (f"Reliability of the labels: the {len(a)} held-out subnets measured again on each half of the validation "
             f"set ({half} images each) rank alike with Kendall tau {kendall_tau(a, b):.3f} (one half against the "
             f"full measurement, which shares it: {kendall_tau(a, accuracy):.3f}).")

@@ -86,74 +86,59 @@ def supernet_space(run_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
 
 
 class SupernetEvaluator:
-    """Validation accuracy of subnets taken from a trained supernet (`hwnas supernet train` run directory),
-    each after BatchNorm recalibration on `recal_images` training images (the recipe's setting by default),
-    on the first `val_images` validation images (all by default). Results are cached by architecture key, in
+    """Validation accuracy of subnets taken from a trained supernet, each after BatchNorm recalibration on
+    `recal_images` training images, on `data`'s validation split. Results are cached by architecture key, in
     memory and, with `cache_path`, in a JSON file tied to the supernet's weights (sha256), written atomically:
-    a search that resumes does not evaluate a subnet twice. Needs torch (imported when constructed)."""
+    a search that resumes does not evaluate a subnet twice. `from_run` loads all of it from a run directory;
+    the constructor reads nothing. Torch runs with `threads` threads during an evaluation (None: as it is)."""
 
-    def __init__(self, run_dir: str | Path, *, data: Any = None, val_images: int | None = None,
-                 recal_images: int | None = None, cache_path: str | Path | None = None,
+    def __init__(self, net: Any, data: Any, *, recal_images: int, seed: int, weights_sha256: str = "",
+                 cache: dict[str, float] | None = None, cache_path: str | Path | None = None,
                  threads: int | None = None) -> None:
-        import torch
-
-        from supernets.config import TrainConfig
-        from supernets.data import Split, load_dataset
-        from supernets.training import load_supernet
-
-        self.net, meta = load_supernet(run_dir)
-        self.space = self.net.space
-        config = TrainConfig.from_dict(meta["config"])
-        if data is None:
-            data = load_dataset(config.dataset, config.data_path, val_fraction=config.val_fraction, seed=config.seed)
-        if val_images is not None:
-            if val_images < 1:
-                raise HwnasError(f"val_images must be at least 1 (got {val_images})")
-            data = replace(data, val=Split(data.val.images[:val_images], data.val.labels[:val_images]))
-        self.data, self.seed = data, config.seed
-        self.recal_images = recal_images if recal_images is not None else config.bn_recal_images
-        self.weights_sha256 = str(meta.get("weights_sha256", ""))
-        self.settings = {"weights_sha256": self.weights_sha256, "val_images": len(data.val),
-                         "recal_images": self.recal_images, "dataset": data.name}
+        self.net, self.space, self.data, self.seed = net, net.space, data, seed
+        self.recal_images, self.weights_sha256, self.threads = recal_images, weights_sha256, threads
+        self.settings = cache_settings(weights_sha256, data, recal_images)
         self.cache_path = Path(cache_path) if cache_path is not None else None
-        self.cache: dict[str, float] = self._read_cache()
+        self.cache: dict[str, float] = dict(cache or {})
         self.evaluated = 0  # subnets evaluated (not taken from the cache) by this evaluator
-        self._threads = threads or config.threads or torch.get_num_threads()
 
-    def _read_cache(self) -> dict[str, float]:
-        if self.cache_path is None or not self.cache_path.is_file():
-            return {}
-        try:
-            stored = json.loads(self.cache_path.read_text(encoding="utf-8"))
-            accuracy = {str(k): float(v) for k, v in stored["accuracy"].items()}
-            settings = stored["settings"]
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise HwnasError(f"accuracy cache {self.cache_path} is corrupt ({err}); move it away to start a new "
-                             f"one") from None
-        if settings != self.settings:
-            raise HwnasError(f"accuracy cache {self.cache_path} was made with {settings}, not {self.settings} "
-                             f"(another supernet or evaluation setting); give another cache path")
-        return accuracy
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, data: Any = None, val_images: int | None = None,
+                 recal_images: int | None = None, cache_path: str | Path | None = None,
+                 threads: int | None = None) -> SupernetEvaluator:
+        """The evaluator of a `hwnas supernet train` run directory: its supernet and dataset (or `data`), the
+        first `val_images` validation images (all by default), the recipe's BN recalibration images unless
+        `recal_images`, the recipe's threads unless `threads`, and the accuracies cached in `cache_path`."""
+        from supernets.data import Split
+        from supernets.training import load_run
+
+        if val_images is not None and val_images < 1:
+            raise HwnasError(f"val_images must be at least 1 (got {val_images})")
+        run = load_run(run_dir)
+        data = data if data is not None else run.dataset()
+        if val_images is not None:
+            data = replace(data, val=Split(data.val.images[:val_images], data.val.labels[:val_images]))
+        recal = recal_images if recal_images is not None else run.config.bn_recal_images
+        cache = read_cache(cache_path, cache_settings(run.weights_sha256, data, recal))
+        return cls(run.net, data, recal_images=recal, seed=run.config.seed, weights_sha256=run.weights_sha256,
+                   cache=cache, cache_path=cache_path, threads=threads or run.config.threads or None)
 
     def _write_cache(self) -> None:
         if self.cache_path is None:
             return
-        from latency_tables.table import atomic_write
+        from search_spaces.files import atomic_write_text
 
-        atomic_write(self.cache_path, json.dumps({"settings": self.settings, "accuracy": self.cache}, indent=1))
+        atomic_write_text(self.cache_path, json.dumps({"settings": self.settings, "accuracy": self.cache}, indent=1))
 
     def accuracy(self, genes: np.ndarray) -> np.ndarray:
         """Accuracy (a fraction) of each gene row's subnet."""
-        import torch
-
         from supernets.evaluation import evaluate_subnet
+        from supernets.threads import torch_threads
 
         genes = self.space.canonical_genes(genes)
         out = np.empty(len(genes))
         fresh = False
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self._threads)
-        try:
+        with torch_threads(self.threads):
             for i, row in enumerate(genes):
                 arch = self.space.from_genes(row)
                 if arch.key not in self.cache:
@@ -162,11 +147,32 @@ class SupernetEvaluator:
                     self.evaluated += 1
                     fresh = True
                 out[i] = self.cache[arch.key]
-        finally:
-            torch.set_num_threads(previous)
         if fresh:
             self._write_cache()
         return out
 
     def columns(self, genes: np.ndarray) -> dict[str, np.ndarray]:
         return {"accuracy": self.accuracy(genes)}
+
+
+def cache_settings(weights_sha256: str, data: Any, recal_images: int) -> dict[str, Any]:
+    """What an accuracy cache is valid for: the weights, the validation images, the recalibration."""
+    return {"weights_sha256": weights_sha256, "val_images": len(data.val), "recal_images": recal_images,
+            "dataset": data.name}
+
+
+def read_cache(path: str | Path | None, settings: dict[str, Any]) -> dict[str, float]:
+    """The accuracies cached in `path` (none if there is no file); a `HwnasError` when the file is corrupt or was
+    made with other `settings`."""
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+        accuracy = {str(k): float(v) for k, v in stored["accuracy"].items()}
+        made_with = stored["settings"]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise HwnasError(f"accuracy cache {path} is corrupt ({err}); move it away to start a new one") from None
+    if made_with != settings:
+        raise HwnasError(f"accuracy cache {path} was made with {made_with}, not {settings} (another supernet or "
+                         f"evaluation setting); give another cache path")
+    return accuracy

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from latency_tables.table import kendall_tau
+from nas.optim import Adam
 from search_spaces import SearchSpace
 from search_spaces.errors import HwnasError
 
@@ -80,9 +81,7 @@ class AccuracyPredictor:
         self.mean, self.std = float(y.mean()), float(y.std()) or 1.0
         target = (y - self.mean) / self.std
         rng = np.random.default_rng(self.seed + 1)
-        params = self.weights + self.biases
-        moments = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
-        step = 0
+        adam = Adam(self.weights + self.biases, lr)
         for _ in range(epochs):
             order = rng.permutation(len(x))
             for start in range(0, len(x), batch_size):
@@ -95,14 +94,7 @@ class AccuracyPredictor:
                     grads_b.append(grad.sum(axis=0))
                     if layer:
                         grad = (grad @ self.weights[layer].T) * (acts[layer] > 0)
-                grads = grads_w[::-1] + grads_b[::-1]
-                step += 1
-                for p, g, m, v in zip(params, grads, *moments, strict=True):  # Adam
-                    m *= 0.9
-                    m += 0.1 * g
-                    v *= 0.999
-                    v += 0.001 * g * g
-                    p -= lr * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+                adam.step(grads_w[::-1] + grads_b[::-1])
         rmse = float(np.sqrt(np.mean((self.predict(genes) - measured) ** 2)))
         self.figures = {"train_rmse": rmse, "train_size": len(y), "epochs": epochs, "weight_decay": weight_decay}
         return {"train_rmse": rmse}
@@ -115,17 +107,15 @@ class AccuracyPredictor:
 
     def save(self, directory: str | Path) -> Path:
         """Write predictor.npz and predictor.json into `directory` (atomically); returns the directory."""
-        from latency_tables.table import atomic_write
+        from search_spaces.files import atomic_path, atomic_write_text
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         arrays = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
-        tmp = directory / ".predictor.tmp.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(directory / "predictor.npz")
+        with atomic_path(directory / "predictor.npz") as tmp:
+            np.savez(tmp, **arrays)
         meta = {"format": FORMAT, "space": self.space.to_dict(), "hidden": list(self.hidden), "seed": self.seed,
                 "target": self.target, "mean": self.mean, "std": self.std, "figures": self.figures}
-        atomic_write(directory / "predictor.json", json.dumps(meta, indent=1))
+        atomic_write_text(directory / "predictor.json", json.dumps(meta, indent=1))
         return directory
 
     @classmethod

@@ -34,7 +34,7 @@ import numpy as np
 
 from nas.evaluators import CostEvaluator
 from nas.objectives import Columns, Constraint, Objective, hypervolume, minimised
-from nas.strategies import get_strategy
+from nas.strategies import get_strategy, strategy_config
 from nas.strategies.base import Strategy, rank_rows
 from nas.study import history, open_study, record
 from search_spaces import SearchSpace
@@ -56,9 +56,11 @@ class SearchSettings:
     seed: int = 0
     worker: int = 0
     picks: int = 5  # how many to pick (and, with a predictor, to measure at the end)
-    options: dict[str, Any] = field(default_factory=dict)  # strategy options
+    options: Any = field(default_factory=dict)  # the strategy's options: its config object, or them by name
+    config: Any = field(init=False, repr=False, compare=False)  # the strategy's typed options
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "config", strategy_config(self.strategy, self.options))
         for label, value, low in (("budget", self.budget, 1), ("batch", self.batch, 1), ("picks", self.picks, 1),
                                   ("worker", self.worker, 0)):
             if value < low:
@@ -121,8 +123,9 @@ class Search:
 
     def __init__(self, space: SearchSpace, settings: SearchSettings, costs: CostEvaluator, accuracy: AccuracyFn, *,
                  storage: str, study_name: str, predictor: AccuracyFn | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, strategy_inputs: dict[str, Any] | None = None) -> None:
         self.space, self.settings, self.costs, self.accuracy = space, settings, costs, accuracy
+        self.strategy_inputs = dict(strategy_inputs or {})  # what a strategy needs besides options (a supernet)
         self.predictor, self.progress = predictor, progress
         self.storage, self.study_name = storage, study_name
         self.evaluated = 0
@@ -137,10 +140,10 @@ class Search:
 
     # ------------------------------------------------------------------------------------------ pieces
 
-    def make_strategy(self, **extra: Any) -> Strategy:
+    def make_strategy(self) -> Strategy:
         s = self.settings
         return get_strategy(s.strategy, self.space, s.objectives, s.constraints, seed=s.strategy_seed,
-                            screen=cost_screen(self.costs, s.constraints), **{**s.options, **extra})
+                            screen=cost_screen(self.costs, s.constraints), config=s.config, **self.strategy_inputs)
 
     def measure(self, genes: np.ndarray, accuracy: AccuracyFn | None = None) -> dict[str, np.ndarray]:
         """Costs and accuracy of gene rows: measured, or from `accuracy` (the predictor) when given."""
@@ -309,8 +312,8 @@ def picks_csv(picks: Sequence[dict[str, Any]]) -> str:
 
 
 def write_picks(run_dir: Path, picks: Sequence[dict[str, Any]]) -> Path:
-    from latency_tables.table import atomic_write
+    from search_spaces.files import atomic_write_text
 
     path = Path(run_dir) / "search" / "picks.csv"
-    atomic_write(path, picks_csv(picks))
+    atomic_write_text(path, picks_csv(picks))
     return path

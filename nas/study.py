@@ -9,8 +9,9 @@ in order, for `Strategy.replay`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,13 +33,30 @@ def _optuna() -> Any:
         import optuna
     except ImportError:
         raise HwnasError("the search study needs optuna; install it with `pip install optuna`") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[Any]:
+    """Optuna (the module) with its log level at WARNING inside the block, restored after: its INFO line per
+    study and trial would flood a search's output, and a library user's own setting is theirs."""
+    optuna = _optuna()
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield optuna
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def open_study(storage: str, name: str, objectives: Sequence[Objective], space: SearchSpace) -> Any:
     """Create the study `name` in `storage`, or open it if it exists (it must have the same objectives and
     space: a study holds one search)."""
+    with quiet_optuna():
+        return _open_study(storage, name, objectives, space)
+
+
+def _open_study(storage: str, name: str, objectives: Sequence[Objective], space: SearchSpace) -> Any:
     optuna = _optuna()
     directions = ["maximize" if o.direction == "max" else "minimize" for o in objectives]
     wanted = {"objectives": [str(o) for o in objectives], "space": space.name}
@@ -112,8 +130,9 @@ def record(study: Any, space: SearchSpace, genes: np.ndarray, columns: Columns, 
            evaluator: str = "supernet", first_row: int = 0, extra: dict[str, np.ndarray] | None = None) -> None:
     """Add one trial per gene row, each in its own transaction (`first_row`: the index in the batch of the
     first of `genes`, when a cut-off batch is completed). `extra`: more per-row user attributes."""
-    optuna = _optuna()
     from optuna.distributions import IntDistribution
+
+    optuna = _optuna()
 
     distributions = {g.name: IntDistribution(0, g.choices - 1) for g in space.genes}
     metrics = {name: np.asarray(values) for name, values in columns.items()}
@@ -136,8 +155,9 @@ def record(study: Any, space: SearchSpace, genes: np.ndarray, columns: Columns, 
             user_attrs=attrs,
             constraints={str(c): constraint_value(c, float(metrics[c.metric][i])) for c in constraints
                          if c.metric in metrics}))
-    for trial in trials:
-        _add_trial(study, trial)
+    with quiet_optuna():
+        for trial in trials:
+            _add_trial(study, trial)
 
 
 def history(study: Any, space: SearchSpace, *, strategy: str, seed: int,

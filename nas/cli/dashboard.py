@@ -24,7 +24,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 def register(groups: Any) -> None:
     """Add the `dashboard` command to the top-level parser."""
     da = add_command(groups, "dashboard", cmd_dashboard, "serve optuna-dashboard for a search's study (history, "
-                 "Pareto front, trial attributes) on this machine only")
+                     "Pareto front, trial attributes) on this machine only")
     da.add_argument("run_dir", nargs="?", default="runs/search", help="search run directory (default %(default)s)")
     da.add_argument("--storage", help="Optuna storage URL (default sqlite:///RUN_DIR/study.db)")
     da.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")

@@ -105,9 +105,9 @@ def cmd_export(args: argparse.Namespace) -> None:
             pick.pop("accuracy", None)
     lines = export_picks(args.supernet, Path(args.out), picks, tables, constraints, log, overwrite=args.overwrite)
     if args.picks:
-        from latency_tables.table import atomic_write
+        from search_spaces.files import atomic_write_text
 
-        atomic_write(Path(args.picks), picks_csv(rows))
+        atomic_write_text(Path(args.picks), picks_csv(rows))
     print(json.dumps({"subnets": str(args.out), "picks": picks}, indent=2, default=str) if args.json
           else "\n".join(lines))
 

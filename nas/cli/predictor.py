@@ -19,8 +19,8 @@ def cmd_predictor_collect(args: argparse.Namespace) -> None:
     from nas.predictor import collect
 
     out = _predictor_dir(args)  # (the evaluator runs torch with --threads)
-    evaluator = SupernetEvaluator(args.run_dir, val_images=args.val_images, recal_images=args.recal_images,
-                                  cache_path=out / "accuracy_cache.json", threads=args.threads)
+    evaluator = SupernetEvaluator.from_run(args.run_dir, val_images=args.val_images, recal_images=args.recal_images,
+                                           cache_path=out / "accuracy_cache.json", threads=args.threads)
     genes, accuracy = collect(evaluator.space, evaluator.accuracy, args.n, out / "data.csv", seed=args.seed,
                               progress=not args.no_progress)
     data = {"data": str(out / "data.csv"), "subnets": len(genes), "evaluated_now": evaluator.evaluated,
@@ -53,8 +53,8 @@ def register(groups: Any) -> None:
     pred = groups.add_parser("predictor", help="the accuracy predictor a search can use").add_subparsers(
         dest="command", required=True)
     col = add_command(pred, "collect", cmd_predictor_collect,
-                  "measure random subnets with the supernet (BN recalibrated) for the accuracy predictor; "
-                  "continues an interrupted collection")
+                      "measure random subnets with the supernet (BN recalibrated) for the accuracy predictor; "
+                      "continues an interrupted collection")
     col.add_argument("run_dir", help="run directory of `hwnas supernet train`")
     col.add_argument("--n", type=int, default=1000, help="subnets to measure (default 1000)")
     col.add_argument("--seed", type=int, default=0, help="seed of the subnets (default 0)")
@@ -64,7 +64,7 @@ def register(groups: Any) -> None:
     col.add_argument("--out", help="predictor directory (default RUN_DIR/predictor)")
     col.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr = add_command(pred, "train", cmd_predictor_train,
-                 "fit the predictor on collected data; report RMSE and Kendall tau on held-out subnets")
+                     "fit the predictor on collected data; report RMSE and Kendall tau on held-out subnets")
     tr.add_argument("run_dir", help="run directory of `hwnas supernet train` (for its space)")
     tr.add_argument("--data", help="predictor data CSV (default RUN_DIR/predictor/data.csv)")
     tr.add_argument("--out", help="predictor directory (default RUN_DIR/predictor)")

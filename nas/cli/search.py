@@ -12,64 +12,50 @@ from nas.cli.export import export_picks
 from search_spaces import HwnasError
 
 
-def _threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
-def parse_options(texts: list[str] | None) -> dict[str, Any]:
-    """`KEY=VALUE` strategy options; values are read as int, float, true/false, or kept as text."""
-    options: dict[str, Any] = {}
-    for text in texts or []:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise HwnasError(f"--option {text!r} is not KEY=VALUE (e.g. population=50)")
-        parsed: Any = value
-        for convert in (int, float):
-            try:
-                parsed = convert(value)
-                break
-            except ValueError:
-                continue
-        if value.lower() in ("true", "false"):
-            parsed = value.lower() == "true"
-        options[key.strip().replace("-", "_")] = parsed
-    return options
-
-
-def search_objects(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """(space, settings, costs, supernet evaluator) of a `hwnas search` command line."""
-    from nas.evaluators import CostEvaluator, SupernetEvaluator
+def search_settings(args: argparse.Namespace) -> Any:
+    """The `SearchSettings` of a `hwnas search` command line: objectives, constraints and the strategy's typed
+    options, all checked before anything is opened."""
     from nas.objectives import parse_constraints, parse_objectives
     from nas.search import SearchSettings
+    from nas.strategies import strategy_config
 
-    objectives = parse_objectives(args.objective or ["accuracy"])
-    constraints = parse_constraints(args.constraint or [])
-    evaluator = SupernetEvaluator(args.supernet, val_images=args.val_images, recal_images=args.recal_images,
-                                  cache_path=Path(args.run_dir) / "search" / f"accuracy_cache-w{args.worker}.json",
-                                  threads=args.threads)
-    space = evaluator.space
-    tables = resolve_tables(args, space.name, [o.metric for o in objectives] + [c.metric for c in constraints])
-    costs = CostEvaluator(space, tables, dtype=args.dtype)
-    options = parse_options(args.option)
-    if args.strategy == "differentiable":  # it trains on the supernet and aims at the first table's latency
-        if not tables:
-            raise HwnasError("--strategy differentiable aims at a latency: give --constraint latency_ms<=BOUND (or "
-                             "--option target_ms=...) and a --table")
-        options = {"supernet": args.supernet, "table": tables[0], "progress": not args.no_progress, **options}
-    settings = SearchSettings(args.strategy, objectives, constraints, budget=args.budget, batch=args.batch,
-                              seed=args.seed, worker=args.worker, picks=args.picks, options=options)
-    return space, settings, costs, evaluator
+    config = strategy_config(args.strategy, args.option or [])
+    return SearchSettings(args.strategy, parse_objectives(args.objective or ["accuracy"]),
+                          parse_constraints(args.constraint or []), budget=args.budget, batch=args.batch,
+                          seed=args.seed, worker=args.worker, picks=args.picks, options=config)
+
+
+def strategy_inputs(args: argparse.Namespace, tables: list[Any]) -> dict[str, Any]:
+    """What the strategy needs besides its options: the differentiable search trains on the supernet and aims at
+    the first table's latency."""
+    if args.strategy != "differentiable":
+        return {}
+    if not tables:
+        raise HwnasError("--strategy differentiable aims at a latency: give --constraint latency_ms<=BOUND (or "
+                         "--option target_ms=...) and a --table")
+    return {"supernet": args.supernet, "table": tables[0], "progress": not args.no_progress}
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from supernets.threads import torch_threads
+
+    with torch_threads(args.threads):  # the search's evaluations and the picks' export
+        _search(args)
+
+
+def _search(args: argparse.Namespace) -> None:
+    from nas.evaluators import CostEvaluator, SupernetEvaluator
     from nas.search import Search, write_picks
 
-    _threads(args)
     log = log_for(args)
-    space, settings, costs, evaluator = search_objects(args)
+    settings = search_settings(args)
+    evaluator = SupernetEvaluator.from_run(
+        args.supernet, val_images=args.val_images, recal_images=args.recal_images, threads=args.threads,
+        cache_path=Path(args.run_dir) / "search" / f"accuracy_cache-w{args.worker}.json")
+    space = evaluator.space
+    tables = resolve_tables(args, space.name, [m.metric for m in (*settings.objectives, *settings.constraints)])
+    costs = CostEvaluator(space, tables, dtype=args.dtype)
+    inputs = strategy_inputs(args, tables)
     predictor = None
     if args.predictor:
         from nas.predictor import AccuracyPredictor
@@ -78,7 +64,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     storage = args.storage or f"sqlite:///{Path(args.run_dir) / 'study.db'}"
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     search = Search(space, settings, costs, evaluator.accuracy, storage=storage, study_name=args.study,
-                    predictor=predictor, progress=not args.no_progress)
+                    predictor=predictor, progress=not args.no_progress, strategy_inputs=inputs)
     result = search.run()
     picks_path = write_picks(Path(args.run_dir), result.picks)
     data = {"study": args.study, "storage": storage, "strategy": settings.strategy, "worker": settings.worker,
@@ -106,8 +92,8 @@ def register(groups: Any) -> None:
     from nas.strategies import STRATEGY_NAMES
 
     se = add_command(groups, "search", cmd_search,
-                 "search a trained supernet's space for the best subnets under cost limits; every true evaluation "
-                 "is a trial of an Optuna study (resumes from it; several workers can share it)")
+                     "search a trained supernet's space for the best subnets under cost limits; every true evaluation "
+                     "is a trial of an Optuna study (resumes from it; several workers can share it)")
     se.add_argument("--supernet", required=True, help="run directory of `hwnas supernet train`")
     se.add_argument("--strategy", default="evolution", choices=STRATEGY_NAMES, help="default evolution")
     se.add_argument("--objective", action="append", metavar="METRIC[:max|min]",
@@ -124,7 +110,8 @@ def register(groups: Any) -> None:
     se.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     se.add_argument("--worker", type=int, default=0, help="this worker's number when several share a study")
     se.add_argument("--picks", type=int, default=5, help="how many best subnets to pick and export (default 5)")
-    se.add_argument("--option", action="append", metavar="KEY=VALUE", help="strategy option, e.g. population=50")
+    se.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="strategy option, e.g. population=50 (a wrong one lists the strategy's options and types)")
     se.add_argument("--predictor", metavar="DIR",
                     help="tell the strategy predicted accuracy (`hwnas predictor train`); the picks are measured")
     se.add_argument("--run-dir", default="runs/search",

@@ -35,18 +35,19 @@ def cmd_supernet_train(args: argparse.Namespace) -> None:
 
 
 def cmd_supernet_eval(args: argparse.Namespace) -> None:
-    from supernets.data import load_dataset
+    from supernets.threads import torch_threads
+
+    with torch_threads(args.threads):
+        _supernet_eval(args)
+
+
+def _supernet_eval(args: argparse.Namespace) -> None:
     from supernets.evaluation import evaluate_subnet
-    from supernets.training import load_supernet
+    from supernets.training import load_run
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    net, meta = load_supernet(args.run_dir)
-    space, cfg = net.space, meta["config"]
-    data = load_dataset(cfg["dataset"], args.data_path or cfg["data_path"], val_fraction=cfg["val_fraction"],
-                        seed=cfg["seed"])
+    run = load_run(args.run_dir)
+    space, config = run.net.space, run.config
+    data = run.dataset(args.data_path)
     named: list[tuple[str, ArchConfig]] = [(text, space.validate(load_arch(text))) for text in args.arch or []]
     rng = np.random.default_rng(args.seed)
     named += [(f"random{i}", space.sample(rng)) for i in range(args.random)]
@@ -54,10 +55,11 @@ def cmd_supernet_eval(args: argparse.Namespace) -> None:
         named = [("largest", space.extreme(True)), ("smallest", space.extreme(False))]
     rows = []
     for name, arch in named:
-        acc = evaluate_subnet(net, arch, data, args.recal_images or cfg["bn_recal_images"], cfg["seed"])[0]
+        acc = evaluate_subnet(run.net, arch, data, args.recal_images or config.bn_recal_images, config.seed)[0]
         rows.append({"name": name, "arch": arch.to_str(), "key": arch.key, "accuracy": acc})
-    emit({"run_dir": str(args.run_dir), "epoch": meta["epoch"], "dataset": data.name, "subnets": rows}, args.json,
-         [f"{r['accuracy']:7.2%}  {r['name'] if r['name'] != r['arch'] else ''}  {r['arch']}" for r in rows])
+    emit({"run_dir": str(args.run_dir), "epoch": run.meta["epoch"], "dataset": data.name, "subnets": rows},
+         args.json, [f"{r['accuracy']:7.2%}  {r['name'] if r['name'] != r['arch'] else ''}  {r['arch']}"
+                     for r in rows])
 
 
 def register(groups: Any) -> None:

@@ -7,15 +7,16 @@ from typing import Any
 
 from nas.strategies.base import Strategy, StrategyError
 from nas.strategies.evolution import Evolution, RandomSearch, RegularizedEvolution
+from nas.strategies.options import OptionError, build_config, describe_options, parse_options
 from nas.strategies.optuna_samplers import NSGA2, TPE
 from nas.strategies.rl import ReinforceSearch
 
 #: Strategies that need no trained supernet to be built (the conformance suite runs each on a stand-in).
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (RandomSearch, Evolution, RegularizedEvolution,
                                                                    TPE, NSGA2, ReinforceSearch)}
-#: Strategies living outside this package (they import it), loaded when asked for: name -> module:class.
-#: `differentiable` needs torch and a trained supernet (options `supernet=`, `table=`).
-LAZY_STRATEGIES = {"differentiable": "nas.differentiable:Differentiable"}
+#: Strategies loaded when asked for (their modules are heavy): name -> module:class.
+#: `differentiable` needs torch and a trained supernet (inputs `supernet=`, `table=`).
+LAZY_STRATEGIES = {"differentiable": "nas.strategies.differentiable:Differentiable"}
 STRATEGY_NAMES = tuple(sorted([*STRATEGIES, *LAZY_STRATEGIES]))
 
 
@@ -35,5 +36,17 @@ def get_strategy(name: str, *args: Any, **kwargs: Any) -> Strategy:
     return strategy_class(name)(*args, **kwargs)
 
 
-__all__ = ["LAZY_STRATEGIES", "STRATEGIES", "STRATEGY_NAMES", "Strategy", "StrategyError", "get_strategy",
-           "strategy_class"]
+def strategy_config(name: str, options: Any = None) -> Any:
+    """The typed options of strategy `name`: `options` as they are if already its config object, else built from
+    a mapping of Python values or a list of `KEY=VALUE` texts; an `OptionError` names the strategy's options and
+    their types. Reads nothing but the strategy's module."""
+    config_class = strategy_class(name).config_class
+    if isinstance(options, config_class):
+        return options
+    if isinstance(options, (list, tuple)):
+        return parse_options(name, config_class, options)
+    return build_config(name, config_class, dict(options or {}))
+
+
+__all__ = ["LAZY_STRATEGIES", "STRATEGIES", "STRATEGY_NAMES", "OptionError", "Strategy", "StrategyError",
+           "describe_options", "get_strategy", "strategy_class", "strategy_config"]

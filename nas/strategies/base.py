@@ -9,33 +9,41 @@ study, not recomputed), and continues with the same trace as a run that was neve
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from nas.objectives import Columns, Constraint, Objective, minimised
+from nas.objectives import Columns, Constraint, Objective, minimised, pareto_mask
+from nas.strategies.options import NoOptions, StrategyError, build_config
 from search_spaces import SearchSpace
-from search_spaces.errors import HwnasError
 
 #: A cheap check run before a candidate is asked for (cost constraints on the analytic counts or a latency
 #: table): gene rows -> boolean mask of the rows worth evaluating.
 Screen = Callable[[np.ndarray], np.ndarray]
 
 
-class StrategyError(HwnasError):
-    """A strategy cannot go on (constraints no sample meets, a history that does not replay, ...)."""
-
-
 class Strategy:
-    """Base class. Subclasses set `name` and implement `_propose(n)` (n candidate rows, before screening)
-    and, when they learn, `_learn(genes, columns)`."""
+    """Base class. Subclasses set `name`, `config_class` (a frozen dataclass of their options) and implement
+    `_propose(n)` (n candidate rows, before screening) and, when they learn, `_learn(genes, columns)`.
+
+    The options come as `config=` (a `config_class`) or as keywords (checked into one); `self.config` holds them.
+    """
 
     name = ""
     needs_torch = False
+    config_class: ClassVar[type] = NoOptions
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
-                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100) -> None:
+                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100, config: Any = None,
+                 **options: Any) -> None:
+        if config is not None and options:
+            raise StrategyError(f"{self.name}: give config= or options ({', '.join(options)}), not both")
+        if config is not None and not isinstance(config, self.config_class):
+            raise StrategyError(f"{self.name}: config= takes a {self.config_class.__name__}, not "
+                                f"{type(config).__name__}")
+        self.config: Any = config if config is not None else build_config(self.name, self.config_class, options)
         if not objectives:
             raise StrategyError(f"strategy {self.name!r} needs at least one objective")
         if retry_budget < 1:
@@ -129,7 +137,7 @@ class Strategy:
         """Update what the strategy has learned (default: nothing beyond the told history)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"strategy": self.name, "seed": self.seed, "told": self.told}
+        return {"strategy": self.name, "seed": self.seed, "told": self.told, **dataclasses.asdict(self.config)}
 
 
 def rank_rows(scores: np.ndarray, violations: np.ndarray) -> np.ndarray:
@@ -152,15 +160,16 @@ def rank_rows(scores: np.ndarray, violations: np.ndarray) -> np.ndarray:
 
 
 def pareto_fronts(points: np.ndarray) -> list[np.ndarray]:
-    """Non-dominated sorting: the indices of each successive front (every column minimised)."""
-    remaining = np.arange(len(points))
-    fronts = []
+    """Non-dominated sorting: the indices of each successive front (every column minimised; NaN counts as the
+    worst value). Each front is `pareto_mask` of the rows left."""
     p = np.nan_to_num(np.asarray(points, dtype=np.float64), nan=np.inf)
-    while remaining.size:
-        sub = p[remaining]
-        dominated = np.array([np.any(np.all(sub <= q, axis=1) & np.any(sub < q, axis=1)) for q in sub])
-        fronts.append(remaining[~dominated])
-        remaining = remaining[dominated]
+    remaining, fronts = np.arange(len(p)), []
+    for _ in range(len(p)):  # each round takes at least one row: a non-empty set has a non-dominated row
+        if not remaining.size:
+            break
+        front = pareto_mask(p[remaining])
+        fronts.append(remaining[front])
+        remaining = remaining[~front]
     return fronts
 
 

@@ -14,12 +14,14 @@ screen (cheap cost constraints), with the base class's bounded retries.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nas.objectives import Constraint, Objective
-from nas.strategies.base import Columns, Screen, Strategy, StrategyError, rank_rows
+from nas.strategies.base import Columns, Strategy, rank_rows
+from nas.strategies.options import OptionError
 from search_spaces import SearchSpace
 
 
@@ -30,73 +32,84 @@ class RandomSearch(Strategy):
         return self.space.sample_genes(self.rng, n)
 
 
-class _Evolutionary(Strategy):
-    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
-                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100, population: int = 100,
-                 mutate_prob: float = 0.1) -> None:
-        super().__init__(space, objectives, constraints, seed=seed, screen=screen, retry_budget=retry_budget)
-        if population < 2:
-            raise StrategyError(f"{self.name}: population must be at least 2 (got {population})")
-        if not 0 < mutate_prob <= 1:
-            raise StrategyError(f"{self.name}: mutate_prob must be in (0, 1] (got {mutate_prob})")
-        self.population, self.mutate_prob = population, mutate_prob
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "population": self.population, "mutate_prob": self.mutate_prob}
+def _check(strategy: str, checks: list[tuple[str, Any, bool, str]]) -> None:
+    """Raise an `OptionError` for the first (option, value, ok, allowed) that is not ok."""
+    for option, value, ok, allowed in checks:
+        if not ok:
+            raise OptionError(f"{strategy}: {option} must be {allowed} (got {value!r})")
 
 
-class Evolution(_Evolutionary):
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Options of `evolution`: population size, share of it that are parents, chance that a child is a mutant
+    (else a crossover), and per-gene mutation probability."""
+
+    population: int = 100
+    parents_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    mutate_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check("evolution", [("population", self.population, self.population >= 2, "at least 2"),
+                             ("mutate_prob", self.mutate_prob, 0 < self.mutate_prob <= 1, "in (0, 1]"),
+                             ("parents_ratio", self.parents_ratio, 0 < self.parents_ratio <= 1, "in (0, 1]"),
+                             ("mutation_ratio", self.mutation_ratio, 0 < self.mutation_ratio <= 1, "in (0, 1]")])
+
+
+@dataclass(frozen=True)
+class RegularizedEvolutionConfig:
+    """Options of `regularized-evolution`: population size (the last told), tournament size, per-gene mutation
+    probability."""
+
+    population: int = 100
+    sample_size: int = 25
+    mutate_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check("regularized-evolution", [
+            ("population", self.population, self.population >= 2, "at least 2"),
+            ("mutate_prob", self.mutate_prob, 0 < self.mutate_prob <= 1, "in (0, 1]"),
+            ("sample_size", self.sample_size, 1 <= self.sample_size <= self.population,
+             f"in 1..population ({self.population})")])
+
+
+class Evolution(Strategy):
     name = "evolution"
+    config_class = EvolutionConfig
+    config: EvolutionConfig
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
-                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100, population: int = 100,
-                 parents_ratio: float = 0.25, mutation_ratio: float = 0.5, mutate_prob: float = 0.1) -> None:
-        super().__init__(space, objectives, constraints, seed=seed, screen=screen, retry_budget=retry_budget,
-                         population=population, mutate_prob=mutate_prob)
-        for label, value in (("parents_ratio", parents_ratio), ("mutation_ratio", mutation_ratio)):
-            if not 0 < value <= 1:
-                raise StrategyError(f"{self.name}: {label} must be in (0, 1] (got {value})")
-        self.parents_ratio, self.mutation_ratio = parents_ratio, mutation_ratio
+                 **kwargs: Any) -> None:
+        super().__init__(space, objectives, constraints, **kwargs)
         self.survivors = np.zeros(0, dtype=np.int64)  # told rows in the population, best first
 
     def _learn(self, genes: np.ndarray, columns: Columns) -> None:
         pool = np.concatenate([self.survivors, np.arange(self.told - len(genes), self.told)])
-        self.survivors = pool[rank_rows(self.scores[pool], self.violations[pool])][: self.population]
+        self.survivors = pool[rank_rows(self.scores[pool], self.violations[pool])][: self.config.population]
 
     def _propose(self, n: int) -> np.ndarray:
-        if self.told < self.population:
+        c = self.config
+        if self.told < c.population:
             return self.space.sample_genes(self.rng, n)
-        parents = self.genes[self.survivors[: max(1, int(round(self.parents_ratio * self.population)))]]
-        mutate = self.rng.random(n) < self.mutation_ratio
+        parents = self.genes[self.survivors[: max(1, int(round(c.parents_ratio * c.population)))]]
+        mutate = self.rng.random(n) < c.mutation_ratio
         first = parents[self.rng.integers(0, len(parents), n)]
         second = parents[self.rng.integers(0, len(parents), n)]
-        mutants = self.space.mutate_genes(first, self.rng, self.mutate_prob)
+        mutants = self.space.mutate_genes(first, self.rng, c.mutate_prob)
         children = self.space.crossover_genes(first, second, self.rng)
         return np.where(mutate[:, None], mutants, children)
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "parents_ratio": self.parents_ratio, "mutation_ratio": self.mutation_ratio}
 
-
-class RegularizedEvolution(_Evolutionary):
+class RegularizedEvolution(Strategy):
     name = "regularized-evolution"
-
-    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
-                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100, population: int = 100,
-                 sample_size: int = 25, mutate_prob: float = 0.1) -> None:
-        super().__init__(space, objectives, constraints, seed=seed, screen=screen, retry_budget=retry_budget,
-                         population=population, mutate_prob=mutate_prob)
-        if not 1 <= sample_size <= population:
-            raise StrategyError(f"{self.name}: sample_size must be in 1..population ({population}); got {sample_size}")
-        self.sample_size = sample_size
+    config_class = RegularizedEvolutionConfig
+    config: RegularizedEvolutionConfig
 
     def _propose(self, n: int) -> np.ndarray:
-        if self.told < self.population:
+        population = self.config.population
+        if self.told < population:
             return self.space.sample_genes(self.rng, n)
-        alive = np.arange(self.told - self.population, self.told)  # aging: the last `population` told
-        samples = alive[np.argsort(self.rng.random((n, self.population)), axis=1)[:, : self.sample_size]]
+        alive = np.arange(self.told - population, self.told)  # aging: the last `population` told
+        samples = alive[np.argsort(self.rng.random((n, population)), axis=1)[:, : self.config.sample_size]]
         winners = np.array([row[rank_rows(self.scores[row], self.violations[row])[0]] for row in samples])
-        return self.space.mutate_genes(self.genes[winners], self.rng, self.mutate_prob)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "sample_size": self.sample_size}
+        return self.space.mutate_genes(self.genes[winners], self.rng, self.config.mutate_prob)

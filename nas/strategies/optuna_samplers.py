@@ -10,13 +10,15 @@ so the sampler moves on; an evaluated one is told its objective values. The in-m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from nas.objectives import Constraint, Objective
-from nas.strategies.base import Columns, Screen, Strategy, StrategyError
-from nas.study import _optuna, constraint_value
+from nas.strategies.base import Columns, Strategy, StrategyError
+from nas.strategies.options import OptionError
+from nas.study import constraint_value, quiet_optuna
 from search_spaces import SearchSpace
 
 
@@ -24,18 +26,17 @@ class OptunaSampler(Strategy):
     """Base of the Optuna-backed strategies; subclasses set `name` and `_sampler(seed, **options)`."""
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
-                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100, **options: Any) -> None:
-        super().__init__(space, objectives, constraints, seed=seed, screen=screen, retry_budget=retry_budget)
-        optuna = _optuna()
-        self._tell_state = optuna.trial.TrialState
-        self.options = options
-        sampler = self._sampler(seed, **options)
-        self.study = optuna.create_study(directions=["maximize" if o.direction == "max" else "minimize"
-                                                     for o in self.objectives], sampler=sampler)
+                 **kwargs: Any) -> None:
+        super().__init__(space, objectives, constraints, **kwargs)
+        with quiet_optuna() as optuna:
+            self._tell_state = optuna.trial.TrialState
+            sampler = self._sampler(self.seed)
+            self.study = optuna.create_study(directions=["maximize" if o.direction == "max" else "minimize"
+                                                         for o in self.objectives], sampler=sampler)
         self._proposed: list[tuple[bytes, Any]] = []  # this ask's proposals: (canonical row, trial)
         self._pending: dict[bytes, Any] = {}  # asked, not yet told
 
-    def _sampler(self, seed: int, **options: Any) -> Any:
+    def _sampler(self, seed: int) -> Any:
         raise NotImplementedError
 
     def _propose(self, n: int) -> np.ndarray:
@@ -47,6 +48,14 @@ class OptunaSampler(Strategy):
         return rows
 
     def ask(self, n: int = 1) -> np.ndarray:
+        with quiet_optuna():
+            return self._ask(n)
+
+    def tell(self, genes: np.ndarray, columns: Columns) -> None:
+        with quiet_optuna():
+            super().tell(genes, columns)
+
+    def _ask(self, n: int) -> np.ndarray:
         self._proposed = []
         chosen: set[bytes] = set()  # stays empty when no batch could be found: every proposal is pruned
         try:
@@ -78,23 +87,60 @@ class OptunaSampler(Strategy):
             else:
                 self.study.tell(trial, state=self._tell_state.FAIL)
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.options}
+
+@dataclass(frozen=True)
+class TPEConfig:
+    """Options of `tpe` (Optuna's TPESampler): random trials before TPE starts, candidates scored per proposal,
+    and whether the parameters are modelled jointly."""
+
+    n_startup_trials: int = 20
+    n_ei_candidates: int = 24
+    multivariate: bool = True
+
+    def __post_init__(self) -> None:
+        for option, value in (("n_startup_trials", self.n_startup_trials), ("n_ei_candidates", self.n_ei_candidates)):
+            if value < 1:
+                raise OptionError(f"tpe: {option} must be at least 1 (got {value!r})")
+
+
+@dataclass(frozen=True)
+class NSGA2Config:
+    """Options of `nsga2` (Optuna's NSGAIISampler): population size and the genetic operators' probabilities
+    (`mutation_prob` None: Optuna's 1 / number of genes)."""
+
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.population_size < 2:
+            raise OptionError(f"nsga2: population_size must be at least 2 (got {self.population_size!r})")
+        for option, value in (("mutation_prob", self.mutation_prob), ("crossover_prob", self.crossover_prob),
+                              ("swapping_prob", self.swapping_prob)):
+            if value is not None and not 0 <= value <= 1:
+                raise OptionError(f"nsga2: {option} must be in [0, 1] (got {value!r})")
 
 
 class TPE(OptunaSampler):
     name = "tpe"
+    config_class = TPEConfig
+    config: TPEConfig
 
-    def _sampler(self, seed: int, n_startup_trials: int = 20, **options: Any) -> Any:
+    def _sampler(self, seed: int) -> Any:
         from optuna.samplers import TPESampler
 
-        return TPESampler(seed=seed, n_startup_trials=n_startup_trials, multivariate=True, **options)
+        c = self.config
+        return TPESampler(seed=seed, n_startup_trials=c.n_startup_trials, n_ei_candidates=c.n_ei_candidates,
+                          multivariate=c.multivariate)
 
 
 class NSGA2(OptunaSampler):
     name = "nsga2"
+    config_class = NSGA2Config
+    config: NSGA2Config
 
-    def _sampler(self, seed: int, population_size: int = 50, **options: Any) -> Any:
+    def _sampler(self, seed: int) -> Any:
         from optuna.samplers import NSGAIISampler
 
-        return NSGAIISampler(seed=seed, population_size=population_size, **options)
+        return NSGAIISampler(seed=seed, **asdict(self.config))

@@ -1,61 +1,20 @@
 """Reinforcement-learning search (`rl`): a REINFORCE controller (Williams 1992) over the space's genes, rewarded
-as MnasNet is (Tan et al. 2019). numpy only, no torch.
-
-Policy. One vector of logits per gene and a softmax over that gene's choices (a factorized policy: the genes of
-a candidate are drawn independently). A candidate is the canonical row of one draw; its probability is the
-product over the genes that matter for it (`SearchSpace.active_mask`), since a gene it does not use (a block
-beyond its stage's depth, the expand ratio of a ShuffleNet unit) sums out: such genes get no gradient from it.
-`policy="lstm"` is the controller of NAS and MnasNet instead: an LSTM (hidden size `hidden`, weights drawn from
-the seed) that draws the genes in order, each conditioned on the choices before it; unused genes are not drawn
-(they are 0 and fed on as such), and its entropy bonus is that of the told rows' steps.
-
-Update, after each told batch with rewards R_i (REINFORCE with a baseline):
-
-    A_i = (R_i - b) / s        b, s^2: moving averages of the reward and of (R - b)^2, decay d = `baseline_decay`
-    g   = sum_i w_i A_i d log pi(row_i) / d theta  +  entropy * d H(pi) / d theta
-
-and the policy's parameters theta step up g, by plain SGD (the default) or Adam, at rate `lr`. b starts at the
-first batch's mean reward, then b <- d b + (1 - d) mean(R); s likewise, from the deviations from the b before the
-batch. Dividing by s makes the step independent of the reward's units and lets a batch of one learn. The weights
-w_i are equal over the told rows; see the screen below.
-
-Reward (MnasNet): R = ACC * (LAT / T) ** w, with w = alpha if LAT <= T else beta.
-- `reward="hard"` (the default): alpha = 0, beta = -1: under the target only ACC counts, over it the reward falls
-  as T / LAT (a constraint here is a hard limit). `reward="soft"`: alpha = beta = -0.07, a smooth trade of
-  accuracy for latency on both sides of T. `alpha=` / `beta=` override either.
-- ACC is the first objective maximised (e.g. `accuracy`).
-- LAT is the metric of the first `<=` / `<` constraint on a cost metric, else of the first cost objective.
-- T is `target=` if given, else that constraint's bound, else (LAT an objective and no cost constraint) the
-  median LAT of everything told so far, this batch included: the reward then favours the faster half.
-- No LAT (one objective maximised, no cost constraint or cost objective): R = ACC. No objective maximised: R is
-  the one objective, signed so larger is better (several objectives and none maximised: no reward, an error).
-- A row that breaks a constraint the reward does not price (any but LAT's own: `accuracy>=0.9`, a second cost
-  limit), or whose reward is not finite (a NaN objective, a failed evaluation), gets the lowest of its batch's
-  other rewards and the baseline; when the first batch has no reward at all, nothing is learned from it.
-Objectives besides ACC and LAT do not enter the reward (the study's ranking still uses them).
-
-The screen. `Strategy.ask` turns down draws the screen rejects and draws told before. A draw the screen rejects
-is learned from too, with the lowest reward of its batch: the told rows stand for all draws that passed, so each
-rejected draw weighs `turned_down_weight` (default 0.3) x told / passed. Without that the controller drifts to
-where most draws are rejected (it is only ever told about the ones that pass); with full weight it keeps away
-from the limit where the best subnets are. A converged controller draws mostly architectures told before: each
-round of proposals draws at least `MIN_DRAWS` rows, and when even that finds too few new ones `ask` says so.
-
-Everything the controller holds (its parameters, optimizer moments, baseline, spread) is a function of the seed and the
-results told, in order, so `replay` resumes with the same trace.
-"""
+as MnasNet is (Tan et al. 2019): ACC * (LAT / T) ** w. A factorized policy (one softmax per gene) or an LSTM
+controller; a moving-average baseline and spread; SGD or Adam. numpy only, no torch. The method, the reward's
+cases and the handling of draws the screen turns down are in docs/strategies.md."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
 import numpy as np
 
 from nas.objectives import METRICS, Constraint, Objective
-from nas.strategies.base import Columns, Screen, Strategy, StrategyError
+from nas.optim import Adam
+from nas.strategies.base import Columns, Strategy, StrategyError
 from search_spaces import SearchSpace
 
 #: MnasNet's two settings of (alpha, beta).
@@ -235,31 +194,9 @@ class LSTMPolicy:
         return self._entropy
 
 
-class _Adam:
-    """Adam ascent (Kingma and Ba 2015) with the usual 0.9 / 0.999 moments."""
-
-    def __init__(self, size: int, lr: float) -> None:
-        self.lr, self.m, self.v, self.t = lr, np.zeros(size), np.zeros(size), 0
-
-    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
-        self.t += 1
-        self.m = 0.9 * self.m + 0.1 * grad
-        self.v = 0.999 * self.v + 0.001 * grad ** 2
-        m_hat, v_hat = self.m / (1 - 0.9 ** self.t), self.v / (1 - 0.999 ** self.t)
-        params += self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
-
-
-class _SGD:
-    def __init__(self, size: int, lr: float) -> None:
-        self.lr = lr
-
-    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
-        params += self.lr * grad
-
-
 @dataclass(frozen=True)
 class ReinforceConfig:
-    """The controller's settings (`rl` options); see the module docstring.
+    """The controller's settings (`rl` options); see docs/strategies.md.
 
     Args:
         lr: step size of the logits (default: 1.0 for sgd, 0.05 for adam).
@@ -327,32 +264,25 @@ class ReinforceSearch(Strategy):
     keywords or as `config=`."""
 
     name = "rl"
+    config_class = ReinforceConfig
+    config: ReinforceConfig
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
-                 *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100,
-                 config: ReinforceConfig | None = None, **options: Any) -> None:
-        super().__init__(space, objectives, constraints, seed=seed, screen=screen, retry_budget=retry_budget)
-        if config is not None and options:
-            raise StrategyError(f"{self.name}: give config= or options ({', '.join(options)}), not both")
-        unknown = sorted(set(options) - {f.name for f in fields(ReinforceConfig)})
-        if unknown:
-            raise StrategyError(f"{self.name}: unknown option(s) {', '.join(unknown)}; the options are "
-                                f"{', '.join(f.name for f in fields(ReinforceConfig))}")
-        self.config = config if config is not None else ReinforceConfig(**options)
+                 **kwargs: Any) -> None:
+        super().__init__(space, objectives, constraints, **kwargs)
         self.alpha, self.beta = self.config.weights
         self._resolve_reward()
         self.policy: FactorizedPolicy | LSTMPolicy = (
             LSTMPolicy(space, self.config.hidden, self.rng) if self.config.policy == "lstm"
             else FactorizedPolicy(space.gene_sizes))
-        optimizer = _Adam if self.config.optimizer == "adam" else _SGD
-        self._optimizer = optimizer(len(self.policy.params), self.config.step_size)
+        self._adam = Adam([self.policy.params], self.config.step_size) if self.config.optimizer == "adam" else None
         self.baseline: float | None = None  # moving average of the reward
         self.spread: float | None = None  # moving average of (reward - baseline) ** 2
         self._drawn = 0  # rows drawn since the last tell
         self._turned_down: list[np.ndarray] = []  # ... and those of them the screen turned down
 
     def _resolve_reward(self) -> None:
-        """Which metric is ACC, which is LAT and where T comes from; see the module docstring."""
+        """Which metric is ACC, which is LAT and where T comes from; see docs/strategies.md."""
         maximised = [o for o in self.objectives if o.direction == "max"]
         if not maximised and len(self.objectives) > 1:
             raise StrategyError(f"{self.name}: the MnasNet reward needs an objective to maximise (e.g. accuracy); "
@@ -443,8 +373,11 @@ class ReinforceSearch(Strategy):
         advantage = deviation / np.sqrt(self.spread) if self.spread > 0 else np.zeros_like(deviation)
         self.baseline = d * self.baseline + (1 - d) * mean
         grad = self.policy.gradient(genes, self.space.active_mask(genes), weight * advantage, self.config.entropy)
-        self._optimizer.step(self.policy.params, grad)
+        if self._adam is not None:
+            self._adam.step([grad], ascend=True)
+        else:  # plain gradient ascent
+            self.policy.params += self.config.step_size * grad
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **asdict(self.config), "lr": self.config.step_size, "alpha": self.alpha,
+        return {**super().describe(), "lr": self.config.step_size, "alpha": self.alpha,
                 "beta": self.beta, "reward_accuracy": self.quality.metric, "reward_latency": self.latency}

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from latency_tables.expected import LayoutError, SearchLayout, Selection
 from latency_tables.table import find_table
-from nas.differentiable import Differentiable, DifferentiableSearch, SearchError, SearchLayout, Selection
 from nas.objectives import parse_constraints, parse_objectives
 from nas.strategies.base import StrategyError
 from nas.strategies.conformance import check_strategy
+from nas.strategies.differentiable import Differentiable, DifferentiableSearch, SearchError, expected_latency, one_hot
 from search_spaces import SearchSpace, get_space
 from supernets.supernet import Supernet
 from tests.supernets.test_training import tiny_digits
@@ -52,7 +53,7 @@ def test_expected_latency_of_a_one_hot_distribution_is_the_table_prediction(tabl
     for row, want in zip(genes, predicted, strict=True):
         sel = layout.selection_of(row)
         assert np.array_equal(layout.genes_of(sel), row)
-        assert float(layout.expected_ms(layout.one_hot(sel))) == pytest.approx(want, rel=1e-12)
+        assert float(expected_latency(layout, one_hot(layout, sel))) == pytest.approx(want, rel=1e-12)
         assert layout.latency_ms(sel) == pytest.approx(want, rel=1e-12)
 
 
@@ -64,25 +65,25 @@ def test_a_skipped_slot_between_blocks_compacts_and_costs_nothing():
     arch = layout.arch_of(holed)
     assert arch.depths == (2, 3, 2, 3)
     want = TABLE.predict(SPACE, SPACE.to_genes(arch)[None]).latency_ms[0]
-    assert layout.latency_ms(holed) == pytest.approx(want) == float(layout.expected_ms(layout.one_hot(holed)))
+    assert layout.latency_ms(holed) == pytest.approx(want) == float(expected_latency(layout, one_hot(layout, holed)))
 
 
 def test_the_expected_latency_of_a_mixture_is_the_mean_over_its_architectures():
     """Two resolutions and two first-stage widths at 50/50: the expectation is the mean of the four networks."""
     layout = SearchLayout(SPACE, TABLE)
     base = layout.selection_of(RANDOM[0])
-    probs = layout.one_hot(base)
+    probs = one_hot(layout, base)
     probs["resolution"] = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
     probs["s0.width"] = torch.tensor([0.5, 0.5], dtype=torch.float64)
     corners = [replace(base, resolution=r, widths=(w,) + base.widths[1:]) for r in (0, 1) for w in (0, 1)]
-    assert float(layout.expected_ms(probs)) == pytest.approx(np.mean([layout.latency_ms(s) for s in corners]))
+    assert float(expected_latency(layout, probs)) == pytest.approx(np.mean([layout.latency_ms(s) for s in corners]))
 
 
 def test_the_latency_term_moves_theta_toward_faster_candidates(net, data):
     for target, sign in ((MEDIAN_MS / 3, 1), (MEDIAN_MS * 3, -1)):  # above the target: faster; below: slower
         for form in ("fbnet", "proxyless"):
             search = tiny(net, data, form=form, target_ms=target)
-            expected = search.layout.expected_ms(search._probs(1.0))
+            expected = expected_latency(search.layout, search._probs(1.0))
             assert sign * (float(expected.detach()) - target) > 0
             search._latency_loss(torch.tensor(0.5), expected).backward()
             grad = search.theta["s2.ops"].grad[1, 0].numpy()  # stage 2, second slot, first family
@@ -160,14 +161,14 @@ def test_bad_options_are_refused_with_what_is_allowed(net, data):
         tiny(net, data, form="darts")
     with pytest.raises(SearchError, match="target_ms must be a positive number"):
         tiny(net, data, target_ms=0.0)
-    with pytest.raises(SearchError, match=r"resolution 40 is outside the space; allowed: 24, 28, 32"):
+    with pytest.raises(LayoutError, match=r"resolution 40 is outside the space; allowed: 24, 28, 32"):
         tiny(net, data, resolution=40)
-    with pytest.raises(SearchError, match="widths gives 2 value"):
+    with pytest.raises(LayoutError, match="widths gives 2 value"):
         tiny(net, data, widths=[16, 24])
     st = SPACE.stages
     gappy = SearchSpace("gappy", SPACE.resolutions, 1, 10, SPACE.stem,
                         (replace(st[0], depths=(1, 3)), *st[1:]), SPACE.head)
-    with pytest.raises(SearchError, match=r"stage 0 allows depths \(1, 3\); the differentiable search needs every"):
+    with pytest.raises(LayoutError, match=r"stage 0 allows depths \(1, 3\); the differentiable search needs every"):
         SearchLayout(gappy, TABLE)
 
 
@@ -217,12 +218,13 @@ def test_the_strategy_needs_a_supernet_a_table_and_a_target(net, data):
     assert strategy.target_ms == 0.25
     with pytest.raises(StrategyError, match="needs data="):
         strategy.ask(1)
-    with pytest.raises(StrategyError, match="unexpected keyword argument 'bogus'"):
-        Differentiable(SPACE, objectives, supernet=net, data=data, table=TABLE, target_ms=0.2, bogus=1).ask(1)
+    with pytest.raises(StrategyError, match="differentiable: unknown option.*bogus; the options of differentiable "
+                                            r"are target_ms \(float \| None, default None\), form \(str"):
+        Differentiable(SPACE, objectives, supernet=net, data=data, table=TABLE, target_ms=0.2, bogus=1)
 
 
 def test_importing_the_module_does_not_import_torch():
-    code = "import sys, nas.differentiable; print('torch' in sys.modules)"
+    code = "import sys, nas.strategies.differentiable; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 

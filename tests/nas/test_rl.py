@@ -55,15 +55,20 @@ def test_rewards_that_cannot_be_formed_are_refused_by_name():
     ("entropy", -0.1, "a number >= 0"), ("reward", "medium", "one of soft, hard"),
     ("alpha", float("inf"), "a finite number"), ("target", -2.0, "a number > 0"),
     ("turned_down_weight", 1.5, r"in \[0, 1\]"), ("optimizer", "rmsprop", "one of adam, sgd"),
-    ("policy", "transformer", "one of factorized, lstm"), ("hidden", 0, "a whole number >= 1"),
-    ("lr", True, "a number > 0")])
+    ("policy", "transformer", "one of factorized, lstm"), ("hidden", 0, "a whole number >= 1")])
 def test_bad_options_name_the_option_the_value_and_what_is_allowed(option, value, allowed):
     with pytest.raises(StrategyError, match=rf"rl: {option} = .* is not allowed; {option} must be {allowed}"):
         rl(**{option: value})
 
 
+def test_an_option_of_the_wrong_type_names_the_type_and_every_option():
+    with pytest.raises(StrategyError, match=r"rl: option lr = True is not float \| None; the options of rl are lr "
+                                            r"\(float \| None, default None\), baseline_decay \(float, default 0.9\)"):
+        rl(lr=True)
+
+
 def test_unknown_options_and_describe():
-    with pytest.raises(StrategyError, match="unknown option.*population; the options are lr, baseline_decay"):
+    with pytest.raises(StrategyError, match=r"rl: unknown option.*population; the options of rl are lr \(float"):
         rl(population=16)
     with pytest.raises(StrategyError, match="not both"):
         rl(config=ReinforceConfig(), lr=0.1)

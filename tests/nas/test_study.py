@@ -56,3 +56,20 @@ def test_a_study_of_another_search_is_refused(tmp_path):
     open_study(storage, "s", OBJECTIVES, SPACE)
     with pytest.raises(HwnasError, match="holds a search with .*accuracy:max.*give another --study name"):
         open_study(storage, "s", parse_objectives(["accuracy", "params"]), SPACE)
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "ERROR"])
+def test_optuna_log_level_is_left_as_it_was(tmp_path, level):
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(getattr(optuna.logging, level))
+    try:
+        study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", OBJECTIVES, SPACE)
+        strategy = get_strategy("tpe", SPACE, OBJECTIVES, CONSTRAINTS, seed=0, n_startup_trials=2)
+        ((genes, columns),) = run(strategy, evaluate, [3])
+        record(study, SPACE, genes, columns, OBJECTIVES, CONSTRAINTS, strategy="tpe", seed=0, batch=0)
+        assert optuna.logging.get_verbosity() == getattr(optuna.logging, level)
+        assert len(study.get_trials()) == 3
+    finally:
+        optuna.logging.set_verbosity(before)

@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
 def test_accuracy_is_the_recalibrated_subnet_accuracy_and_is_cached(run_dir, tmp_path):
     data = tiny_digits()
     cache = tmp_path / "accuracy.json"
-    evaluator = SupernetEvaluator(run_dir, data=data, val_images=40, cache_path=cache)
+    evaluator = SupernetEvaluator.from_run(run_dir, data=data, val_images=40, cache_path=cache)
     genes = evaluator.space.sample_genes(np.random.default_rng(0), 3)
     got = evaluator.accuracy(genes)
     assert evaluator.evaluated == 3 and got.shape == (3,)
@@ -34,7 +34,7 @@ def test_accuracy_is_the_recalibrated_subnet_accuracy_and_is_cached(run_dir, tmp
         assert value == evaluate_subnet(net, arch, subset, evaluator.recal_images, 0)[0]
     # the same rows again: from the cache; a new evaluator on the same cache file evaluates nothing
     assert np.array_equal(evaluator.accuracy(genes[::-1]), got[::-1]) and evaluator.evaluated == 3
-    again = SupernetEvaluator(run_dir, data=data, val_images=40, cache_path=cache)
+    again = SupernetEvaluator.from_run(run_dir, data=data, val_images=40, cache_path=cache)
     assert np.array_equal(again.columns(genes)["accuracy"], got) and again.evaluated == 0
     stored = json.loads(cache.read_text())
     assert len(stored["accuracy"]) == 3 and stored["settings"]["val_images"] == 40
@@ -42,12 +42,46 @@ def test_accuracy_is_the_recalibrated_subnet_accuracy_and_is_cached(run_dir, tmp
 
 def test_a_cache_from_other_settings_or_corrupt_is_refused(run_dir, tmp_path):
     cache = tmp_path / "accuracy.json"
-    evaluator = SupernetEvaluator(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    evaluator = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
     evaluator.accuracy(evaluator.space.sample_genes(np.random.default_rng(1), 1))
     with pytest.raises(HwnasError, match="was made with .*'val_images': 40.*another supernet or evaluation"):
-        SupernetEvaluator(run_dir, data=tiny_digits(), val_images=20, cache_path=cache)
+        SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=20, cache_path=cache)
     cache.write_text("{not json")
     with pytest.raises(HwnasError, match="accuracy cache .* is corrupt"):
-        SupernetEvaluator(run_dir, data=tiny_digits(), cache_path=cache)
+        SupernetEvaluator.from_run(run_dir, data=tiny_digits(), cache_path=cache)
     with pytest.raises(HwnasError, match="val_images must be at least 1"):
-        SupernetEvaluator(run_dir, data=tiny_digits(), val_images=0)
+        SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=0)
+
+
+def test_the_constructor_reads_nothing_and_threads_are_restored(run_dir, tmp_path):
+    import torch
+
+    net, _ = load_supernet(run_dir)
+    cache = tmp_path / "accuracy.json"
+    cache.write_text("{not json")  # from_run would refuse it; the constructor does not look
+    evaluator = SupernetEvaluator(net, tiny_digits(), recal_images=16, seed=0, cache_path=cache, threads=1)
+    assert evaluator.cache == {} and cache.read_text() == "{not json"
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluator.accuracy(evaluator.space.sample_genes(np.random.default_rng(2), 1))
+        assert torch.get_num_threads() == 2 and evaluator.evaluated == 1
+        assert list(json.loads(cache.read_text())["accuracy"]) == [evaluator.space.from_genes(
+            evaluator.space.sample_genes(np.random.default_rng(2), 1)[0]).key]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_supernet_eval_leaves_torch_threads_as_they_were(run_dir, capsys):
+    import torch
+
+    from nas.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = main(["supernet", "eval", str(run_dir), "--threads", "1", "--recal-images", "16", "--json"])
+        assert code == 0 and torch.get_num_threads() == 2
+        assert [row["name"] for row in json.loads(capsys.readouterr().out)["subnets"]] == ["largest", "smallest"]
+    finally:
+        torch.set_num_threads(before)
