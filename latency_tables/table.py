@@ -94,11 +94,6 @@ class Prediction:
     estimated: np.ndarray
 
 
-#: The one atomic, durable text writer (`search_spaces.files.atomic_write_text`), under the name callers in nas/
-#: still import; new code imports it from search_spaces.files.
-atomic_write = atomic_write_text
-
-
 def read_meta(path: Path) -> dict[str, Any]:
     """A table's meta.json as a dict; a `TableError` when it is missing, not UTF-8, not JSON or not an object."""
     path = Path(path)
