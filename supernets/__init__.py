@@ -1,10 +1,14 @@
-"""Weights: static blocks and models (and, as they arrive, the elastic supernet, training, data, checkpoints)."""
+"""Weights (torch): static blocks and models built from an architecture (`build_model` -> `StaticNet`), the elastic
+once-for-all `Supernet` that holds every subnet of a space, its training (progressive shrinking or the sandwich
+rule), datasets, and checkpoints (`load_supernet`, `load_run`)."""
 
 from supernets.blocks import BLOCK_KINDS, FusedMBConv, InvertedResidual, ShuffleV2Unit, build_block
 from supernets.layers import ConvBNAct, SqueezeExcite, get_act_layer
 from supernets.models import StaticNet, build_model
+from supernets.supernet import Supernet
+from supernets.training import load_run, load_supernet
 
 __all__ = [
     "BLOCK_KINDS", "ConvBNAct", "FusedMBConv", "InvertedResidual", "ShuffleV2Unit", "SqueezeExcite", "StaticNet",
-    "build_block", "build_model", "get_act_layer",
+    "Supernet", "build_block", "build_model", "get_act_layer", "load_run", "load_supernet",
 ]
