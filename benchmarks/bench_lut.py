@@ -36,8 +36,8 @@ def main() -> None:
 
     import numpy as np
 
-    from latency_tables.validation import validate_table
     from latency_tables.table import LatencyTable
+    from latency_tables.validation import validate_table
     from search_spaces import get_space
 
     dirs = [Path(t) for t in args.tables] if args.tables else sorted(

@@ -3,7 +3,14 @@
 from search_spaces.arch import ArchConfig, BlockConfig, BlockSite, HeadConfig, StemConfig
 from search_spaces.errors import ArchError, HwnasError, SpaceError
 from search_spaces.families import (
-    ACTIVATIONS, FAMILIES, KINDS, Family, block_revisions, changed_families, get_family, make_divisible,
+    ACTIVATIONS,
+    FAMILIES,
+    KINDS,
+    Family,
+    block_revisions,
+    changed_families,
+    get_family,
+    make_divisible,
 )
 from search_spaces.references import REFERENCES, reference
 from search_spaces.space import GeneSpec, SearchSpace, StageSpec
