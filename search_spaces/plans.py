@@ -55,6 +55,29 @@ def _key(data: Any) -> str:
     return hashlib.sha256(_canonical(data).encode()).hexdigest()[:12]
 
 
+def _json_object(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise PlanError(f"{what} is not JSON: {err}") from None
+
+
+class _CanonicalJson:
+    """Canonical JSON and a key for a frozen plan that has `to_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces)."""
+        return _canonical(self.to_dict())
+
+    @property
+    def key(self) -> str:
+        """12 hex digits of the SHA-256 of the canonical JSON."""
+        return _key(self.to_dict())
+
+
 # ---------------------------------------------------------------------------------------- channel groups
 
 
@@ -150,7 +173,7 @@ def _indices(group: str, values: Any) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class PrunePlan:
+class PrunePlan(_CanonicalJson):
     """The channels a pruned subnet keeps: for each pruned dependency group (by layer id, see the module's
     docstring) the sorted indices kept of the parent's channels; groups not named keep every channel. `parent`
     is the key of the architecture the plan prunes."""
@@ -182,21 +205,9 @@ class PrunePlan:
                             f"keep")
         return cls(data.get("parent", ""), data.get("keep", {}))
 
-    def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no spaces)."""
-        return _canonical(self.to_dict())
-
     @classmethod
     def from_json(cls, text: str) -> PrunePlan:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise PlanError(f"prune plan is not JSON: {err}") from None
-
-    @property
-    def key(self) -> str:
-        """12 hex digits of the SHA-256 of the canonical JSON."""
-        return _key(self.to_dict())
+        return cls.from_dict(_json_object(text, "prune plan"))
 
     def check(self, arch: ArchConfig) -> dict[str, int]:
         """Refuse a plan that does not fit `arch` (another parent, unknown groups, indices past a group's width);
@@ -265,7 +276,7 @@ def _precision(where: str, value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class BitWidthPlan:
+class BitWidthPlan(_CanonicalJson):
     """The precision each layer runs at: `layers` by layer id, `default` for every layer not named. `simulated`
     names the layers whose precision the runtime does not run natively (fake-quantised: their accuracy is the
     plan's, their latency is not)."""
@@ -326,18 +337,6 @@ class BitWidthPlan:
                             f"default, layers, simulated")
         return cls(data.get("layers", {}), data.get("default", "fp32"), data.get("simulated", ()))
 
-    def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no spaces)."""
-        return _canonical(self.to_dict())
-
     @classmethod
     def from_json(cls, text: str) -> BitWidthPlan:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise PlanError(f"bit-width plan is not JSON: {err}") from None
-
-    @property
-    def key(self) -> str:
-        """12 hex digits of the SHA-256 of the canonical JSON."""
-        return _key(self.to_dict())
+        return cls.from_dict(_json_object(text, "bit-width plan"))
