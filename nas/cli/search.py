@@ -44,18 +44,18 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from nas.evaluators import CostEvaluator, SupernetEvaluator
+    from nas.evaluators import CostEvaluator, SupernetEvaluator, supernet_space
     from nas.search import Search, write_picks
 
     log = log_for(args)
-    settings = search_settings(args)
-    evaluator = SupernetEvaluator.from_run(
-        args.supernet, val_images=args.val_images, recal_images=args.recal_images, threads=args.threads,
-        cache_path=Path(args.run_dir) / "search" / f"accuracy_cache-w{args.worker}.json")
-    space = evaluator.space
+    settings = search_settings(args)  # the command line, then the tables, then the supernet: cheap checks first
+    space = supernet_space(args.supernet)[0]
     tables = resolve_tables(args, space.name, [m.metric for m in (*settings.objectives, *settings.constraints)])
     costs = CostEvaluator(space, tables, dtype=args.dtype)
     inputs = strategy_inputs(args, tables)
+    evaluator = SupernetEvaluator.from_run(
+        args.supernet, val_images=args.val_images, recal_images=args.recal_images, threads=args.threads,
+        cache_path=Path(args.run_dir) / "search" / f"accuracy_cache-w{args.worker}.json")
     predictor = None
     if args.predictor:
         from nas.predictor import AccuracyPredictor
