@@ -119,9 +119,10 @@ def build_config(strategy: str, config_class: type, options: Mapping[str, Any]) 
                               f"{describe_options(strategy, config_class)}")
     try:
         return config_class(**options)
-    except HwnasError as err:  # a range check: the same error, with the options listed
+    except HwnasError as err:  # a range check: the same error, naming the strategy and listing its options
+        text = str(err) if str(err).startswith(f"{strategy}:") else f"{strategy}: {err}"
         raise (type(err) if isinstance(err, StrategyError) else OptionError)(
-            f"{err}; {describe_options(strategy, config_class)}") from None
+            f"{text}; {describe_options(strategy, config_class)}") from None
 
 
 def parse_options(strategy: str, config_class: type, pairs: list[str] | tuple[str, ...]) -> Any:
