@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def trained_supernet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_supernet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny trained supernet's run directory (see the module docstring); shared, so read-only."""
     from supernets.training import SupernetTrainer
     from tests.supernets.tiny import quiet, tiny_config, tiny_digits
 
     path = tmp_path_factory.mktemp("trained_supernet")
     SupernetTrainer(tiny_config(), path, data=tiny_digits(), progress=False, log=quiet).run()
-    return path
+    before = _digest(path)
+    yield path
+    assert _digest(path) == before, "a test wrote into the shared trained_supernet run directory (copy it first)"
+
+
+def _digest(root: Path) -> dict[str, str]:
+    from search_spaces.files import sha256_file
+
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}

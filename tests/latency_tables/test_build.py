@@ -28,6 +28,7 @@ def digest(path: Path) -> dict[str, str]:
             if p.is_file() and p.name != LOCK_NAME}
 
 
+@pytest.mark.runtime
 def test_build_measures_every_key_and_fits_the_correction(tiny_space, tmp_path):
     out = tmp_path / "table"
     table = build_table(tiny_space, "ort", "fp32", out, protocol=FAST, device="box", fit_networks=6, jobs=2,
@@ -121,6 +122,7 @@ def poisoned_path(tmp_path: Path) -> str:
     return str(tmp_path / "poison")
 
 
+@pytest.mark.runtime
 def test_device_kit_round_trip_with_a_torch_free_runner(tiny_space, tmp_path):
     kit = tmp_path / "kit"
     manifest = export_kit(tiny_space, "ort", "fp32", kit, protocol=FAST, fit_networks=4, validate=5,

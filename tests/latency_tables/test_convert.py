@@ -18,6 +18,7 @@ def one_key_per_family(space):
     return keys
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("runtime", ["ort", "litert", "torch"])
 def test_fp32_pieces_agree_with_pytorch(tiny_space, runtime, tmp_path):
     keys = one_key_per_family(tiny_space)
@@ -33,6 +34,7 @@ def test_fp32_pieces_agree_with_pytorch(tiny_space, runtime, tmp_path):
 
 @pytest.mark.parametrize("runtime, precision, floor", [("ort", "int8", 0.9), ("litert", "int8", 0.9),
                                                        ("litert", "fp16", 0.95)])
+@pytest.mark.runtime
 def test_quantized_networks_keep_their_top1(tiny_space, runtime, precision, floor, tmp_path):
     arch = tiny_space.sample(np.random.default_rng(4))
     calib = calibration_inputs(input_shape(arch), 16, seed=1)
@@ -42,6 +44,7 @@ def test_quantized_networks_keep_their_top1(tiny_space, runtime, precision, floo
     assert report["max_abs_diff"] > 0  # quantization does change the outputs
 
 
+@pytest.mark.runtime
 def test_int8_onnx_pieces_pass_uint8_between_them_like_a_whole_network(tiny_space, tmp_path):
     """Inside an int8 network the tensors between blocks stay uint8: a piece takes and gives uint8 (the stem takes
     the float image, the head gives float logits), so it pays no quantize/dequantize the network does not."""
@@ -64,6 +67,7 @@ def test_int8_onnx_pieces_pass_uint8_between_them_like_a_whole_network(tiny_spac
         assert rt.measure(path, Protocol(warmup=1, runs=5)).median_ms > 0
 
 
+@pytest.mark.runtime
 def test_the_kit_runner_feeds_uint8_to_an_int8_onnx_piece(tiny_space, tmp_path):
     from latency_tables import kit_runner
 
@@ -87,6 +91,7 @@ def litert_ops(path) -> tuple[list[str], tuple[str, str]]:
     return ops, (ends[0]["dtype"].__name__, ends[1]["dtype"].__name__)
 
 
+@pytest.mark.runtime
 def test_int8_tflite_pieces_run_in_int8_like_a_whole_network(tiny_space, tmp_path):
     """Inside an int8 TFLite network the tensors between blocks are int8, a residual add runs as an int8 ADD and
     the stem's h-swish as an int8 HARD_SWISH (the next convolution quantizes it). Each piece does the same: it

@@ -30,6 +30,7 @@ def test_measuring_pins_while_timing_and_restores_affinity_and_threads(tiny_spac
     assert os.sched_getaffinity(0) == cpus and torch.get_num_threads() == threads
 
 
+@pytest.mark.runtime
 def test_converting_in_process_restores_torch_threads(tiny_space, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(2)

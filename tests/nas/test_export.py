@@ -90,6 +90,7 @@ def copy_of(exported, tmp_path) -> Path:
     return target
 
 
+@pytest.mark.runtime
 def test_the_export_directory_holds_every_file_and_the_spec_describes_it(exported, run_dir, tables):
     path, messages = exported
     arch = the_arch()
@@ -113,6 +114,7 @@ def test_the_export_directory_holds_every_file_and_the_spec_describes_it(exporte
     assert SubnetSpec.from_dict(spec.to_dict()) == spec
 
 
+@pytest.mark.runtime
 def test_load_subnet_gives_the_recalibrated_materialized_model_without_the_supernet(exported, run_dir):
     path, _ = exported
     data, arch = tiny_digits(), the_arch()
@@ -128,6 +130,7 @@ def test_load_subnet_gives_the_recalibrated_materialized_model_without_the_super
         assert not torch.allclose(fresh(x), want(x))
 
 
+@pytest.mark.runtime
 def test_metrics_record_accuracy_costs_parity_and_measured_against_predicted_latency(exported, tables):
     path, _ = exported
     metrics = json.loads((path / METRICS_FILE).read_text())
@@ -161,6 +164,7 @@ def test_metrics_record_accuracy_costs_parity_and_measured_against_predicted_lat
     assert meets_constraint_measured(path)
 
 
+@pytest.mark.runtime
 def test_check_parity_compares_both_runtimes_with_pytorch_and_records_it(exported, tmp_path):
     path = copy_of(exported, tmp_path)
     data = tiny_digits()
@@ -171,6 +175,7 @@ def test_check_parity_compares_both_runtimes_with_pytorch_and_records_it(exporte
     assert json.loads((path / METRICS_FILE).read_text())["parity"] == report
 
 
+@pytest.mark.runtime
 def test_parity_failure_is_reported_with_how_many_differ(exported, run_dir, tmp_path):
     """An ONNX model of the same subnet without BN recalibration (its hash recorded, so it is read) disagrees."""
     from latency_tables.convert import export_onnx
@@ -190,6 +195,7 @@ def test_parity_failure_is_reported_with_how_many_differ(exported, run_dir, tmp_
         check_parity(path, tiny_digits())
 
 
+@pytest.mark.runtime
 def test_missing_or_corrupt_files_are_named(exported, tmp_path):
     path = copy_of(exported, tmp_path)
     weights = path / WEIGHTS_FILE
@@ -223,6 +229,7 @@ def test_missing_or_corrupt_files_are_named(exported, tmp_path):
         load_subnet(tmp_path / "nothing")
 
 
+@pytest.mark.runtime
 def test_a_spec_whose_weights_belong_to_another_architecture_is_refused(exported, tmp_path):
     path = copy_of(exported, tmp_path)
     other = get_space("small").extreme(False)
@@ -251,6 +258,7 @@ def test_the_measured_verdict_decides_the_constraint():
         latency_verdict("params<=300k", 1.0, 1.0)
 
 
+@pytest.mark.runtime
 def test_remeasure_flags_a_subnet_that_measures_over_the_bound(exported, tables, tmp_path):
     path = copy_of(exported, tmp_path)
     predicted = tables[0].predict_arch(the_arch())
@@ -274,6 +282,7 @@ def test_remeasure_flags_a_subnet_that_measures_over_the_bound(exported, tables,
         remeasure(path, runtimes=[("ort", "int8")], record=False)
 
 
+@pytest.mark.runtime
 def test_a_failed_export_leaves_nothing_that_looks_complete(run_dir, tmp_path, monkeypatch):
     from latency_tables import convert
 
@@ -287,6 +296,7 @@ def test_a_failed_export_leaves_nothing_that_looks_complete(run_dir, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.runtime
 def test_bad_requests_are_refused_before_any_work(exported, run_dir, tmp_path, tables):
     net, _ = load_supernet(run_dir)
     data, arch = tiny_digits(), the_arch()
@@ -325,6 +335,7 @@ def test_spec_round_trip_and_refusals():
     assert np.isclose(data["input"]["pixel_scale"] * 255, 1.0)
 
 
+@pytest.mark.runtime
 def test_an_export_failing_parity_is_not_published_unless_asked(run_dir, tmp_path, monkeypatch):
     """An ONNX converter that shifts the logits by 1e-3 (top-1 unchanged): over the 1e-4 tolerance."""
     import copy
@@ -391,6 +402,7 @@ def test_a_prune_plan_replays_on_a_fresh_model_keeping_the_parents_channels():
         assert torch.allclose(parent(x), pruned(x), atol=1e-5)
 
 
+@pytest.mark.runtime
 def test_export_model_exports_a_pruned_static_model_with_its_plan(tmp_path):
     arch, data = ArchConfig.from_str(MBCONV), tiny_digits()
     plan = PrunePlan(arch.key, {"s0.b0.expand": list(range(0, 32, 2)), "s1.b0.se.reduce": [0, 5]})
@@ -409,6 +421,7 @@ def test_export_model_exports_a_pruned_static_model_with_its_plan(tmp_path):
         export_model(seeded(build_model(arch)), spec, data, tmp_path / "other")
 
 
+@pytest.mark.runtime
 def test_int8_is_calibrated_on_training_images_and_judged_by_top1_agreement(run_dir, tmp_path, monkeypatch):
     from latency_tables import convert
 

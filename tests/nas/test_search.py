@@ -194,13 +194,11 @@ def test_the_dashboard_serves_the_study_and_its_trials(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_hwnas_search_and_export_on_a_trained_supernet(tmp_path, capsys):
+@pytest.mark.runtime
+def test_hwnas_search_and_export_on_a_trained_supernet(trained_supernet, tmp_path, capsys):
     from nas.cli import main
-    from supernets.training import SupernetTrainer
-    from tests.supernets.test_training import quiet, tiny_config, tiny_digits
 
-    supernet = tmp_path / "supernet"
-    SupernetTrainer(tiny_config(), supernet, data=tiny_digits(), progress=False, log=quiet).run()
+    supernet = trained_supernet
     run = tmp_path / "search"
     args = ["search", "--supernet", str(supernet), "--budget", "8", "--batch", "4", "--picks", "1", "--constraint",
             "latency_ms<=0.3", "--run-dir", str(run), "--val-images", "48", "--recal-images", "64", "--json",

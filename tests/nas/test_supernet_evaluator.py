@@ -8,15 +8,14 @@ import pytest
 from nas.evaluators import SupernetEvaluator
 from search_spaces.errors import HwnasError
 from supernets.evaluation import evaluate_subnet
-from supernets.training import SupernetTrainer, load_supernet
-from tests.supernets.test_training import quiet, tiny_config, tiny_digits
+from supernets.training import load_supernet
+from tests.supernets.test_training import tiny_digits
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("supernet")
-    SupernetTrainer(tiny_config(), path, data=tiny_digits(), progress=False, log=quiet).run()
-    return path
+def run_dir(trained_supernet):
+    """The session's shared tiny supernet (tests/conftest.py); read only."""
+    return trained_supernet
 
 
 def test_accuracy_is_the_recalibrated_subnet_accuracy_and_is_cached(run_dir, tmp_path):
