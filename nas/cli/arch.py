@@ -27,10 +27,16 @@ def cmd_arch_cost(args: argparse.Namespace) -> None:
     cost = AnalyticCostModel(args.dtype).estimate(arch)
     if args.table:
         from latency_tables import LatencyTable
+        from latency_tables.keys import arch_keys
 
         tables = [LatencyTable.load(path) for path in args.table]
-        cost = replace(cost, latency_ms={t.table_id: round(t.predict_arch(arch), 6) for t in tables})
-    data = {"arch": arch.to_str(), "key": arch.key} | cost.to_dict()
+        cost = replace(cost, latency_ms={t.table_id: round(t.predict_arch(arch, args.estimate_missing), 6)
+                                         for t in tables})
+        keys = arch_keys(arch)
+        estimated = sorted(t.table_id for t in tables if any(k not in t.rows for k in keys))
+    else:
+        estimated = []
+    data = {"arch": arch.to_str(), "key": arch.key} | cost.to_dict() | {"latency_estimated": estimated}
     mib, dtype = 1 << 20, cost.dtype
     lines = [
         f"arch             {arch.to_str()}",
@@ -40,8 +46,13 @@ def cmd_arch_cost(args: argparse.Namespace) -> None:
         f"flops            {cost.flops:,}  (= 2 x MACs)",
         f"memory_access    {cost.memory_access:,} elements  ({cost.memory_access_bytes / mib:.2f} MiB at {dtype})",
         f"peak_activation  {cost.peak_activation:,} elements  ({cost.peak_activation_bytes / mib:.2f} MiB at {dtype})",
-    ] + [f"latency_ms       {ms:.4f}  (predicted, table {table_id})" for table_id, ms in cost.latency_ms.items()]
+    ] + [f"latency_ms       {ms:.4f}  ({_how_priced(table_id in estimated)}, table {table_id})"
+         for table_id, ms in cost.latency_ms.items()]
     emit(data, args.json, lines)
+
+
+def _how_priced(estimated: bool) -> str:
+    return "ESTIMATED: some keys are not measured" if estimated else "predicted"
 
 
 def cmd_arch_validate(args: argparse.Namespace) -> None:
@@ -68,3 +79,6 @@ def register(groups: Any) -> None:
             sub.add_argument("--dtype", default="fp32", choices=list(DTYPE_BYTES), help="element type for bytes")
             sub.add_argument("--table", action="append", metavar="DIR",
                              help="also predict latency with this lookup table (repeatable)")
+            sub.add_argument("--estimate-missing", action="store_true",
+                             help="price keys the table lacks (e.g. a pruned block's explicit widths) by the table's "
+                                  "fitted model, flagged as estimated, instead of refusing")

@@ -1,7 +1,10 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nas.cli import main
@@ -117,3 +120,22 @@ def test_supernet_bad_input_exits_2(capsys, tmp_path, argv, expected):
         capsys.readouterr()
     code, _, err = run(capsys, *argv)
     assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_cost_of_a_pruned_arch_is_refused_by_a_table_or_estimated_and_flagged(capsys):
+    table = str(Path(__file__).parents[2] / "latency_tables" / "data" / "small-amd-epyc-2c-ort-fp32-t1")
+    grid = get_space("small").sample(np.random.default_rng(0))
+    site = next(s for s in grid.sites() if s.block.family != "shufflev2" and s.block.expand > 1)
+    pruned_block = replace(site.block, mid=site.block.mid_channels(site.in_channels) - 8)
+    stages = [list(stage) for stage in grid.stages]
+    stages[site.stage][site.position] = pruned_block
+    pruned = replace(grid, stages=tuple(tuple(stage) for stage in stages))
+    assert main(["arch", "cost", pruned.to_str(), "--table", table]) == 2
+    assert "lacks 1 key(s)" in capsys.readouterr().err
+    assert main(["arch", "cost", grid.to_str(), "--table", table, "--json"]) == 0
+    on_grid = json.loads(capsys.readouterr().out)
+    assert main(["arch", "cost", pruned.to_str(), "--table", table, "--estimate-missing", "--json"]) == 0
+    off_grid = json.loads(capsys.readouterr().out)
+    (table_id,) = off_grid["latency_ms"]
+    assert off_grid["latency_estimated"] == [table_id] and on_grid["latency_estimated"] == []
+    assert 0 < off_grid["latency_ms"][table_id] < on_grid["latency_ms"][table_id]  # 8 fewer middle channels
