@@ -11,7 +11,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from search_spaces import ArchConfig, HeadConfig, StemConfig
+from search_spaces import ArchConfig, BlockConfig, HeadConfig, StemConfig, get_family
 from supernets.blocks import build_block, zero_init_residual
 from supernets.layers import ConvBNAct, get_act_layer
 
@@ -106,3 +106,42 @@ class HeadNet(_Classifying):
 def build_model(arch: ArchConfig, *, dropout: float = 0.0) -> StaticNet:
     """The static network for `arch` (input channels and classes are part of the architecture)."""
     return StaticNet(arch, dropout)
+
+
+def _legacy_block_name(block: BlockConfig, rest: str) -> str:
+    """A block parameter's name in the positional layout before layer ids (`body.<i>`, `left.<i>`, `right.<i>`)."""
+    layer, _, tail = rest.partition(".")
+    kind = get_family(block.family).kind
+    if kind == "shuffle":
+        branch, _, layer_tail = rest.partition(".")
+        layer, _, tail = layer_tail.partition(".")
+        order = {"left": ("dw", "pw"), "right": ("pw1", "dw", "pw2")}[branch]
+        return f"{branch}.{order.index(layer)}.{tail}"
+    if kind == "fused" and layer == "conv":
+        return f"body.{tail}"
+    present = [name for name, here in (("expand", block.expand != 1.0), ("dw", kind != "fused"),
+                                       ("se", block.se_ratio > 0), ("project", True)) if here]
+    return f"body.{present.index(layer)}.{tail}"
+
+
+def legacy_state_names(arch: ArchConfig) -> dict[str, str]:
+    """Parameter name in `build_model(arch)` -> its name in the positional layout hwnas used before layer ids
+    (`stem.0.0.weight`, `stages.1.0.body.2.1.bias`, `classifier.3.weight`), so weights saved then still load."""
+    model = build_model(arch)
+    blocks = {f"s{site.stage}.b{site.position}": site.block for site in arch.sites()}
+    names = {}
+    for name in model.state_dict():
+        top, _, rest = name.partition(".")
+        if top == "stem":
+            names[name] = f"stem.0.{rest}"
+        elif top == "hidden":
+            names[name] = f"classifier.0.{rest}"
+        elif top == "classifier":
+            names[name] = f"classifier.{3 if arch.head.hidden else 1}.{rest}"
+        elif top == "head":
+            names[name] = name
+        else:
+            position, _, inner = rest.partition(".")
+            block = blocks[f"{top}.{position}"]
+            names[name] = f"stages.{top[1:]}.{position[1:]}.{_legacy_block_name(block, inner)}"
+    return names

@@ -234,7 +234,7 @@ def load_subnet(directory: str | Path) -> tuple[nn.Module, SubnetSpec]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from supernets.models import build_model
+    from supernets.models import build_model, legacy_state_names
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -247,6 +247,8 @@ def load_subnet(directory: str | Path) -> tuple[nn.Module, SubnetSpec]:
     except (SafetensorError, OSError, ValueError) as err:
         raise SubnetError(f"{path} cannot be read as safetensors ({err}); export the subnet again") from None
     model = build_model(spec.arch)
+    if any(name.startswith("stages.") for name in tensors):  # exported before layer ids named the modules
+        tensors = {new: tensors[old] for new, old in legacy_state_names(spec.arch).items() if old in tensors}
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
