@@ -51,15 +51,12 @@ def main() -> None:
     from latency_tables.table import find_table
     from nas.strategies.differentiable import DifferentiableSearch
     from search_spaces import ArchConfig
-    from supernets.config import TrainConfig
-    from supernets.data import load_dataset
     from supernets.evaluation import evaluate_subnet
-    from supernets.training import load_supernet
+    from supernets.training import load_run
 
     torch.set_num_threads(1)
-    net, meta = load_supernet(args.run_dir)
-    config = TrainConfig.from_dict(meta["config"])
-    data = load_dataset(config.dataset, config.data_path, val_fraction=config.val_fraction, seed=config.seed)
+    run = load_run(args.run_dir)
+    net, config, data = run.net, run.config, run.dataset()
     space, table = net.space, find_table(net.space.name, "ort", "fp32")
     sample = space.sample_genes(np.random.default_rng(0), 1000)
     sample_ms = table.predict(space, sample).latency_ms
