@@ -268,7 +268,7 @@ class TorchRuntime(Runtime):
     def load(self, path: Path, threads: int) -> Session:
         import torch
 
-        from latency_tables.convert import input_shape, module_from_spec, target_from_spec
+        from latency_tables.pieces import input_shape, module_from_spec, target_from_spec
 
         spec = json.loads(Path(path).read_text())
         module = module_from_spec(spec)

@@ -2,7 +2,8 @@
 once-for-all `Supernet` that holds every subnet of a space, its training (progressive shrinking or the sandwich
 rule), datasets, and checkpoints (`load_supernet`, `load_run`)."""
 
-from supernets.blocks import BLOCK_KINDS, FusedMBConv, InvertedResidual, ShuffleV2Unit, build_block
+from supernets.blocks import FusedMBConv, InvertedResidual, ShuffleV2Unit
+from supernets.kinds import BLOCK_KINDS, build_block
 from supernets.layers import ConvBNAct, SqueezeExcite, get_act_layer
 from supernets.models import StaticNet, build_model
 from supernets.supernet import Supernet

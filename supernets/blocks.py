@@ -10,15 +10,11 @@ honour explicit widths and otherwise follow `search_spaces.families`, as the ana
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from search_spaces import KINDS, BlockConfig, get_family
-from search_spaces.errors import HwnasError
-from supernets.elastic_layers import ElasticBlock, ElasticFused, ElasticInvertedResidual, ElasticShuffle
+from search_spaces import BlockConfig, get_family
 from supernets.layers import ConvBNAct, SqueezeExcite, channel_shuffle, split_even_odd
 
 
@@ -149,35 +145,3 @@ def zero_init_residual(block: nn.Module) -> None:
     init = getattr(block, "zero_init_residual", None)
     if callable(init):
         init()
-
-
-@dataclass(frozen=True)
-class BlockKind:
-    """The torch implementations of one block kind: `static(block, in_channels)` builds a fixed block;
-    `elastic.from_stage(family, stage, in_widths, index)` builds a supernet slot holding shared weights."""
-
-    static: Callable[[BlockConfig, int], nn.Module]
-    elastic: type[ElasticBlock]
-
-
-#: One entry per `Family.kind`: a family of an existing kind needs nothing here.
-BLOCK_KINDS: dict[str, BlockKind] = {
-    "inverted_residual": BlockKind(InvertedResidual, ElasticInvertedResidual),
-    "fused": BlockKind(FusedMBConv, ElasticFused),
-    "shuffle": BlockKind(ShuffleV2Unit, ElasticShuffle),
-}
-
-
-def block_kind(family: str) -> BlockKind:
-    """The torch implementations of `family`'s kind."""
-    kind = get_family(family).kind
-    try:
-        return BLOCK_KINDS[kind]
-    except KeyError:
-        raise HwnasError(f"family {family} is of kind {kind!r}, which has no torch blocks; "
-                         f"kinds with blocks: {', '.join(k for k in KINDS if k in BLOCK_KINDS)}") from None
-
-
-def build_block(block: BlockConfig, in_channels: int) -> nn.Module:
-    """The static module for `block` receiving `in_channels` channels."""
-    return block_kind(block.family).static(block, in_channels)

@@ -1,5 +1,5 @@
 """Elastic layers and blocks: they hold the largest weights and take the sub-shape as call arguments (no active
-state). One elastic block class per block kind; `supernets.blocks.BLOCK_KINDS` pairs each with its static block.
+state). One elastic block class per block kind; `supernets.kinds.BLOCK_KINDS` pairs each with its static block.
 
 Elastic kernel (once-for-all, Cai et al. 2020): the largest kernel is stored; a smaller one is the centre
 crop of the next larger *transformed* kernel, passed through a learned (k*k x k*k) matrix initialised to
@@ -9,7 +9,6 @@ the identity and shared by all channels of the layer. Elastic width: the first c
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +16,8 @@ from torch import nn
 
 from search_spaces import BlockConfig, StageSpec, get_family
 from search_spaces.families import Family
+from supernets.blocks import FusedMBConv, InvertedResidual, ShuffleV2Unit
 from supernets.layers import channel_shuffle, split_even_odd
-
-if TYPE_CHECKING:
-    from supernets.blocks import FusedMBConv, InvertedResidual, ShuffleV2Unit
 
 ACT_FUNCS = {
     "relu": F.relu,

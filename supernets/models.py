@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from search_spaces import ArchConfig, BlockConfig, HeadConfig, StemConfig, get_family
-from supernets.blocks import build_block, zero_init_residual
+from supernets.blocks import zero_init_residual
+from supernets.kinds import build_block
 from supernets.layers import ConvBNAct, get_act_layer
 
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from search_spaces import ArchConfig, BlockConfig, BlockSite, SearchSpace
 from search_spaces.errors import SpaceError
-from supernets.blocks import block_kind
 from supernets.elastic_layers import ACT_FUNCS, ElasticBlock, ElasticConvBN
+from supernets.kinds import block_kind
 from supernets.layers import ConvBNAct
 from supernets.models import StaticNet, build_model
 

@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from latency_tables.counting import TRACERS, layer_ids, layer_ops, trace_arch
 from search_spaces import FAMILIES, KINDS, ArchConfig, BlockConfig, HeadConfig, SearchSpace, StageSpec, StemConfig
-from supernets.blocks import BLOCK_KINDS
 from supernets.elastic_layers import ElasticBlock
+from supernets.kinds import BLOCK_KINDS
 from supernets.layers import layer_modules
 from supernets.supernet import Supernet
 
