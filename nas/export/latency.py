@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from latency_tables.keys import arch_keys
 from latency_tables.runtimes import Protocol, RuntimeMissing, get_runtime
 from latency_tables.table import LatencyTable, default_device, shipped_tables
 from nas.export.spec import (
@@ -83,10 +84,14 @@ def latency_verdict(constraint: str | Constraint, predicted_ms: float | None, me
 
 
 def predictions(arch: ArchConfig, tables: Sequence[LatencyTable]) -> dict[str, Any]:
+    """Each table's predicted latency of `arch`. A pruned architecture (explicit widths, off the grid the tables
+    measured) has its missing keys estimated, flagged `estimated`; a grid architecture needs every key measured."""
+    keys = arch_keys(arch)
     out = {}
     for table in tables:
         p = table.profile
-        out[table.table_id] = {"latency_ms": float(table.predict_arch(arch)), "runtime": p.runtime,
+        out[table.table_id] = {"latency_ms": float(table.predict_arch(arch, estimate_missing=arch.explicit)),
+                               "estimated": any(k not in table.rows for k in keys), "runtime": p.runtime,
                                "precision": p.precision, "threads": p.threads, "device": p.device}
     return out
 

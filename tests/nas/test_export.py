@@ -408,8 +408,12 @@ def test_export_model_exports_a_pruned_static_model_with_its_plan(tmp_path):
     plan = PrunePlan(arch.key, {"s0.b0.expand": list(range(0, 32, 2)), "s1.b0.se.reduce": [0, 5]})
     model = prune_model(seeded(build_model(arch)), plan)
     spec = SubnetSpec(model.arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0), prune_plan=plan)
-    path = export_model(model, spec, data, tmp_path, ExportOptions(runtimes=(("ort", "fp32"),), protocol=FAST))
+    table = find_table("small", "ort", "fp32")
+    path = export_model(model, spec, data, tmp_path,
+                        ExportOptions(runtimes=(("ort", "fp32"),), protocol=FAST, tables=(table,)))
     assert path.name == spec.key != model.arch.key
+    predicted = json.loads((path / METRICS_FILE).read_text())["latency"]["predicted"][table.table_id]
+    assert predicted["estimated"] and predicted["latency_ms"] > 0  # the pruned blocks' keys are not in the table
     assert json.loads((path / SPEC_FILE).read_text())["prune_plan"] == plan.to_dict()
     loaded, got = load_subnet(path)
     assert got.prune_plan == plan and got.arch == model.arch and got.key == spec.key
