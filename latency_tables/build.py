@@ -12,7 +12,6 @@ import contextlib
 import csv
 import datetime as _dt
 import io
-import json
 import os
 import tempfile
 import time
@@ -36,6 +35,7 @@ from latency_tables.table import (
     fit_correction,
     header_line,
     kendall_tau,
+    read_meta,
     read_rows,
     row_line,
     stale_parts,
@@ -393,10 +393,7 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
     """meta.json of a new build, or of the unfinished (or finished) build in `out` if it is the same table."""
     meta_path = out / "meta.json"
     if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise TableError(f"{meta_path} is not valid JSON ({err}); move the directory aside to rebuild") from None
+        meta = read_meta(meta_path)
         want = {"space": space.name, "profile": profile.to_dict(), "protocol": protocol.to_dict()}
         wrong = [f"{k}: has {meta.get(k)!r}, asked {v!r}" for k, v in want.items() if meta.get(k) != v]
         if wrong:

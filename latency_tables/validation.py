@@ -24,7 +24,7 @@ TABLE_FILES = ("table.csv", "networks.csv", "meta.json")
 
 
 def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True, jobs: int = 1, *,
-                   save: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+                   save: bool = False, out: str | Path | None = None) -> dict[str, Any]:
     """Measure `samples` random subnets (none used to fit the correction) end to end, compare them with the
     prediction and return the summary.
 

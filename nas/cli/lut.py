@@ -43,7 +43,8 @@ def cmd_lut_build(args: argparse.Namespace) -> None:
                         progress=not args.no_progress, log=log_for(args), drift_check=args.drift_check,
                         drift_tolerance=args.drift_tolerance)
     if args.validate:
-        validate_table(out, args.validate, seed=args.validate_seed, progress=not args.no_progress, jobs=args.jobs)
+        validate_table(out, args.validate, seed=args.validate_seed, progress=not args.no_progress, jobs=args.jobs,
+                       save=True)
         table = type(table).load(out)
     build, fit = table.meta["build"], table.meta["correction"]
     lines = [f"table {out}: {table.meta['keys']} keys for space {args.space!r} on {table.table_id} "

@@ -43,7 +43,7 @@ def test_build_measures_every_key_and_fits_the_correction(tiny_space, tmp_path):
     assert fit["networks"] == 6 and fit["scale"] > 0 and fit["fit_mape"] < 0.5
     assert len((out / "networks.csv").read_text().splitlines()) == 7
     # the table predicts what it was fitted on to within its own fit error
-    summary = validate_table(out, samples=8, seed=5, progress=False)
+    summary = validate_table(out, samples=8, seed=5, progress=False, save=True)
     assert set(summary) >= {"mape", "rmspe", "within_5", "within_10", "within_15", "kendall_tau",
                             "macs_kendall_tau"}
     assert all(0 <= summary[k] <= 1 for k in ("within_5", "within_10", "within_15"))
@@ -174,7 +174,7 @@ def test_a_changed_block_is_measured_again_and_the_rest_kept(tiny_space, tmp_pat
     out = tmp_path / "table"
     build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=6, progress=False,
                 log=lambda _: None)
-    validate_table(out, samples=6, seed=5, progress=False)
+    validate_table(out, samples=6, seed=5, progress=False, save=True)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["revisions"]["blocks"]["shufflev2"] == 2
     meta["revisions"]["blocks"] = {}  # as measured before the ShuffleNet split changed (revision 1)
@@ -197,7 +197,7 @@ def test_a_changed_block_is_measured_again_and_the_rest_kept(tiny_space, tmp_pat
     assert "validation" not in table.meta and len(list(csv.DictReader((out / "networks.csv").open()))) == 6
     kept = [r for r in csv.DictReader((out / "validation-s5.csv").open())]
     assert len(kept) == 6 - len(uses["validation-s5.csv"])
-    validate_table(out, samples=6, seed=5, progress=False)
+    validate_table(out, samples=6, seed=5, progress=False, save=True)
     assert len(list(csv.DictReader((out / "validation-s5.csv").open()))) == 6
 
 
@@ -207,7 +207,7 @@ def test_a_changed_conversion_measures_every_key_and_network_again(tiny_space, t
     out = tmp_path / "table"
     build_table(tiny_space, "torch", "fp32", out, protocol=FAST, device="box", fit_networks=6, progress=False,
                 log=lambda _: None)
-    validate_table(out, samples=4, seed=5, progress=False)
+    validate_table(out, samples=4, seed=5, progress=False, save=True)
     meta = json.loads((out / "meta.json").read_text())
     keys = meta["build"]["keys_measured"]
     assert keys == len(SpaceIndex(tiny_space).keys) and meta["revisions"]["conversion"] == 1

@@ -38,12 +38,19 @@ def test_cli_validate_on_a_shipped_table_leaves_it_byte_identical(capsys, tmp_pa
 def test_saving_a_shipped_tables_validation_goes_to_a_copy_elsewhere(tmp_path):
     table, copy = shipped_ort(), tmp_path / "copy"
     before = snapshot(table)
-    summary = validate_table(table, samples=2, seed=7, progress=False, out=copy)
+    summary = validate_table(table, samples=2, seed=7, progress=False, save=True, out=copy)
     assert snapshot(table) == before
     stored = LatencyTable.load(copy)
     assert stored.meta["validation"] == summary and summary["samples"] == 2 and summary["seed"] == 7
     assert stored.rows == LatencyTable.load(table).rows and stored.table_id == "amd-epyc-2c-ort-fp32-t1"
     assert len((copy / "validation-s7.csv").read_text().splitlines()) == 3  # header + 2 subnets
     with pytest.raises(TableError, match="shipped tables"):
-        validate_table(table, samples=2, out=table.parent / "elsewhere-inside")
+        validate_table(table, samples=2, save=True, out=table.parent / "elsewhere-inside")
     assert not (table.parent / "elsewhere-inside").exists()
+
+
+def test_the_library_stores_nothing_unless_asked(tmp_path):
+    table, copy = shipped_ort(), tmp_path / "copy"
+    before = snapshot(table)
+    summary = validate_table(table, samples=2, seed=7, progress=False, out=copy)
+    assert summary["samples"] == 2 and snapshot(table) == before and not copy.exists()

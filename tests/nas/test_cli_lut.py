@@ -76,3 +76,14 @@ def test_arch_cost_predicts_latency_with_a_table(capsys, tmp_path):
                                                                           6)}
     code, _, err = run(capsys, "arch", "cost", "mobilenet_v2", "--table", str(out))
     assert code == 2 and "lacks" in err and "key(s) of this architecture" in err
+
+
+@pytest.mark.parametrize(("content", "expected"), [(b"\xff\xfe{}", "not valid UTF-8 JSON"),
+                                                   (b"[1]", "holds a JSON list, not an object")])
+def test_build_on_a_damaged_meta_json_exits_2_and_leaves_it(capsys, tmp_path, content, expected):
+    out = tmp_path / "table"
+    out.mkdir()
+    (out / "meta.json").write_bytes(content)
+    code, _, err = run(capsys, "lut", "build", "--space", "micro", "--out", str(out), *FAST)
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert (out / "meta.json").read_bytes() == content
