@@ -13,7 +13,6 @@ Usage: .venv/bin/python benchmarks/bench_supernet.py [--config configs/mnist5k.y
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -68,25 +67,22 @@ def main() -> None:
     import torch
 
     from supernets.config import TrainConfig
-    from supernets.data import load_dataset
     from supernets.evaluation import accuracy, recalibrate_bn, recalibration_images
-    from supernets.training import SupernetTrainer, evaluate_subnet, load_supernet, train_alone
+    from supernets.training import SupernetTrainer, evaluate_subnet, load_run, train_alone
 
-    config = TrainConfig.load(args.config)
-    threads = torch.get_num_threads() if not config.threads else config.threads
     run_dir = Path(args.run_dir)
+    train_seconds = float("nan")
     if not args.reuse:
         start = time.perf_counter()
-        SupernetTrainer(config, run_dir, progress=False).run()
+        SupernetTrainer(TrainConfig.load(args.config), run_dir, progress=False).run()
         train_seconds = time.perf_counter() - start
-    else:
-        history = json.loads((run_dir / "checkpoint" / "supernet.json").read_text())["metrics"]
-        train_seconds = float("nan") if len(history) < config.total_epochs else None  # type: ignore[assignment]
-        log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-        train_seconds = train_seconds if train_seconds is not None else sum(r["seconds"] for r in log)
-    net, meta = load_supernet(run_dir)
+    run = load_run(run_dir)  # with --reuse, the recipe the run was trained with (not --config)
+    config, net, data = run.config, run.net, run.dataset()
+    history = run.meta["metrics"]
+    if args.reuse and len(history) >= config.total_epochs:  # a finished run: its epochs' recorded wall times
+        train_seconds = sum(row["seconds"] for row in history)
+    threads = torch.get_num_threads() if not config.threads else config.threads
     space = net.space
-    data = load_dataset(config.dataset, config.data_path, val_fraction=config.val_fraction, seed=config.seed)
     torch.set_num_threads(threads)
 
     def recal_acc(model: torch.nn.Module, arch) -> float:  # noqa: ANN001

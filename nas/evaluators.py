@@ -61,24 +61,19 @@ class CostEvaluator:
 
 
 def supernet_space(run_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
-    """The space and checkpoint metadata of a trained supernet's run directory, without torch (the weights are
-    neither read nor checked here; `supernets.training.load_supernet` does that)."""
+    """The space and checkpoint metadata of a trained supernet's run directory (its newest complete checkpoint, as
+    `supernets.checkpoint_files.checkpoint_dir` finds it), without torch (the weights are neither read nor checked
+    here; `supernets.training.load_supernet` does that)."""
     from search_spaces import get_space
+    from supernets.checkpoint_files import read_meta
 
     run_dir = Path(run_dir)
-    for name in ("checkpoint", "checkpoint.old"):
-        path = run_dir / name / "supernet.json"
-        if path.is_file():
-            break
-    else:
-        raise HwnasError(f"no supernet checkpoint in {run_dir} (expected {run_dir / 'checkpoint' / 'supernet.json'}); "
-                         f"train one with `hwnas supernet train --run-dir {run_dir}`")
+    meta = read_meta(run_dir)
+    stored = meta["space"]
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        stored = meta["space"]
         space = get_space(stored["name"], in_channels=stored["in_channels"], num_classes=stored["num_classes"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise HwnasError(f"{path} cannot be read ({err})") from None
+    except (KeyError, TypeError) as err:
+        raise HwnasError(f"the supernet checkpoint in {run_dir} names no readable space ({err!r})") from None
     if space.to_dict() != stored:
         raise HwnasError(f"the supernet in {run_dir} was trained on another definition of space {space.name!r} than "
                          f"this hwnas has")
@@ -90,7 +85,8 @@ class SupernetEvaluator:
     `recal_images` training images, on `data`'s validation split. Results are cached by architecture key, in
     memory and, with `cache_path`, in a JSON file tied to the supernet's weights (sha256), written atomically:
     a search that resumes does not evaluate a subnet twice. `from_run` loads all of it from a run directory;
-    the constructor reads nothing. Torch runs with `threads` threads during an evaluation (None: as it is)."""
+    the constructor reads nothing, and a write keeps the entries the file holds (refusing a file made with other
+    settings). Torch runs with `threads` threads during an evaluation (None: as it is)."""
 
     def __init__(self, net: Any, data: Any, *, recal_images: int, seed: int, weights_sha256: str = "",
                  cache: dict[str, float] | None = None, cache_path: str | Path | None = None,
@@ -124,10 +120,12 @@ class SupernetEvaluator:
                    cache=cache, cache_path=cache_path, threads=threads or run.config.threads or None)
 
     def _write_cache(self) -> None:
+        """Write the cache file: its entries (made with these settings, else a `HwnasError`) and this evaluator's."""
         if self.cache_path is None:
             return
         from search_spaces.files import atomic_write_text
 
+        self.cache = {**read_cache(self.cache_path, self.settings), **self.cache}
         atomic_write_text(self.cache_path, json.dumps({"settings": self.settings, "accuracy": self.cache}, indent=1))
 
     def accuracy(self, genes: np.ndarray) -> np.ndarray:

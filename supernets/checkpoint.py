@@ -7,7 +7,8 @@ log rows (`metrics`) and the sha256 of every other file (`files`; `weights_sha25
 A save writes `checkpoint.tmp/`, fsyncs every file and the directory, renames `checkpoint/` to
 `checkpoint.old/` and `checkpoint.tmp/` to `checkpoint/`, fsyncs the run directory and only then removes
 `checkpoint.old/`: after a kill or power loss at any point one complete checkpoint survives, and
-`checkpoint_dir` finds it. Nothing here deletes the only complete checkpoint.
+`checkpoint_dir` finds it. Nothing here deletes the only complete checkpoint. Finding and checking a checkpoint's
+files needs no torch and lives in `supernets.checkpoint_files` (its names are importable from here too).
 """
 
 from __future__ import annotations
@@ -24,12 +25,26 @@ from safetensors.torch import load_file, save_file
 
 from search_spaces.errors import HwnasError
 from search_spaces.files import atomic_write_text, fsync_dir, fsync_file, sha256_file
+from supernets.checkpoint_files import (
+    FORMAT,
+    NAMES,
+    check_run_dir,
+    checkpoint_dir,
+    incomplete_reason,
+    listed_files,
+    read_checkpoint_meta,
+    read_json_object,
+    read_meta,
+    require_checkpoint_dir,
+    training_traces,
+    verify_files,
+)
 
-FORMAT = "hwnas.supernet/1"
-NAMES = ("checkpoint", "checkpoint.old")  # where a complete checkpoint may be, newest first
-#: The files of a checkpoint written before `files` was recorded (only the weights' sha256 was).
-_LEGACY_FILES = ("supernet.safetensors", "optimizer.safetensors", "optimizer.json", "rng.json")
-_REQUIRED_META = ("space", "config", "epoch", "metrics")
+__all__ = [
+    "FORMAT", "NAMES", "Checkpoint", "check_run_dir", "checkpoint_dir", "incomplete_reason", "listed_files",
+    "load_checkpoint", "optimizer_from_files", "optimizer_to_files", "read_checkpoint_meta", "read_json_object",
+    "read_meta", "require_checkpoint_dir", "save_checkpoint", "training_traces", "verify_files",
+]
 
 
 def _tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -109,131 +124,21 @@ def _write_files(directory: Path, meta: dict[str, Any], model: torch.nn.Module, 
     fsync_dir(directory)
 
 
-def _listed_files(meta: dict[str, Any]) -> dict[str, str | None]:
-    """File name -> expected sha256 (None where a legacy checkpoint recorded none)."""
-    files = meta.get("files")
-    if isinstance(files, dict):
-        return {str(k): str(v) for k, v in files.items()}
-    legacy: dict[str, str | None] = {name: None for name in _LEGACY_FILES}
-    legacy["supernet.safetensors"] = meta.get("weights_sha256")
-    return legacy
-
-
-def incomplete_reason(directory: Path) -> str | None:
-    """Why `directory` is not a complete checkpoint (None when it is): supernet.json or a file it lists is missing.
-    A supernet.json that cannot be read counts as complete here, so that loading reports the damage."""
-    meta_file = directory / "supernet.json"
-    if not meta_file.is_file():
-        return f"{meta_file.name} is missing"
-    try:
-        meta = _read_json_object(meta_file)
-    except HwnasError:
-        return None
-    missing = [name for name in _listed_files(meta) if not (directory / name).is_file()]
-    return f"{', '.join(missing)} listed in supernet.json missing" if missing else None
-
-
-def checkpoint_dir(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint directory of a run, if any (never a half-written one)."""
-    for name in NAMES:
-        if (run_dir / name).is_dir() and incomplete_reason(run_dir / name) is None:
-            return run_dir / name
-    return None
-
-
-def training_traces(run_dir: Path) -> list[str]:
-    """What a run directory holds of an earlier training besides a complete checkpoint: checkpoint directories,
-    weights or a training log (config.yaml alone is no trace: it is written before the first epoch)."""
-    traces = []
-    for name in (*NAMES, "checkpoint.tmp"):
-        directory = run_dir / name
-        if directory.is_dir():
-            held = sorted(p.name for p in directory.iterdir())
-            traces.append(f"{name}/ ({', '.join(held) or 'empty'}; {incomplete_reason(directory) or 'complete'})")
-    log = run_dir / "train_log.jsonl"
-    if log.is_file() and log.stat().st_size:
-        traces.append(log.name)
-    traces += sorted(p.name for p in run_dir.glob("*.safetensors")) if run_dir.is_dir() else []
-    return traces
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """Refuse a run directory a save could damage: `checkpoint/` present but incomplete, or no complete
-    checkpoint while traces of an earlier training remain (training from epoch 0 would overwrite them). The
-    message names what is missing and how to recover."""
-    final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
-    hint = (f"if {old.name}/ is complete, rename it to {final.name}/; " if old.is_dir() else "")
-    recover = f"To recover: {hint}restore the missing files from a backup, or train into a new --run-dir"
-    if final.exists() and incomplete_reason(final) is not None:
-        raise HwnasError(f"{final} is not a complete checkpoint ({incomplete_reason(final)}); a new checkpoint "
-                         f"would replace it, so nothing was changed. {recover}")
-    traces = training_traces(run_dir)
-    if checkpoint_dir(run_dir) is None and traces:
-        raise HwnasError(f"{run_dir} has no complete supernet checkpoint ({final / 'supernet.json'} is missing) but "
-                         f"holds traces of an earlier training: {'; '.join(traces)}. Training from epoch 0 would "
-                         f"overwrite them, so nothing was changed. {recover}")
-
-
-def read_meta(run_dir: Path) -> dict[str, Any]:
-    """The metadata (supernet.json) of a run's newest complete checkpoint, without loading any tensors."""
-    return _read_meta(_require_dir(Path(run_dir)))
-
-
-def _require_dir(run_dir: Path) -> Path:
-    directory = checkpoint_dir(run_dir)
-    if directory is None:
-        found = [f"{name}/: {incomplete_reason(run_dir / name)}" for name in NAMES if (run_dir / name).is_dir()]
-        raise HwnasError(f"no supernet checkpoint in {run_dir} (expected {run_dir / 'checkpoint' / 'supernet.json'}"
-                         f"{''.join(f'; {text}' for text in found)})")
-    return directory
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; anything else (unreadable, not UTF-8, not JSON, not an object) is a HwnasError."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise HwnasError(f"{path} cannot be read as UTF-8 JSON ({err}): the checkpoint is damaged") from None
-    if not isinstance(data, dict):
-        raise HwnasError(f"{path} holds a JSON {type(data).__name__}, not an object: the checkpoint is damaged")
-    return data
-
-
-def _read_meta(directory: Path) -> dict[str, Any]:
-    meta = _read_json_object(directory / "supernet.json")
-    if meta.get("format") != FORMAT:
-        raise HwnasError(f"{directory}: checkpoint format {meta.get('format')!r}; this hwnas reads {FORMAT!r}")
-    missing = [key for key in _REQUIRED_META if key not in meta]
-    if missing:
-        raise HwnasError(f"{directory / 'supernet.json'} lacks {', '.join(missing)}: the checkpoint is damaged")
-    return meta
-
-
-def verify_files(directory: Path, meta: dict[str, Any]) -> None:
-    """Check every file supernet.json lists against its recorded sha256; name the first damaged one."""
-    for name, expected in _listed_files(meta).items():
-        path = directory / name
-        if not path.is_file():
-            raise HwnasError(f"{path} is missing: the checkpoint is incomplete")
-        if expected is not None and sha256_file(path) != expected:
-            raise HwnasError(f"{path} does not match the sha256 in supernet.json: the checkpoint is damaged")
-
-
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     """The newest complete checkpoint of a run, every file checked against its recorded sha256."""
-    directory = _require_dir(run_dir)
-    meta = _read_meta(directory)
+    directory = require_checkpoint_dir(run_dir)
+    meta = read_checkpoint_meta(directory)
     verify_files(directory, meta)
-    listed = _listed_files(meta)
+    listed = listed_files(meta)
     teacher_file = directory / "teacher.safetensors"
     has_teacher = "teacher.safetensors" in listed or ("files" not in meta and teacher_file.is_file())
     try:
         return Checkpoint(
             meta, load_file(str(directory / "supernet.safetensors")),
             optimizer_from_files(load_file(str(directory / "optimizer.safetensors")),
-                                 _read_json_object(directory / "optimizer.json")),
+                                 read_json_object(directory / "optimizer.json")),
             load_file(str(teacher_file)) if has_teacher else None,
-            _read_json_object(directory / "rng.json"),
+            read_json_object(directory / "rng.json"),
         )
     except (OSError, SafetensorError, KeyError, ValueError, TypeError) as err:
         raise HwnasError(f"checkpoint in {directory} cannot be read: {err}") from None

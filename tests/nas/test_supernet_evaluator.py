@@ -1,12 +1,18 @@
-"""Supernet accuracy as a search evaluator: BN-recalibrated accuracy, cached by architecture key on disk."""
+"""Supernet accuracy as a search evaluator: BN-recalibrated accuracy, cached by architecture key on disk; the
+space of a run directory read without torch."""
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nas.evaluators import SupernetEvaluator
+from nas.evaluators import SupernetEvaluator, supernet_space
 from search_spaces.errors import HwnasError
+from supernets.checkpoint import checkpoint_dir, read_meta
 from supernets.evaluation import evaluate_subnet
 from supernets.training import load_supernet
 from tests.supernets.test_training import tiny_digits
@@ -60,6 +66,7 @@ def test_the_constructor_reads_nothing_and_threads_are_restored(run_dir, tmp_pat
     cache.write_text("{not json")  # from_run would refuse it; the constructor does not look
     evaluator = SupernetEvaluator(net, tiny_digits(), recal_images=16, seed=0, cache_path=cache, threads=1)
     assert evaluator.cache == {} and cache.read_text() == "{not json"
+    cache.unlink()  # a write would refuse the corrupt file (see the test below)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -84,3 +91,50 @@ def test_supernet_eval_leaves_torch_threads_as_they_were(run_dir, capsys):
         assert [row["name"] for row in json.loads(capsys.readouterr().out)["subnets"]] == ["largest", "smallest"]
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_directly_built_evaluator_keeps_the_cache_files_entries_and_refuses_other_settings(run_dir, tmp_path):
+    cache = tmp_path / "accuracy.json"
+    first = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    genes = first.space.sample_genes(np.random.default_rng(3), 2)
+    keys = [first.space.from_genes(row).key for row in genes]
+    assert keys[0] != keys[1]
+    stored = first.accuracy(genes[:1])[0]
+
+    def direct(weights_sha256: str) -> SupernetEvaluator:  # no `cache=`: the file is not read when built
+        return SupernetEvaluator(first.net, first.data, recal_images=first.recal_images, seed=0,
+                                 weights_sha256=weights_sha256, cache_path=cache)
+
+    second = direct(first.weights_sha256)
+    fresh = second.accuracy(genes[1:])[0]
+    assert json.loads(cache.read_text())["accuracy"] == {keys[0]: stored, keys[1]: fresh}
+    assert second.cache == {keys[0]: stored, keys[1]: fresh}
+    before = cache.read_text()
+    other = direct("another-supernet")
+    with pytest.raises(HwnasError, match="was made with .*another supernet or evaluation"):
+        other.accuracy(genes[:1])
+    assert cache.read_text() == before
+
+
+def test_supernet_space_loads_no_torch(trained_supernet):
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; import supernets.checkpoint_files; from nas.evaluators import supernet_space; "
+            "space, meta = supernet_space(sys.argv[1]); print(space.name, meta['epoch'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(trained_supernet)], capture_output=True, text=True,
+                         cwd=root, check=True)
+    assert out.stdout.split() == ["small", "2", "False"]
+
+
+def test_supernet_space_skips_an_incomplete_checkpoint_as_checkpoint_dir_does(trained_supernet, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_supernet, run)
+    shutil.copytree(run / "checkpoint", run / "checkpoint.old")
+    meta = json.loads((run / "checkpoint.old" / "supernet.json").read_text())
+    (run / "checkpoint.old" / "supernet.json").write_text(json.dumps({**meta, "epoch": 1}))  # marks the older copy
+    (run / "checkpoint" / "rng.json").unlink()  # listed in checkpoint/supernet.json: that copy is incomplete
+    assert checkpoint_dir(run) == run / "checkpoint.old"
+    space, got = supernet_space(run)
+    assert got["epoch"] == 1 and got == read_meta(run) and space.name == "small"
+    shutil.rmtree(run / "checkpoint.old")
+    with pytest.raises(HwnasError, match="no supernet checkpoint in .*rng.json listed in supernet.json missing"):
+        supernet_space(run)

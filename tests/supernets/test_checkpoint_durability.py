@@ -230,3 +230,25 @@ def test_a_damaged_supernet_json_is_a_clear_error(trained_supernet, tmp_path, co
     for load in (load_checkpoint, load_supernet, read_meta):
         with pytest.raises(HwnasError, match=re.escape(message)):
             load(run)
+
+
+# ------------------------------------------------------------------------------------------ torch-free reading
+
+
+def test_checkpoint_files_and_the_package_load_no_torch_and_every_export_resolves():
+    import subprocess
+    import sys
+
+    import supernets
+    import supernets.checkpoint_files as files
+
+    code = "import sys, supernets, supernets.checkpoint_files; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False"
+    assert checkpoint.checkpoint_dir is files.checkpoint_dir and checkpoint.read_meta is files.read_meta
+    assert checkpoint.FORMAT == files.FORMAT == "hwnas.supernet/1"
+    assert all(getattr(supernets, name) is not None for name in supernets.__all__)
+    assert supernets.load_run is training.load_run and set(supernets.__all__) <= set(dir(supernets))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        supernets.nope  # noqa: B018
