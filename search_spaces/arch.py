@@ -137,6 +137,23 @@ class BlockConfig:
         """The same block with every explicit width dropped (the grid block it was pruned from)."""
         return replace(self, mid=None, squeeze=None, noskip=False, branch=None)
 
+    def canonical(self, in_channels: int) -> BlockConfig:
+        """The same block with every explicit width that only restates the family's rule dropped (`m` equal to the
+        rule's middle width, `q` to its squeeze, `b` to half the output, `noskip` where there is no residual), so
+        one network has one string and one key."""
+        changes: dict[str, Any] = {}
+        if self.mid is not None and self.mid == replace(self, mid=None).mid_channels(in_channels):
+            changes["mid"] = None
+        if self.squeeze is not None and self.squeeze == replace(self, squeeze=None).squeeze_channels(in_channels):
+            changes["squeeze"] = None
+        if self.branch is not None and self.branch == self.out_channels // 2:
+            changes["branch"] = None
+        if self.noskip and not replace(self, noskip=False).has_residual(in_channels):
+            changes["noskip"] = False
+        if not changes:
+            return self
+        return replace(self, **changes).canonical(in_channels)
+
     def mid_channels(self, in_channels: int) -> int:
         """Middle width: explicit `mid`, else the family's rule (MBConv: expanded width; ShuffleNet: branch)."""
         if self.mid is not None:
@@ -199,6 +216,14 @@ class HeadConfig:
         _check_choice("head activation", self.act, ACTIVATIONS)
 
 
+def _with_inputs(stage: tuple[BlockConfig, ...], first: int) -> Iterator[tuple[BlockConfig, int]]:
+    """Each block of a stage with the width it receives (the stage's input, then the previous block's output)."""
+    channels = first
+    for block in stage:
+        yield block, channels
+        channels = block.out_channels
+
+
 class BlockSite(NamedTuple):
     """A block with its position and the width it receives."""
 
@@ -245,6 +270,13 @@ class ArchConfig:
                     f"stage {site.stage} block {site.position}: a split ShuffleNet unit keeps half of its "
                     f"{site.in_channels} input channels, so its branch is {block.out_channels // 2} channels; "
                     f"got b{block.branch}")
+        canonical = [[block.canonical(cin) for block, cin in _with_inputs(stage, first)]
+                     for stage, first in zip(stages, self._stage_inputs(stages), strict=True)]
+        object.__setattr__(self, "stages", tuple(tuple(stage) for stage in canonical))
+
+    def _stage_inputs(self, stages: tuple[tuple[BlockConfig, ...], ...]) -> list[int]:
+        widths = [self.stem.channels] + [stage[-1].out_channels for stage in stages]
+        return widths[:-1]
 
     def sites(self) -> Iterator[BlockSite]:
         """Every block in order, with the number of channels it receives."""

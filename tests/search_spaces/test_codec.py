@@ -197,3 +197,24 @@ def test_malformed_explicit_tokens_name_what_is_wrong(text, expected):
     with pytest.raises(ArchError) as err:
         ArchConfig.from_str(text)
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(("redundant", "canonical"), [
+    # m96 = make_divisible(16 x 6, 8); noskip where stride 2 gives no residual anyway
+    ("mbv2_k3_e6_m96_c24_s2_noskip", "mbv2_k3_e6_c24_s2"),
+    # m64 = 16 x 4 (the stem gives 16 channels); q16 = the rule's squeeze of 64 middle channels at 0.25
+    ("mbv3_k3_e4_m64_c24_s1_se0.25_q16_relu", "mbv3_k3_e4_c24_s1_se0.25_relu"),
+    # b12 = half of 24, m12 = the branch width
+    ("shufflev2_k3_m12_b12_c24_s2", "shufflev2_k3_c24_s2"),
+    # not redundant: a narrower middle stays, and so does its noskip on a residual block
+    ("mbv2_k3_e6_m90_c24_s2", "mbv2_k3_e6_m90_c24_s2"),
+])
+def test_explicit_tokens_that_restate_the_rule_are_dropped(redundant, canonical):
+    def arch(block):
+        return ArchConfig.from_str(f"r32_i1_n10|stem_c16_k3_s2_relu|{block}|head_c64_relu")
+
+    got, want = arch(redundant), arch(canonical)
+    assert got == want and got.key == want.key and got.to_str() == want.to_str()
+    assert got.explicit == ("_m" in canonical)
+    residual = arch("mbv2_k3_e6_c24_s2,mbv2_k3_e6_c24_s1_noskip")
+    assert residual.stages[0][1].noskip and residual.explicit  # a real residual dropped: kept
