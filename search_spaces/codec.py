@@ -121,13 +121,23 @@ def arch_to_dict(arch: ArchConfig) -> dict[str, Any]:
     }
 
 
+def canonical_json(data: Any) -> str:
+    """Canonical JSON of plain data: sorted keys, no spaces (what keys are hashed from)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def short_key(data: Any) -> str:
+    """12 hex digits of the SHA-256 of `data`'s canonical JSON: the key of architectures, plans and specs."""
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:12]
+
+
 def arch_to_json(arch: ArchConfig) -> str:
-    """Canonical JSON: sorted keys, no spaces, every field present."""
-    return json.dumps(arch_to_dict(arch), sort_keys=True, separators=(",", ":"))
+    """Canonical JSON: sorted keys, no spaces; every field present (explicit widths only when set)."""
+    return canonical_json(arch_to_dict(arch))
 
 
 def arch_key(arch: ArchConfig) -> str:
-    return hashlib.sha256(arch_to_json(arch).encode()).hexdigest()[:12]
+    return short_key(arch_to_dict(arch))
 
 
 # ---------------------------------------------------------------------------------------------- decode

@@ -12,7 +12,6 @@ with explicit widths, which `build_model` builds and `nas.export.prune` fills fr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from search_spaces.arch import ArchConfig, BlockConfig, BlockSite, HeadConfig, StemConfig
+from search_spaces.codec import canonical_json, short_key
 from search_spaces.errors import HwnasError
 from search_spaces.families import get_family
 
@@ -47,12 +47,6 @@ class LayerGroups(NamedTuple):
     outputs: str | None
 
 
-def _canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-def _key(data: Any) -> str:
-    return hashlib.sha256(_canonical(data).encode()).hexdigest()[:12]
 
 
 def _json_object(text: str, what: str) -> Any:
@@ -70,12 +64,12 @@ class _CanonicalJson:
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces)."""
-        return _canonical(self.to_dict())
+        return canonical_json(self.to_dict())
 
     @property
     def key(self) -> str:
         """12 hex digits of the SHA-256 of the canonical JSON."""
-        return _key(self.to_dict())
+        return short_key(self.to_dict())
 
 
 # ---------------------------------------------------------------------------------------- channel groups
@@ -186,7 +180,8 @@ class PrunePlan(_CanonicalJson):
             raise PlanError(f"prune plan parent must be an architecture key (12 hex digits); got {self.parent!r}")
         if not isinstance(self.keep, Mapping):
             raise PlanError(f"prune plan keep must map group ids to kept indices; got {type(self.keep).__name__}")
-        keep = {_check_layer_id(g, "prune plan group"): _indices(g, v) for g, v in sorted(self.keep.items())}
+        checked = {_check_layer_id(g, "prune plan group"): v for g, v in self.keep.items()}
+        keep = {g: _indices(g, v) for g, v in sorted(checked.items())}
         object.__setattr__(self, "keep", MappingProxyType(keep))
 
     def __hash__(self) -> int:
@@ -289,11 +284,11 @@ class BitWidthPlan(_CanonicalJson):
         if not isinstance(self.layers, Mapping):
             raise PlanError(f"bit-width plan layers must map layer ids to precisions; got "
                             f"{type(self.layers).__name__}")
-        layers = {_check_layer_id(n, "bit-width plan layer"): _precision(f"bit-width plan precision of {n}", p)
-                  for n, p in sorted(self.layers.items())}
+        checked = {_check_layer_id(n, "bit-width plan layer"): p for n, p in self.layers.items()}
+        layers = {n: _precision(f"bit-width plan precision of {n}", p) for n, p in sorted(checked.items())}
         object.__setattr__(self, "layers", MappingProxyType(layers))
         object.__setattr__(self, "default", _precision("bit-width plan default precision", self.default))
-        if isinstance(self.simulated, (str, bytes)) or not isinstance(self.simulated, Iterable):
+        if isinstance(self.simulated, (str, bytes, Mapping)) or not isinstance(self.simulated, Iterable):
             raise PlanError(f"bit-width plan simulated must be a list of layer ids; got {self.simulated!r}")
         simulated = frozenset(_check_layer_id(n, "bit-width plan simulated layer") for n in self.simulated)
         object.__setattr__(self, "simulated", simulated)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from latency_tables.runtimes import get_runtime
 from search_spaces import ArchConfig
+from search_spaces.codec import short_key
 from search_spaces.errors import HwnasError
 from search_spaces.files import atomic_write_text, sha256_file
 from search_spaces.plans import BitWidthPlan, PrunePlan
@@ -91,11 +92,8 @@ def _plan_key(arch: ArchConfig, prune: PrunePlan | None, bits: BitWidthPlan | No
     of the SHA-256 of the architecture's and the plans' canonical JSON."""
     if prune is None and bits is None:
         return arch.key
-    import hashlib
-
-    parts = {"arch": arch.to_dict(), "prune_plan": None if prune is None else prune.to_dict(),
-             "bitwidth_plan": None if bits is None else bits.to_dict()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    return short_key({"arch": arch.to_dict(), "prune_plan": None if prune is None else prune.to_dict(),
+                      "bitwidth_plan": None if bits is None else bits.to_dict()})
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,12 @@ def test_layer_ids_are_the_cost_traces_and_the_static_modules():
             assert list(layer_groups(arch)) == list(layer_ids(arch))
         model = build_model(arch)
         assert all(model.get_submodule(layer) is not None for layer in layer_groups(arch))
+
+
+def test_plans_from_python_with_keys_of_mixed_types_or_a_mapping_of_simulated_layers_are_plan_errors():
+    with pytest.raises(PlanError, match="prune plan group: 1 is not a layer id"):
+        PrunePlan("0" * 12, {1: [0], "stem": [0]})
+    with pytest.raises(PlanError, match="bit-width plan layer: 1 is not a layer id"):
+        BitWidthPlan({1: "int8", "stem": "fp16"})
+    with pytest.raises(PlanError, match="simulated must be a list of layer ids"):
+        BitWidthPlan.from_dict({"format": "hwnas.bitwidth-plan/1", "simulated": {"stem": 1}})
