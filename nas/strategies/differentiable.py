@@ -352,7 +352,9 @@ class DifferentiableSearch:
         self.net.train()
 
         def arch_batches() -> Any:
-            while True:
+            # one architecture batch per weight step: enough passes over the architecture split for every step
+            passes = math.ceil(total / max(1, math.ceil(len(arch_split) / self.batch_size))) + 1
+            for _ in range(passes):
                 yield from batches(arch_split, self.batch_size, native, data.mean, data.std, rng)
 
         arch_iter = arch_batches()
