@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -49,13 +50,48 @@ def calibration_inputs(shape: Sequence[int], n: int = 8, seed: int = 0) -> list[
 # ----------------------------------------------------------------------------------------------- ONNX
 
 
+#: ONNX operators that carry a layer's weights (a conv with its BatchNorm folded in, a linear layer).
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def onnx_layer_id(node_name: str) -> str | None:
+    """The layer id of an ONNX node as torch's TorchScript exporter names it, or None for a node that is no layer.
+
+    The exporter names a node `/<module path, one segment per level>/<op type>[_<n>]`, and a ConvBNAct's conv is
+    its child `<name>.0`: `/s0/b0/expand/expand.0/Conv` -> `s0.b0.expand`, `/s0/b0/se/reduce/Conv` ->
+    `s0.b0.se.reduce`, `/classifier/Gemm` -> `classifier`; `/s0/b0/Add` -> None.
+    """
+    *scopes, op = node_name.strip("/").split("/")
+    if re.sub(r"_\d+$", "", op) not in LAYER_OPS or not scopes:
+        return None
+    if len(scopes) > 1 and re.fullmatch(re.escape(scopes[-2]) + r"\.\d+", scopes[-1]):
+        scopes.pop()
+    return ".".join(scopes)
+
+
+def name_layers(path: Path) -> None:
+    """Rename, in place, each ONNX node that is a layer to its layer id (`s0.b0.expand`), where that id names one
+    node; other nodes keep the exporter's names. Per-layer tools (quantization's node lists, profilers) then
+    address a layer by the id the plans and the cost trace use."""
+    import onnx
+
+    model = onnx.load(str(path))
+    ids = [onnx_layer_id(node.name) for node in model.graph.node]
+    once = {i for i in ids if i is not None and ids.count(i) == 1}
+    for node, layer in zip(model.graph.node, ids, strict=True):
+        if layer in once:
+            node.name = layer
+    onnx.save(model, str(path))
+
+
 def export_onnx(module: nn.Module, shape: Sequence[int], path: Path) -> Path:
-    """fp32 ONNX (opset 17, TorchScript exporter: fast and needs no onnxscript)."""
+    """fp32 ONNX (opset 17, TorchScript exporter: fast and needs no onnxscript), layer nodes named by layer id."""
     x = torch.zeros(tuple(shape))
     with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (x,), str(tmp), input_names=["input"], output_names=["output"],
                           opset_version=17, dynamo=False)
+        name_layers(tmp)
     return Path(path)
 
 
