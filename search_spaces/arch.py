@@ -100,7 +100,7 @@ class BlockConfig:
         name = fam.name
         if self.mid is not None:
             _check_int(f"middle channels (m) of a {name} block", self.mid, 1, MAX_CHANNELS)
-            if fam.kind != "shuffle" and self.expand == 1.0:
+            if not fam.branched and self.expand == 1.0:
                 raise ArchError(f"middle channels (m{self.mid}) need an expansion layer; this {name} block has "
                                 "expand ratio 1 (its middle width is its input width)")
         if self.squeeze is not None:
@@ -110,10 +110,10 @@ class BlockConfig:
                                 "SE ratio 0")
         if not isinstance(self.noskip, bool):
             raise ArchError(f"noskip of a {name} block must be true or false; got {self.noskip!r}")
-        if self.noskip and fam.kind == "shuffle":
+        if self.noskip and fam.branched:
             raise ArchError(f"a {name} unit has no residual connection to drop; noskip is not allowed there")
         if self.branch is not None:
-            if fam.kind != "shuffle":
+            if not fam.branched:
                 raise ArchError(f"branch channels (b{self.branch}) belong to ShuffleNet units; "
                                 f"a {name} block has no branches")
             _check_int(f"branch channels (b) of a {name} unit", self.branch, 1, self.out_channels - 1)
@@ -158,7 +158,7 @@ class BlockConfig:
         """Middle width: explicit `mid`, else the family's rule (MBConv: expanded width; ShuffleNet: branch)."""
         if self.mid is not None:
             return self.mid
-        if get_family(self.family).kind == "shuffle":
+        if get_family(self.family).branched:
             return self.branch_channels
         return get_family(self.family).mid_channels(in_channels, self.expand)
 
@@ -177,11 +177,11 @@ class BlockConfig:
 
     def is_split_unit(self, in_channels: int) -> bool:
         """ShuffleNet: a split unit (stride 1, equal widths) transforms half its input and keeps the other."""
-        return get_family(self.family).kind == "shuffle" and self.stride == 1 and in_channels == self.out_channels
+        return get_family(self.family).branched and self.stride == 1 and in_channels == self.out_channels
 
     def has_residual(self, in_channels: int) -> bool:
         """An MBConv adds its input at stride 1 with equal widths, unless `noskip` says it does not."""
-        return (get_family(self.family).kind != "shuffle" and self.stride == 1
+        return (not get_family(self.family).branched and self.stride == 1
                 and in_channels == self.out_channels and not self.noskip)
 
 @dataclass(frozen=True)

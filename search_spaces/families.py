@@ -45,6 +45,9 @@ class Family:
     #: registered per kind (`inverted_residual`, `fused`, `shuffle`), so a family of an existing kind is this
     #: one entry and a new kind adds one file per layer.
     kind: str = "inverted_residual"
+    #: A two-branch unit (ShuffleNet): split into halves at stride 1 with equal widths, branches concatenated and
+    #: shuffled, no residual; its middle width is the transformed branch's inner width. Otherwise a residual block.
+    branched: bool = False
     #: What the family's block computes, by revision: bump it whenever its computation (and so its measured
     #: latency) changes. Latency tables and supernet checkpoints record the revisions they were made at; a table
     #: build re-measures the keys of a family whose revision moved. Torch-free, so pricing can read it.
@@ -103,7 +106,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             "shufflev2",
             "ShuffleNetV2 unit: channel split + shuffle (stride 1, in == out), two-branch unit otherwise, ReLU",
-            _KERNELS, _STRIDES, ("relu",), (0.0,), has_expand=False, even_channels=True, kind="shuffle",
+            _KERNELS, _STRIDES, ("relu",), (0.0,), has_expand=False, even_channels=True, kind="shuffle", branched=True,
             # 2: the split takes the odd channels and keeps the even ones in place (was `chunk(2)`)
             revision=2,
         ),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -75,28 +75,37 @@ class _CanonicalJson:
 # ---------------------------------------------------------------------------------------- channel groups
 
 
-def _block_layers(site: BlockSite, prefix: str, in_g: str | None) -> tuple[dict[str, LayerGroups], str | None]:
-    """The layers of one block with their groups, and the group of the block's output."""
-    block, kind = site.block, get_family(site.block.family).kind
-    if kind == "shuffle":
-        inner_g = prefix + "right.pw1"
-        if block.is_split_unit(site.in_channels):
-            layers = {"right.pw1": LayerGroups(None, inner_g)}
-        else:
-            layers = {"left.dw": LayerGroups(in_g, in_g), "left.pw": LayerGroups(in_g, None),
-                      "right.pw1": LayerGroups(in_g, inner_g)}
-        layers |= {"right.dw": LayerGroups(inner_g, inner_g), "right.pw2": LayerGroups(inner_g, None)}
-        return {prefix + k: v for k, v in layers.items()}, None
-    residual = block.has_residual(site.in_channels)
+def _shuffle_layers(site: BlockSite, prefix: str, in_g: str | None) -> tuple[dict[str, LayerGroups], str | None]:
+    """ShuffleNet unit: only the transformed branch's inner width is prunable; the unit's output (concatenated and
+    shuffled) and, in a split unit, its input are fixed."""
+    inner_g = prefix + "right.pw1"
+    if site.block.is_split_unit(site.in_channels):
+        layers = {"right.pw1": LayerGroups(None, inner_g)}
+    else:
+        layers = {"left.dw": LayerGroups(in_g, in_g), "left.pw": LayerGroups(in_g, None),
+                  "right.pw1": LayerGroups(in_g, inner_g)}
+    layers |= {"right.dw": LayerGroups(inner_g, inner_g), "right.pw2": LayerGroups(inner_g, None)}
+    return {prefix + k: v for k, v in layers.items()}, None
+
+
+def _fused_layers(site: BlockSite, prefix: str, in_g: str | None) -> tuple[dict[str, LayerGroups], str | None]:
+    """Fused MBConv: kxk expand -> 1x1 project (or one kxk conv); a residual ties the output to the input."""
+    block = site.block
+    expands = block.expand != 1.0
+    out_g = in_g if block.has_residual(site.in_channels) else prefix + ("project" if expands else "conv")
+    mid_g = prefix + "expand"
+    layers = {"expand": LayerGroups(in_g, mid_g), "project": LayerGroups(mid_g, out_g)} if expands else \
+        {"conv": LayerGroups(in_g, out_g)}
+    return {prefix + k: v for k, v in layers.items()}, out_g
+
+
+def _inverted_residual_layers(site: BlockSite, prefix: str, in_g: str | None
+                              ) -> tuple[dict[str, LayerGroups], str | None]:
+    """Inverted residual: the middle group runs from expand (or the input) through dw and SE to project."""
+    block = site.block
     expands = block.expand != 1.0
     mid_g: str | None = prefix + "expand" if expands else in_g
-    if kind == "fused":
-        last = "project" if expands else "conv"
-        out_g = in_g if residual else prefix + last
-        layers = {"expand": LayerGroups(in_g, mid_g), "project": LayerGroups(mid_g, out_g)} if expands else \
-            {"conv": LayerGroups(in_g, out_g)}
-        return {prefix + k: v for k, v in layers.items()}, out_g
-    out_g = in_g if residual else prefix + "project"
+    out_g = in_g if block.has_residual(site.in_channels) else prefix + "project"
     layers = {"expand": LayerGroups(in_g, mid_g)} if expands else {}
     layers["dw"] = LayerGroups(mid_g, mid_g)
     if block.se_ratio > 0:
@@ -104,6 +113,20 @@ def _block_layers(site: BlockSite, prefix: str, in_g: str | None) -> tuple[dict[
                    "se.expand": LayerGroups(prefix + "se.reduce", mid_g)}
     layers["project"] = LayerGroups(mid_g, out_g)
     return {prefix + k: v for k, v in layers.items()}, out_g
+
+
+#: The dependency analysis of one block, per `Family.kind`: (site, layer-id prefix, input group) -> the block's
+#: layers with their groups, and the group of the block's output (None: not prunable).
+GROUPERS: dict[str, Callable[[BlockSite, str, str | None], tuple[dict[str, LayerGroups], str | None]]] = {
+    "inverted_residual": _inverted_residual_layers,
+    "fused": _fused_layers,
+    "shuffle": _shuffle_layers,
+}
+
+
+def _block_layers(site: BlockSite, prefix: str, in_g: str | None) -> tuple[dict[str, LayerGroups], str | None]:
+    """The layers of one block with their groups, and the group of the block's output."""
+    return GROUPERS[get_family(site.block.family).kind](site, prefix, in_g)
 
 
 def layer_groups(arch: ArchConfig) -> dict[str, LayerGroups]:

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from latency_tables.counting import TRACERS, layer_ids, layer_ops, trace_arch
 from search_spaces import FAMILIES, KINDS, ArchConfig, BlockConfig, HeadConfig, SearchSpace, StageSpec, StemConfig
+from search_spaces.plans import GROUPERS
 from supernets.elastic_layers import ElasticBlock
 from supernets.kinds import BLOCK_KINDS
 from supernets.layers import layer_modules
@@ -101,9 +102,9 @@ def test_static_block_trace_flops_and_elastic_block_agree(fam, stride, se, varia
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_kind_has_a_static_block_an_elastic_block_and_a_tracer(family):
     kind = FAMILIES[family].kind
-    assert kind in KINDS and kind in BLOCK_KINDS and kind in TRACERS
+    assert kind in KINDS and kind in BLOCK_KINDS and kind in TRACERS and kind in GROUPERS
     assert callable(BLOCK_KINDS[kind].static) and issubclass(BLOCK_KINDS[kind].elastic, ElasticBlock)
 
 
 def test_every_kind_is_implemented_by_every_layer():
-    assert set(BLOCK_KINDS) == set(KINDS) == set(TRACERS)
+    assert set(BLOCK_KINDS) == set(KINDS) == set(TRACERS) == set(GROUPERS)
