@@ -30,6 +30,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,13 @@ class Allocation:
     def estimated(self) -> bool:
         """Whether the prediction used any estimated (unmeasured) key."""
         return bool(self.estimated_keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (for metrics.json): the table, budget, predictions, kept widths, estimated keys."""
+        return {"table": self.table_id, "budget_ms": self.budget_ms, "latency_ms": self.latency_ms,
+                "parent_latency_ms": self.parent_latency_ms, "estimated": self.estimated,
+                "estimated_keys": list(self.estimated_keys), "widths": dict(self.widths), "steps": self.steps,
+                "plan": self.plan.to_dict()}
 
 
 def predicted_latency(table: LatencyTable, arch: ArchConfig) -> tuple[float, tuple[str, ...]]:

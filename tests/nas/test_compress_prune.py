@@ -4,6 +4,7 @@ weights (ShuffleNet units included)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -169,6 +170,9 @@ def test_allocated_plan_meets_the_budget_and_replays_on_the_parent(table, seed):
     # the pruned blocks' keys are off the table's grid: estimated, and said so
     assert result.estimated and set(result.estimated_keys) == {k.to_str() for k in arch_keys(result.arch)
                                                                 if k not in table.rows}
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert summary["latency_ms"] == result.latency_ms and summary["estimated"] is True
+    assert PrunePlan.from_dict(summary["plan"]) == plan and summary["table"] == table.table_id
     pruned = prune_model(parent, plan)
     assert pruned.arch == result.arch
     x = torch.randn(2, arch.in_channels, arch.resolution, arch.resolution, generator=torch.Generator().manual_seed(0))
