@@ -5,14 +5,14 @@ Algorithm (`method="greedy"`), after NetAdapt (Yang et al., "NetAdapt: Platform-
 for Mobile Applications", ECCV 2018, arXiv:1804.03230): start from the parent's widths. At each step, propose
 for every group its next smaller allowed width (a multiple of `round_to`, at least `min_channels`), dropping its
 lowest-scored channels; price every proposal with the table (`LatencyTable.predict_arch` of
-`PrunePlan.apply_to(parent)`, so the next layers' narrower inputs, the runtime's staircases and the table's
-network-level correction are in the price); take the proposal with the best ratio of predicted latency saved to
-importance removed, the importance normalised per group: a step's cost is the share of the importance its group
-still holds that the step removes (scale-free across groups and criteria, and rising as a group thins, so one
-group is not cut to its last channels while others keep all of theirs). Repeat until the prediction is within
-the budget. Where no proposal saves latency (a table can be non-monotone), the one that costs least latency is
-taken, so the walk always moves towards every group at its fewest channels; it takes at most as many steps as
-there are widths to step down through (<= sum of group widths / `round_to`).
+`PrunePlan.apply_to(parent)`, so the next layers' narrower inputs, the table's network-level correction and,
+for measured keys, the runtime's staircases are in the price); take the proposal with the best ratio of
+predicted latency saved to importance removed, the importance normalised per group: a step's cost is the share
+of the importance its group still holds that the step removes (scale-free across groups and criteria, and
+rising as a group thins, so one group is not cut to its last channels while others keep all of theirs). Repeat
+until the prediction is within the budget. Where no proposal saves latency (a table can be non-monotone), the
+one that costs least latency is taken, so the walk always moves towards every group at its fewest channels; it
+takes at most as many steps as there are widths to step down through (<= sum of group widths / `round_to`).
 
 Differences from NetAdapt: no short-term fine-tune per proposal (the importance scores stand in for the accuracy
 it measures) and one width step per iteration instead of a per-iteration latency target.
