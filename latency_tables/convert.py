@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,14 @@ from latency_tables.pieces import (  # noqa: F401 - re-exported: callers reach t
     target_from_spec,
     target_module,
 )
-from latency_tables.runtimes import RuntimeMissing, check_precision, get_runtime, runtime_spec
+from latency_tables.runtimes import (
+    MIXED,
+    RuntimeMissing,
+    check_layer_precisions,
+    check_precision,
+    get_runtime,
+    runtime_spec,
+)
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
 from search_spaces.files import atomic_path
@@ -116,6 +123,61 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Sequence[np.ndarray]
         quantize_static(str(fp32_path), str(tmp), _Reader("input", calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return Path(path)
+
+
+def node_precisions(nodes: Sequence[tuple[str | None, Sequence[str], Sequence[str]]],
+                    layers: Mapping[str, str]) -> list[str | None]:
+    """The precision each node of a graph runs at in a mixed-precision model, from its layers' precisions.
+
+    `nodes` are (layer id or None, input tensor names, output tensor names) in topological order. A layer's node
+    runs at its layer's precision; any other node (an activation, a residual add, a concatenation, a shuffle, a
+    pooling) runs in int8 only when every node feeding it does, and in fp32 otherwise, so an activation follows
+    its conv and an add fed by an fp32 (or fp16-weight) layer stays float. A node fed by no node (a constant)
+    gets None."""
+    made: dict[str, str | None] = {}
+    out: list[str | None] = []
+    for layer, inputs, outputs in nodes:
+        if layer is not None:
+            precision: str | None = layers[layer]
+        else:
+            fed = [made[name] for name in inputs if made.get(name) is not None]
+            precision = None if not fed else "int8" if all(p == "int8" for p in fed) else "fp32"
+        out.append(precision)
+        made.update(dict.fromkeys(outputs, precision))
+    return out
+
+
+def quantize_onnx_layers(fp32_path: Path, path: Path, calibration: Sequence[np.ndarray],
+                         layers: Mapping[str, str]) -> Path:
+    """Mixed-precision QDQ model: the layers `layers` puts at int8 quantized as `quantize_onnx` does (per-channel
+    int8 weights, uint8 activations, min/max calibration), the others left fp32 with `nodes_to_exclude`, together
+    with the nodes that follow them (`node_precisions`). The fp32 model's layer nodes are named by layer id
+    (`export_onnx`). Load it with `runtimes.OrtRuntime`, which keeps ONNX Runtime from quantizing its fp32 layers
+    again."""
+    import onnx
+
+    check_layer_precisions("ort", layers)
+    try:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise RuntimeMissing("int8 ONNX needs onnxruntime; install it with `pip install -e '.[runtimes]'`") from None
+    graph = onnx.load(str(fp32_path)).graph
+    _check_layers_found("ONNX model", {n.name for n in graph.node}, layers)
+    nodes = [(n.name if n.name in layers else None, list(n.input), list(n.output)) for n in graph.node]
+    exclude = [n.name for n, p in zip(graph.node, node_precisions(nodes, layers), strict=True) if p == "fp32"]
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(fp32_path), str(tmp), _Reader("input", calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude)
+    return Path(path)
+
+
+def _check_layers_found(what: str, found: set[str], layers: Mapping[str, str]) -> None:
+    missing = sorted(set(layers) - found)
+    if missing:
+        raise HwnasError(f"the {what} has no node of layer {', '.join(missing[:5])}: the bit-width plan is for another "
+                         f"architecture")
 
 
 def integer_io(path: Path, *, input_: bool = True, output: bool = True) -> dict[str, list[float]]:
@@ -251,19 +313,90 @@ def _boundary_quantizer() -> Any:
     return _BoundaryQuantizer().set_global(config)
 
 
+#: TFLite ops that carry a layer's weights; every other op follows the ops that feed it (`node_precisions`).
+TFLITE_LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def tflite_layer_pattern(layer: str) -> str:
+    """Regex finding layer `layer`'s weights by litert-torch's tensor names, one `<class>_<attribute>` segment per
+    level of the module path (`.../Sequential_s0/InvertedResidual_b0/ConvBNAct_expand/...`,
+    `.../SqueezeExcite_se/Conv2d_reduce;`); the closing `/` or `;` keeps `b1` from matching `b10`."""
+    return "".join(rf"/[\w.]+_{re.escape(part)}" for part in layer.split(".")) + "(?=[/;])"
+
+
+def _tflite_op_precisions(float_path: Path, layers: Mapping[str, str]) -> list[tuple[str, str, str | None]]:
+    """(op scope as ai-edge-quantizer matches rules against it, op name, precision) for each op of the float
+    model: a weight op at its layer's precision, every other op as `node_precisions` says."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    model = tfl.read_model(Path(float_path))
+    graph = model.subgraphs[0]
+    patterns = {layer: re.compile(tflite_layer_pattern(layer)) for layer in layers}
+    rows, nodes = [], []
+    for op in graph.operators:
+        scope = tfl.get_op_scope(op, graph.tensors)
+        name = tfl.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode, "")
+        # The weights' tensor names the one layer they belong to (an output's name may join several modules').
+        weights = tfl.get_tensor_name(graph.tensors[op.inputs[1]]) if name in TFLITE_LAYER_OPS else ""
+        matches = [layer for layer, rx in patterns.items() if weights and rx.search(weights)]
+        layer = matches[0] if len(matches) == 1 else None
+        nodes.append((layer, [str(i) for i in op.inputs if i >= 0], [str(i) for i in op.outputs if i >= 0]))
+        rows.append((scope, name))
+    _check_layers_found("TFLite model", {layer for layer, _, _ in nodes if layer is not None}, layers)
+    return [(scope, name, p) for (scope, name), p in zip(rows, node_precisions(nodes, layers), strict=True)]
+
+
+def quantize_tflite_layers(float_path: Path, path: Path, calibration: Sequence[np.ndarray],
+                           layers: Mapping[str, str]) -> Path:
+    """Mixed-precision TFLite model with ai-edge-quantizer, one recipe rule per op of the float model (matched by
+    its exact scope): static int8 (per-channel int8 weights, int8 activations calibrated on `calibration`, NCHW
+    arrays fed channels-last) for int8 layers and the ops that follow only int8 ops, fp16 weights for fp16
+    layers (computed in fp32), and no rule (float) for the rest. QUANTIZE and DEQUANTIZE ops join the regions;
+    the model takes and gives floats."""
+    check_layer_precisions("litert", layers)
+    try:
+        from ai_edge_quantizer import quantizer
+    except ImportError:
+        raise RuntimeMissing("mixed-precision TFLite needs ai-edge-quantizer; install it with "
+                             "`pip install -e '.[runtimes]'` (or `pip install ai-edge-quantizer`)") from None
+    ops = _tflite_op_precisions(Path(float_path), layers)
+    q = quantizer.Quantizer(str(float_path))
+    for scope, name, precision in ops:
+        rx = "^" + re.escape(scope) + "$"
+        if precision == "int8":
+            q.add_static_config(rx, "*", activation_num_bits=8, weight_num_bits=8)
+        elif precision == "fp16" and name in TFLITE_LAYER_OPS:
+            q.add_weight_only_config(rx, name, 16, algorithm_key="float_casting")
+    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if not any(p in ("int8", "fp16") for _, _, p in ops):  # nothing to quantize: the float model as it is
+            tmp.write_bytes(Path(float_path).read_bytes())
+            return Path(path)
+        feeds = [{"args_0": np.ascontiguousarray(x.transpose(0, 2, 3, 1))} for x in calibration]
+        result = q.calibrate({"serving_default": feeds}) if q.need_calibration else None
+        tmp.write_bytes(bytes(q.quantize(result, enable_progress_report=False).quantized_model))
+    return Path(path)
+
+
 # ------------------------------------------------------------------------------------------- export
 
 
 def to_onnx(module: nn.Module, shape: Sequence[int], path: Path, precision: str,
-            calibration: Sequence[np.ndarray], piece: LutKey | None = None) -> Path:
-    """The ONNX Runtime converter (`RuntimeSpec.converter`): fp32 ONNX, or int8 QDQ calibrated on
-    `calibration`. An int8 lookup-table `piece` takes and gives its quantized tensors where a network's would
-    (`integer_io`: only the stem's input and the head's output are float inside a network)."""
+            calibration: Sequence[np.ndarray], piece: LutKey | None = None,
+            layers: Mapping[str, str] | None = None) -> Path:
+    """The ONNX Runtime converter (`RuntimeSpec.converter`): fp32 ONNX, int8 QDQ calibrated on `calibration`, or
+    (precision `mixed`) each layer at its precision in `layers` (`quantize_onnx_layers`). An int8 lookup-table
+    `piece` takes and gives its quantized tensors where a network's would (`integer_io`: only the stem's input and
+    the head's output are float inside a network)."""
     if precision == "fp32":
         return export_onnx(module, shape, path)
     with tempfile.TemporaryDirectory() as tmpdir:
         fp32 = export_onnx(module, shape, Path(tmpdir) / "fp32.onnx")
-        int8 = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", calibration)
+        if precision == MIXED:
+            int8 = quantize_onnx_layers(fp32, Path(tmpdir) / "int8.onnx", calibration, _mixed_layers(layers))
+        else:
+            int8 = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", calibration)
         if piece is not None:
             integer_io(int8, input_=piece.kind != "stem", output=piece.kind != "head")
         with atomic_path(path) as tmp:
@@ -272,21 +405,41 @@ def to_onnx(module: nn.Module, shape: Sequence[int], path: Path, precision: str,
 
 
 def to_tflite(module: nn.Module, shape: Sequence[int], path: Path, precision: str,
-              calibration: Sequence[np.ndarray], piece: LutKey | None = None) -> Path:
+              calibration: Sequence[np.ndarray], piece: LutKey | None = None,
+              layers: Mapping[str, str] | None = None) -> Path:
     """The LiteRT converter (`RuntimeSpec.converter`): `export_tflite` (int8 pieces and networks alike take and
-    give int8 tensors)."""
-    return export_tflite(module, shape, path, precision, calibration)
+    give int8 tensors), or (precision `mixed`) the fp32 model with each layer at its precision in `layers`
+    (`quantize_tflite_layers`; float input and output)."""
+    if precision != MIXED:
+        return export_tflite(module, shape, path, precision, calibration)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        fp32 = export_tflite(module, shape, Path(tmpdir) / "fp32.tflite")
+        return quantize_tflite_layers(fp32, path, calibration, _mixed_layers(layers))
+
+
+def _mixed_layers(layers: Mapping[str, str] | None) -> Mapping[str, str]:
+    if not layers:
+        raise HwnasError("a mixed-precision model needs the precision of each layer (a bit-width plan's precisions)")
+    return layers
 
 
 def export_model_file(runtime: str, precision: str, module: nn.Module, shape: Sequence[int], path: Path,
-                      calibration: Sequence[np.ndarray] | None = None) -> Path:
+                      calibration: Sequence[np.ndarray] | None = None,
+                      layers: Mapping[str, str] | None = None) -> Path:
     """Convert a whole network (float input and output) to `runtime`'s model file at `precision`, with the
     registry's converter; int8 is calibrated on `calibration` (NCHW float arrays; default: seeded random
-    inputs, a stand-in for real images). Returns the path."""
+    inputs, a stand-in for real images). Precision `mixed` runs each layer at its precision in `layers` (layer id
+    -> precision, e.g. `BitWidthPlan.precisions(arch)`), which the runtime must run per layer. Returns the path."""
     spec = runtime_spec(runtime)
-    check_precision(runtime, precision)
+    if precision == MIXED:
+        check_layer_precisions(runtime, _mixed_layers(layers))
+    else:
+        check_precision(runtime, precision)
     calibration = list(calibration) if calibration is not None else calibration_inputs(shape)
-    return spec.convert_function()(module.eval(), tuple(shape), Path(path), precision, calibration)
+    convert = spec.convert_function()
+    if precision == MIXED:
+        return convert(module.eval(), tuple(shape), Path(path), precision, calibration, layers=layers)
+    return convert(module.eval(), tuple(shape), Path(path), precision, calibration)
 
 
 def export_for(runtime: str, precision: str, target: LutKey | ArchConfig, path: Path, seed: int = 0,

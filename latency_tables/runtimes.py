@@ -180,8 +180,30 @@ def _missing(runtime: str, package: str) -> RuntimeMissing:
                           f"with `pip install -e '.[runtimes]'` (or `pip install {package}`)")
 
 
+class _KeepFloatLayers:
+    """The onnxruntime module, but for sessions made without the `WeightBiasQuantization` optimizer.
+
+    That optimizer (ORT >= 1.21) gives a float Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear
+    int8 weights and an int32 bias when the session loads, and the Conv then fuses into a QLinearConv: an fp32
+    layer between two int8 layers of a mixed-precision model (`convert.quantize_onnx_layers`) would run in int8.
+    Fully int8 and fully fp32 models have no such float Conv, so they run as before. Everything else about the
+    session is the kit's protocol (`kit_runner.ort_session`)."""
+
+    DISABLED = ("WeightBiasQuantization",)
+
+    def __init__(self, ort: Any) -> None:
+        self._ort = ort
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ort, name)
+
+    def InferenceSession(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - onnxruntime's name
+        return self._ort.InferenceSession(*args, disabled_optimizers=list(self.DISABLED), **kwargs)
+
+
 class OrtRuntime(Runtime):
-    """ONNX Runtime, CPU execution provider, sequential execution, all graph optimisations."""
+    """ONNX Runtime, CPU execution provider, sequential execution, all graph optimisations but the one that would
+    quantize a mixed-precision model's fp32 layers (`_KeepFloatLayers`)."""
 
     def _ort(self) -> Any:
         try:
@@ -196,7 +218,7 @@ class OrtRuntime(Runtime):
     def load(self, path: Path, threads: int) -> Session:
         from latency_tables.kit_runner import ORT_TYPES, ort_session
 
-        session = ort_session(self._ort(), path, threads)
+        session = ort_session(_KeepFloatLayers(self._ort()), path, threads)
         inp = session.get_inputs()[0]
         # An int8 lookup-table piece takes and gives its quantized tensors (see `convert.integer_io`).
         ends = json.loads(session.get_modelmeta().custom_metadata_map.get("hwnas_io_quant", "{}"))
@@ -303,6 +325,8 @@ class RuntimeSpec:
         revisions: revision of the conversion of lookup-table pieces per precision (1 where absent); a change
             re-measures every key of that precision's tables.
         kit: whether the torch-free device kit (`kit_runner.LOADERS`) runs it.
+        layer_precisions: the precisions one layer of a mixed-precision model may run at (`"mixed"` models, one
+            precision per layer from a bit-width plan); empty when the runtime exports no mixed models.
     """
 
     name: str
@@ -313,6 +337,7 @@ class RuntimeSpec:
     converter: str = ""
     revisions: Mapping[str, int] = field(default_factory=dict)
     kit: bool = False
+    layer_precisions: tuple[str, ...] = ()
 
     def make(self) -> Runtime:
         return self.runtime(self)
@@ -332,12 +357,14 @@ class RuntimeSpec:
 #: The registry: one entry per runtime.
 RUNTIMES: dict[str, RuntimeSpec] = {spec.name: spec for spec in (
     # ort int8 revision 2: pieces take and give uint8 tensors, as inside a whole network (`convert.integer_io`).
+    # Mixed models: int8 QDQ or fp32 per layer (fp16 on the CPU provider runs in fp32 behind inserted casts).
     RuntimeSpec("ort", ".onnx", "onnxruntime", ("fp32", "int8"), OrtRuntime, "latency_tables.convert:to_onnx",
-                {"int8": 2}, kit=True),
+                {"int8": 2}, kit=True, layer_precisions=("fp32", "int8")),
     # litert int8 revision 2: strict export, so residual adds quantize; every piece's result is quantized
     # (`convert._convert_int8`).
+    # Mixed models: ai-edge-quantizer's per-op recipes (static int8, fp16 weights, fp32) on the float model.
     RuntimeSpec("litert", ".tflite", "ai-edge-litert", ("fp32", "fp16", "int8"), LiteRTRuntime,
-                "latency_tables.convert:to_tflite", {"int8": 2}, kit=True),
+                "latency_tables.convert:to_tflite", {"int8": 2}, kit=True, layer_precisions=("fp32", "fp16", "int8")),
     RuntimeSpec("torch", ".json", "torch", ("fp32",), TorchRuntime),
 )}
 #: Precisions each runtime's tables may be built at (from the registry).
@@ -361,6 +388,23 @@ def check_precision(runtime: str, precision: str) -> str:
     if precision not in allowed:
         raise HwnasError(f"runtime {runtime!r} has no precision {precision!r}; allowed: {', '.join(allowed)}")
     return precision
+
+
+#: The precision of a model whose layers run at the precisions a bit-width plan gives them.
+MIXED = "mixed"
+
+
+def check_layer_precisions(runtime: str, layers: Mapping[str, str]) -> dict[str, str]:
+    """`layers` (layer id -> precision) if `runtime` runs every one of them in a mixed model; else a `HwnasError`
+    naming the first layer it cannot run and what it can."""
+    allowed = runtime_spec(runtime).layer_precisions
+    if not allowed:
+        raise HwnasError(f"runtime {runtime!r} exports no mixed-precision models (one precision per layer)")
+    for layer, precision in layers.items():
+        if precision not in allowed:
+            raise HwnasError(f"layer {layer} at {precision} cannot run on {runtime}: a {runtime} mixed-precision "
+                             f"model runs each layer at one of {', '.join(allowed)}")
+    return dict(layers)
 
 
 def exportable() -> dict[str, tuple[str, ...]]:
