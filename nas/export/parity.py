@@ -3,6 +3,7 @@
 The criteria live in `PARITY`, the one place that states them: an fp32 model must give PyTorch's logits within a
 tolerance and its top-1 class on every image; an fp16 or int8 model rounds by design, so it must give PyTorch's
 top-1 class on at least a stated fraction of the validation images, and its largest logit difference is reported.
+A mixed-precision model (layers at the precisions of a bit-width plan) is judged by its lowest precision's criterion.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latency_tables.runtimes import RuntimeMissing, get_runtime
+from latency_tables.runtimes import MIXED, RuntimeMissing, get_runtime
 from nas.export.spec import (
     ParityError,
     Progress,
@@ -58,6 +59,8 @@ PARITY: dict[str, ParityCriterion] = {
     # networks; agreement below 97% means a broken calibration or conversion rather than quantisation noise.
     "int8": ParityCriterion(0.97),
 }
+#: Precisions from the one that rounds most: a mixed-precision model is judged by the first its layers use.
+LOWEST_FIRST = ("int8", "fp16", "fp32")
 #: Largest |logit difference| an fp32 runtime model may show against PyTorch.
 PARITY_TOLERANCE = PARITY["fp32"].max_abs_diff or 0.0
 
@@ -68,6 +71,16 @@ def criterion(precision: str, tolerance: float = PARITY_TOLERANCE) -> ParityCrit
         raise HwnasError(f"no parity criterion for precision {precision!r}; allowed: {', '.join(PARITY)}")
     found = PARITY[precision]
     return ParityCriterion(found.min_top1_agreement, tolerance) if found.max_abs_diff is not None else found
+
+
+def judged_as(spec: SubnetSpec, precision: str) -> str:
+    """The precision whose criterion a runtime model at `precision` is judged by: its own, or for a mixed-precision
+    model the lowest precision any of its layers runs at (its bit-width plan's), since that layer's rounding is
+    what can move the top-1 class."""
+    if precision != MIXED:
+        return precision
+    used = spec.bitwidth_plan.used(spec.arch) if spec.bitwidth_plan is not None else ()
+    return next((p for p in LOWEST_FIRST if p in used), "fp32")
 
 
 def _load_session(directory: Path, spec: SubnetSpec, runtime: str, precision: str, threads: int) -> tuple[Any, Path]:
@@ -84,14 +97,15 @@ def _load_session(directory: Path, spec: SubnetSpec, runtime: str, precision: st
                           f"again") from None
 
 
-def _judged(path: Path, precision: str, tolerance: float, n: int, diff: float, differ: int,
+def _judged(path: Path, precision: str, judged: str, tolerance: float, n: int, diff: float, differ: int,
             correct: int) -> dict[str, Any]:
-    want = criterion(precision, tolerance)
+    want = criterion(judged, tolerance)
     agreement = 1 - differ / n
     ok = math.isfinite(diff) and agreement >= want.min_top1_agreement and \
         (want.max_abs_diff is None or diff <= want.max_abs_diff)
-    return {"file": path.name, "precision": precision, "criterion": want.to_dict(), "max_abs_diff": diff,
-            "top1_agreement": agreement, "top1_differ": differ, "top1": correct / n, "passed": ok}
+    return {"file": path.name, "precision": precision, "judged_as": judged, "criterion": want.to_dict(),
+            "max_abs_diff": diff, "top1_agreement": agreement, "top1_differ": differ, "top1": correct / n,
+            "passed": ok}
 
 
 def compare(model: nn.Module, directory: Path, spec: SubnetSpec, data: Dataset, models: Sequence[tuple[str, str]],
@@ -133,7 +147,8 @@ def compare(model: nn.Module, directory: Path, spec: SubnetSpec, data: Dataset, 
     report: dict[str, Any] = {"tolerance": tolerance, "images": n, "split": "val", "torch_top1": correct["torch"] / n,
                               "runtimes": {}}
     for (_, precision), (name, (_, path)) in zip(models, sessions.items(), strict=True):
-        report["runtimes"][name] = _judged(path, precision, tolerance, n, diffs[name], differ[name], correct[name])
+        report["runtimes"][name] = _judged(path, precision, judged_as(spec, precision), tolerance, n, diffs[name],
+                                           differ[name], correct[name])
     report["passed"] = all(r["passed"] for r in report["runtimes"].values())
     return report
 

@@ -1,6 +1,6 @@
 """Which runtime models an export writes and how each is converted: the (runtime, precision) pairs asked for,
-checked against what each runtime exports and against the spec's bit-width plan, and int8 calibration on the
-dataset's training images."""
+checked against what each runtime exports and against the spec's bit-width plan (precision `mixed`: each layer at
+its plan's precision), and int8 calibration on the dataset's training images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latency_tables.runtimes import RUNTIMES
+from latency_tables.runtimes import MIXED, RUNTIMES, check_layer_precisions
 from nas.export.spec import SubnetSpec
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
@@ -34,41 +34,63 @@ def check_runtimes(runtimes: Sequence[tuple[str, str]]) -> tuple[tuple[str, str]
         if runtime not in EXPORT_PRECISIONS:
             known = [r for r in RUNTIMES if r in EXPORT_PRECISIONS]
             raise HwnasError(f"cannot export to runtime {runtime!r}; allowed: {', '.join(known)}")
-        if precision not in EXPORT_PRECISIONS[runtime]:
+        allowed = EXPORT_PRECISIONS[runtime] + ((MIXED,) if RUNTIMES[runtime].layer_precisions else ())
+        if precision not in allowed:
             raise HwnasError(f"exporting {runtime} at precision {precision!r} is not supported; allowed: "
-                             f"{', '.join(EXPORT_PRECISIONS[runtime])}")
+                             f"{', '.join(allowed)}")
     if len(set(pairs)) != len(pairs):
         raise HwnasError(f"runtimes {pairs} name one (runtime, precision) twice")
     return pairs
 
 
 def runtimes_for(spec: SubnetSpec, runtimes: Sequence[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
-    """The runtime models to write (`runtimes`; None: `DEFAULT_RUNTIMES`, or with a uniform bit-width plan every
-    runtime that exports the plan's precision), checked against the spec's bit-width plan: a runtime model runs
-    every layer at one precision, so a layer the plan puts at another precision (or simulates) is refused,
-    naming the layer and the runtime."""
+    """The runtime models to write (`runtimes`; None: `DEFAULT_RUNTIMES`, with a uniform bit-width plan every
+    runtime that exports the plan's precision, and with a plan that mixes precisions a `mixed` model for every
+    runtime that runs each of its layers' precisions), checked against the spec's bit-width plan: a model at one
+    precision needs every layer at that precision; a `mixed` model needs a runtime that runs each layer's
+    precision; no runtime runs a simulated layer. A refusal names the layer and the runtime."""
     plan = spec.bitwidth_plan
     if runtimes is not None:
         models = check_runtimes(runtimes)
     elif plan is not None and len(plan.used(spec.arch)) == 1:
         (precision,) = plan.used(spec.arch)
         models = tuple((r, precision) for r, allowed in EXPORT_PRECISIONS.items() if precision in allowed)
+    elif plan is not None:
+        used = set(plan.used(spec.arch))
+        models = tuple((r, MIXED) for r, entry in RUNTIMES.items() if entry.converter and entry.layer_precisions
+                       and used <= set(entry.layer_precisions))
+        if not models:
+            menus = "; ".join(f"{r}: {', '.join(e.layer_precisions)}" for r, e in RUNTIMES.items()
+                              if e.layer_precisions)
+            raise HwnasError(f"no runtime runs every precision of the bit-width plan ({', '.join(sorted(used))}) in "
+                             f"one model; the precisions per layer each runs: {menus}")
     else:
         models = DEFAULT_RUNTIMES
-    if plan is None:
-        return models
-    precisions = plan.precisions(spec.arch)
     for runtime, precision in models:
-        for layer, wanted in precisions.items():
-            if wanted != precision:
-                raise HwnasError(f"the bit-width plan runs layer {layer} at {wanted}, but the {runtime} model is "
-                                 f"{precision}: {runtime} cannot export a mixed-precision plan yet (every layer of "
-                                 f"a model at one precision); give every layer one precision")
-        if plan.simulated:
-            layer = sorted(plan.simulated)[0]
-            raise HwnasError(f"the bit-width plan simulates layer {layer}'s precision, which {runtime} does not run "
-                             f"natively; {runtime} exports only layers at a precision it runs")
+        _check_plan(spec, runtime, precision)
     return models
+
+
+def _check_plan(spec: SubnetSpec, runtime: str, precision: str) -> None:
+    plan = spec.bitwidth_plan
+    if plan is None:
+        if precision == MIXED:
+            raise HwnasError(f"the {runtime} {MIXED} model runs each layer at its bit-width plan's precision; the spec "
+                             f"has no bit-width plan")
+        return
+    if plan.simulated:
+        layer = sorted(plan.simulated)[0]
+        raise HwnasError(f"the bit-width plan simulates layer {layer}'s precision, which {runtime} does not run "
+                         f"natively; {runtime} exports only layers at a precision it runs")
+    precisions = plan.precisions(spec.arch)
+    if precision == MIXED:
+        check_layer_precisions(runtime, precisions)
+        return
+    for layer, wanted in precisions.items():
+        if wanted != precision:
+            raise HwnasError(f"the bit-width plan runs layer {layer} at {wanted}, but the {runtime} model is "
+                             f"{precision}: export ({runtime!r}, {MIXED!r}) to run each layer at its plan's "
+                             f"precision, or give every layer {precision}")
 
 
 def calibration_inputs(data: Dataset, arch: ArchConfig, n: int, seed: int) -> list[np.ndarray]:
@@ -83,7 +105,14 @@ def calibration_inputs(data: Dataset, arch: ArchConfig, n: int, seed: int) -> li
 def convert_model(model: nn.Module, spec: SubnetSpec, runtime: str, precision: str, path: Path,
                   calibration: Sequence[np.ndarray]) -> None:
     """Write `model` as `runtime`'s model file at `precision` with the registry's converter (int8 calibrated on
-    `calibration`)."""
+    `calibration`; a `mixed` model's layers at the spec's bit-width plan's precisions)."""
     from latency_tables.convert import export_model_file
 
-    export_model_file(runtime, precision, model, spec.input_shape, path, calibration)
+    plan = spec.bitwidth_plan
+    layers = plan.precisions(spec.arch) if precision == MIXED and plan is not None else None
+    export_model_file(runtime, precision, model, spec.input_shape, path, calibration, layers=layers)
+
+
+def needs_calibration(models: Sequence[tuple[str, str]]) -> bool:
+    """Whether any of `models` quantizes activations (int8, or mixed, which may), so needs calibration images."""
+    return any(p in ("int8", MIXED) for _, p in models)

@@ -15,7 +15,13 @@ from latency_tables.runtimes import Protocol, get_runtime
 from latency_tables.table import LatencyTable
 from nas.export.latency import latency_constraint, latency_report, measure, predictions
 from nas.export.parity import PARITY_TOLERANCE, compare, parity_failures
-from nas.export.runtime_models import DEFAULT_RUNTIMES, calibration_inputs, convert_model, runtimes_for
+from nas.export.runtime_models import (
+    DEFAULT_RUNTIMES,
+    calibration_inputs,
+    convert_model,
+    needs_calibration,
+    runtimes_for,
+)
 from nas.export.spec import (
     METRICS_FORMAT,
     SPEC_FORMAT,
@@ -113,7 +119,7 @@ def _write_files(model: nn.Module, spec: SubnetSpec, data: Dataset, tmp: Path, m
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": SPEC_FORMAT, "arch_key": spec.arch.key})
     calibration: list[np.ndarray] = []
-    if any(p == "int8" for _, p in models):
+    if needs_calibration(models):
         say(progress, f"calibrating int8 on {options.calibration_images} training images")
         calibration = calibration_inputs(data, spec.arch, options.calibration_images, spec.provenance.seed)
     for runtime, precision in models:

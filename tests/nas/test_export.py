@@ -470,19 +470,59 @@ def test_a_bitwidth_plan_a_runtime_cannot_run_is_refused_naming_the_layer_and_ru
     arch, data = ArchConfig.from_str(MBCONV), tiny_digits()
     mixed = BitWidthPlan({"s1.b0.se.reduce": "fp32"}, default="int8")
     spec = SubnetSpec(arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0), bitwidth_plan=mixed)
-    with pytest.raises(HwnasError, match=r"runs layer s1.b0.se.reduce at fp32, but the ort model is int8: ort cannot "
-                                         r"export a mixed-precision plan yet"):
+    with pytest.raises(HwnasError, match=r"runs layer s1.b0.se.reduce at fp32, but the ort model is int8: export "
+                                         r"\('ort', 'mixed'\) to run each layer at its plan's precision"):
         export_model(seeded(build_model(arch)), spec, data, tmp_path, ExportOptions(runtimes=(("ort", "int8"),)))
-    with pytest.raises(HwnasError, match=r"runs layer stem at int8, but the ort model is fp32"):
-        export_model(seeded(build_model(arch)), spec, data, tmp_path)
+    with_fp16 = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan({"s0.b0.dw": "fp16"}, default="int8"))
+    with pytest.raises(HwnasError, match=r"layer s0.b0.dw at fp16 cannot run on ort: .* one of fp32, int8"):
+        export_model(seeded(build_model(arch)), with_fp16, data, tmp_path, ExportOptions(runtimes=(("ort", "mixed"),)))
     simulated = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="int8", simulated={"s0.b0.dw"}))
     with pytest.raises(HwnasError, match=r"simulates layer s0.b0.dw's precision, which ort does not run natively"):
         export_model(seeded(build_model(arch)), simulated, data, tmp_path)
+    with pytest.raises(HwnasError, match=r"the ort mixed model runs each layer at its bit-width plan's precision; the "
+                                         r"spec has no bit-width plan"):
+        export_model(seeded(build_model(arch)), dataclasses.replace(spec, bitwidth_plan=None), data, tmp_path,
+                     ExportOptions(runtimes=(("ort", "mixed"),)))
     assert list(tmp_path.iterdir()) == []
+    assert runtimes_for(spec, None) == (("ort", "mixed"), ("litert", "mixed"))
+    assert runtimes_for(with_fp16, None) == (("litert", "mixed"),)
     uniform = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="int8"))
     assert runtimes_for(uniform, None) == (("ort", "int8"), ("litert", "int8"))
     fp16 = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="fp16"))
     assert runtimes_for(fp16, None) == (("litert", "fp16"),)
+
+
+@pytest.mark.runtime
+def test_a_mixed_precision_plan_exports_a_mixed_model_per_runtime_judged_by_its_lowest_precision(tmp_path):
+    pytest.importorskip("ai_edge_quantizer")
+    arch, data = ArchConfig.from_str(MBCONV), tiny_digits()
+    layers = list(layer_groups(arch))
+    plan = BitWidthPlan({layer: "int8" for layer in layers[::2]} | {"s0.b0.dw": "fp16"}, default="fp32")
+    spec = SubnetSpec(arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0), bitwidth_plan=plan)
+    model = seeded(build_model(arch))
+    with pytest.raises(HwnasError, match=r"layer s0.b0.dw at fp16 cannot run on ort"):
+        export_model(model, spec, data, tmp_path, ExportOptions(runtimes=(("ort", "mixed"),)))
+    path = export_model(model, spec, data, tmp_path, ExportOptions(protocol=FAST, parity_images=20,
+                                                                   calibration_images=8, require_parity=False))
+    saved = SubnetSpec.load(path)
+    assert saved.models == (("litert", "mixed"),) and saved.bitwidth_plan == plan
+    assert set(saved.files) == {"model.safetensors", "model-mixed.tflite"}
+    assert saved.provenance.calibration_images == 8
+    metrics = json.loads((path / METRICS_FILE).read_text())
+    parity = metrics["parity"]["runtimes"]["litert-mixed"]
+    assert parity["precision"] == "mixed" and parity["judged_as"] == "int8"
+    assert parity["criterion"] == PARITY["int8"].to_dict() and parity["top1_agreement"] >= 0.9
+    assert metrics["latency"]["measured"]["litert-mixed"]["median_ms"] > 0
+
+    int8_fp32 = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan({layer: "int8" for layer in layers[::2]}))
+    path = export_model(model, int8_fp32, data, tmp_path, ExportOptions(protocol=FAST, parity_images=20,
+                                                                        calibration_images=8, require_parity=False))
+    saved = SubnetSpec.load(path)
+    assert saved.models == (("ort", "mixed"), ("litert", "mixed"))
+    assert set(saved.files) == {"model.safetensors", "model-mixed.onnx", "model-mixed.tflite"}
+    runtimes = json.loads((path / METRICS_FILE).read_text())["parity"]["runtimes"]
+    assert {r["judged_as"] for r in runtimes.values()} == {"int8"}
+    assert all(r["top1_agreement"] >= 0.9 for r in runtimes.values())
 
 
 def test_a_spec_with_plans_round_trips_and_its_key_covers_them():
