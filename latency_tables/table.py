@@ -164,6 +164,7 @@ class LatencyTable:
     path: Path | None = None
     _cache: dict[SearchSpace, tuple[SpaceIndex, np.ndarray]] = field(default_factory=dict, repr=False)
     _fits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _classes: dict[tuple[Any, ...], list[LutKey]] | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------------------------------ files
 
@@ -299,11 +300,29 @@ class LatencyTable:
         from latency_tables.analytic import key_summary
 
         fitted = np.exp(_features([key_summary(key)]) @ self._fitted(key.kind))[0]
-        grid = replace(key, extra="") if key.kind == "block" and key.extra else None
-        if grid is not None and grid in self.rows:
-            grid_fitted = np.exp(_features([key_summary(grid)]) @ self._fitted(key.kind))[0]
-            return float(self.rows[grid][0] * fitted / grid_fitted)
-        return float(fitted)
+        anchor = self._anchor(key)
+        if anchor is None:
+            return float(fitted)
+        anchor_fitted = np.exp(_features([key_summary(anchor)]) @ self._fitted(key.kind))[0]
+        return float(self.rows[anchor][0] * fitted / anchor_fitted)
+
+    def _anchor(self, key: LutKey) -> LutKey | None:
+        """The measured key nearest to a missing one: a pruned block's grid block when measured, else a measured key
+        of the same shape class (kind, family, kernel, stride, expand ratio, SE, activation, input size; a stem's
+        max pool and a head's hidden layer and classes) whose input and output widths are closest on a log scale.
+        A pruned network's widths are off the grid; its shape classes are not."""
+        grid = replace(key, extra="") if key.kind == "block" else key
+        if grid != key and grid in self.rows:
+            return grid
+        if self._classes is None:
+            self._classes = {}
+            for k in self.rows:
+                self._classes.setdefault(_shape_class(k), []).append(k)
+        near = self._classes.get(_shape_class(key), [])
+        if not near:
+            return None
+        return min(near, key=lambda k: (abs(math.log(k.in_channels / key.in_channels))
+                                        + abs(math.log(k.out_channels / key.out_channels)), k.extra != "", k))
 
     def _fitted(self, kind: str) -> np.ndarray:
         """Coefficients of log(latency) ~ 1 + log(1 + MACs) + log(1 + memory access), fitted by least squares on
@@ -324,6 +343,13 @@ class LatencyTable:
         index, values = self._values(space)
         known = zip(index.keys, values[:-1], strict=True)
         return np.array([self.estimate_key(k) if np.isnan(v) else v for k, v in known] + [0.0])
+
+
+def _shape_class(key: LutKey) -> tuple[Any, ...]:
+    """What a key keeps when only its channel widths change (a block's `extra` holds explicit widths; a stem's or
+    head's holds structure)."""
+    return (key.kind, key.family, key.kernel, key.stride, key.expand, key.se, key.act, key.height, key.width,
+            "" if key.kind == "block" else key.extra)
 
 
 def _features(summaries: list[tuple[int, int, int, int]]) -> np.ndarray:

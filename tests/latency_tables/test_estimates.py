@@ -66,3 +66,24 @@ def test_the_grid_path_and_the_key_path_agree_and_flag_alike():
     assert flagged.estimated.tolist() == [True]
     assert flagged.latency_ms[0] == pytest.approx(table.predict_arch(arch, estimate_missing=True))
     assert table.predict_archs(space, [arch], estimate_missing=True).estimated.tolist() == [True]
+
+
+def test_a_missing_block_is_estimated_from_its_nearest_measured_neighbour_better_than_by_the_fit_alone():
+    """Leave-one-out over 100 measured block keys of the shipped ORT table: each estimated with itself removed.
+    Anchoring on the nearest measured block of the same shape class (scaled by the fitted model) has a far smaller
+    error than the fitted model alone (measured: median 3% against 17%, 90th percentile 27% against 42%)."""
+    from latency_tables.analytic import key_summary
+    from latency_tables.table import _features, find_table
+
+    table = find_table("small", "ort", "fp32")
+    keys = [k for k in table.rows if k.kind == "block"]
+    picked = [keys[i] for i in np.random.default_rng(0).choice(len(keys), 100, replace=False)]
+    anchored, fitted = [], []
+    for key in picked:
+        measured = table.rows.pop(key)
+        table._classes = None
+        anchored.append(abs(table.estimate_key(key) / measured[0] - 1))
+        fitted.append(abs(float(np.exp(_features([key_summary(key)]) @ table._fitted("block"))[0]) / measured[0] - 1))
+        table.rows[key] = measured
+    assert np.median(anchored) < 0.08 and np.median(anchored) < 0.5 * np.median(fitted)
+    assert np.percentile(anchored, 90) < np.percentile(fitted, 90)

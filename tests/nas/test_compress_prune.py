@@ -253,8 +253,11 @@ def test_round_to_one_and_budgets_that_tighten(table):
     scores = channel_importance(seeded(build_model(arch)), "l1")
     parent_ms = table.predict_arch(arch)
     fine = allocate_latency(arch, scores, table, 0.85 * parent_ms, round_to=1)
+    coarse = allocate_latency(arch, scores, table, 0.85 * parent_ms, round_to=8)
     assert fine.latency_ms <= 0.85 * parent_ms and all(len(k) >= 8 for k in fine.plan.keep.values())
-    assert any(len(k) % 8 for k in fine.plan.keep.values())  # counts off the multiples of 8
+    removed = sum(len(scores[g]) - len(k) for g, k in fine.plan.keep.items())
+    assert fine.steps == removed > coarse.steps  # round_to=1 walks one channel at a time
+    assert width_options(20, 1, 8) == list(range(20, 7, -1))
     latencies = [allocate_latency(arch, scores, table, f * parent_ms).latency_ms for f in (0.9, 0.75, 0.6, 0.45)]
     assert all(b <= a for a, b in zip(latencies, latencies[1:], strict=False)) and latencies[-1] <= 0.45 * parent_ms
     assert allocate(arch, scores, table, 2 * parent_ms).keep == {}  # a budget already met prunes nothing
