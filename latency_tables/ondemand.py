@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from latency_tables.build import LOCK_NAME, _drop_partial_line, _measure_files, convert_all, table_lock
+from latency_tables.build import LOCK_NAME, _drift, _drop_partial_line, _measure_files, convert_all, table_lock
 from latency_tables.keys import LutKey, arch_keys
 from latency_tables.runtimes import Protocol, get_runtime
 from latency_tables.table import (
@@ -56,12 +56,18 @@ class CannotMeasure(HwnasError):
 
 
 def measure_missing(table: LatencyTable | str | Path, archs: Sequence[ArchConfig], out_dir: str | Path, *,
-                    jobs: int = 1, progress: bool = True) -> LatencyTable:
+                    jobs: int = 1, progress: bool = True, drift_check: int = 8,
+                    drift_tolerance: float = 0.10) -> LatencyTable:
     """A copy of `table` in `out_dir` holding a measured row for every key of `archs` (`arch_keys`).
 
     Keys the table (or an earlier run into `out_dir`) lacks are converted by `jobs` processes and measured with
     the table's runtime, precision and protocol; everything else is copied. Resumable; a `CannotMeasure` before
-    anything is written when this machine cannot measure the table's keys."""
+    anything is written when this machine cannot measure the table's keys.
+
+    Before measuring, `drift_check` of the table's own keys are measured again (0: no check), as a resumed
+    `hwnas lut build` does: if their median moved by more than `drift_tolerance` (a fraction), this machine no
+    longer measures what the table did (other load, clock, runtime) and new rows would not add up with the old
+    ones, so nothing is measured (`CannotMeasure`; the copy, if made, keeps what it had)."""
     source = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
     out = _check_out(source, Path(out_dir))
     for arch in archs:
@@ -74,7 +80,9 @@ def measure_missing(table: LatencyTable | str | Path, archs: Sequence[ArchConfig
         table_csv = out / "table.csv"
         _drop_partial_line(table_csv)
         todo = [k for k in wanted if k not in read_rows(table_csv)]
-        started = time.perf_counter()
+        started, drift = time.perf_counter(), None
+        if todo and drift_check > 0 and source.rows:
+            drift = _check_drift(source, runtime, precision, protocol, drift_check, drift_tolerance)
         if todo:
             suffix = get_runtime(runtime).suffix
             items = [(key, out / "models" / f"k-{_file_id(key)}{suffix}") for key in todo]
@@ -82,7 +90,7 @@ def measure_missing(table: LatencyTable | str | Path, archs: Sequence[ArchConfig
             _measure_files(table_csv, items, runtime, protocol,
                            lambda key, m: row_line(key, m.median_ms, m.iqr_ms, m.runs), progress, "measure on demand",
                            group=GROUP)
-        _record(source, out, len(todo), time.perf_counter() - started)
+        _record(source, out, len(todo), time.perf_counter() - started, drift)
     return LatencyTable.load(out)
 
 
@@ -121,6 +129,19 @@ def _measurable(source: LatencyTable) -> tuple[str, str, Protocol]:
                             f"{profile.cpu_model or 'unknown'}), not on this machine; measure its missing keys there "
                             f"(`hwnas lut build` or the device kit), or price with estimates (estimate_missing=True)")
     return profile.runtime, profile.precision, Protocol.from_dict(source.meta["protocol"])
+
+
+def _check_drift(source: LatencyTable, runtime: str, precision: str, protocol: Protocol, sample: int,
+                 tolerance: float) -> float:
+    """The median ratio (now / then) of `sample` of the table's keys measured again; a `CannotMeasure` when it is
+    further from 1 than `tolerance`."""
+    drift = _drift(source.rows, runtime, precision, protocol, sample)
+    if abs(drift - 1) > tolerance:
+        raise CannotMeasure(f"{min(sample, len(source.rows))} keys of table {source.table_id} now measure "
+                            f"{drift - 1:+.0%} (median) on this machine, more than the {tolerance:.0%} allowed: "
+                            f"keys measured now would not add up with its rows. Measure again when the machine is "
+                            f"idle, rebuild the table, or price with estimates (estimate_missing=True)")
+    return drift
 
 
 def _check_out(source: LatencyTable, out: Path) -> Path:
@@ -176,7 +197,7 @@ def _check_copy(source: LatencyTable, out: Path) -> None:
                          f"{changed[0].to_str()} differs); pick another directory")
 
 
-def _record(source: LatencyTable, out: Path, measured: int, seconds: float) -> None:
+def _record(source: LatencyTable, out: Path, measured: int, seconds: float, drift: float | None) -> None:
     """Note in the copy's meta.json each key it has beyond the source (with when it was found measured) and this
     run's timing; left as it is when nothing new was measured."""
     meta = read_meta(out / "meta.json")
@@ -188,7 +209,8 @@ def _record(source: LatencyTable, out: Path, measured: int, seconds: float) -> N
         return
     section["keys"].update({k: now for k in new})
     section["runs"].append({"date": now, "keys_measured": measured, "seconds": round(seconds, 3),
-                            "seconds_per_key": round(seconds / measured, 4) if measured else 0.0})
+                            "seconds_per_key": round(seconds / measured, 4) if measured else 0.0,
+                            "drift": None if drift is None else round(drift, 4)})
     meta["keys_on_demand"] = len(section["keys"])
     write_meta(out, meta)
 

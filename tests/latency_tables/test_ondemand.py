@@ -13,7 +13,7 @@ from latency_tables.build import LOCK_NAME, build_table
 from latency_tables.keys import arch_keys
 from latency_tables.ondemand import CannotMeasure, measure_missing, measured_or_source, on_demand_keys
 from latency_tables.runtimes import Protocol, RuntimeMissing, TorchRuntime
-from latency_tables.table import SHIPPED, LatencyTable, TableError
+from latency_tables.table import SHIPPED, LatencyTable, TableError, read_rows
 from search_spaces import spaces as spaces_module
 from search_spaces.errors import HwnasError
 from search_spaces.plans import PrunePlan, channel_groups
@@ -61,7 +61,7 @@ def test_missing_keys_are_measured_into_a_copy_and_the_source_is_untouched(sourc
     for arch in archs:
         with pytest.raises(TableError, match="lacks"):
             src.predict_arch(arch)
-    copy = measure_missing(source, archs, tmp_path / "copy", progress=False)
+    copy = measure_missing(source, archs, tmp_path / "copy", progress=False, drift_check=4, drift_tolerance=0.9)
     assert digest(source) == before
     assert all(k in copy.rows for a in archs for k in arch_keys(a))
     assert set(copy.rows) == set(src.rows) | set(missing)
@@ -71,7 +71,8 @@ def test_missing_keys_are_measured_into_a_copy_and_the_source_is_untouched(sourc
     assert on_demand_keys(src) == {}
     meta = json.loads((tmp_path / "copy" / "meta.json").read_text())
     assert meta["on_demand"]["source"] == {"path": str(source), "table_id": src.table_id, "rows": len(src.rows)}
-    assert [r["keys_measured"] for r in meta["on_demand"]["runs"]] == [len(missing)]
+    (run,) = meta["on_demand"]["runs"]
+    assert run["keys_measured"] == len(missing) and 0.1 < run["drift"] < 1.9 and run["seconds_per_key"] > 0
     assert meta["correction"] == src.meta["correction"] and meta["profile"] == src.meta["profile"]
     assert (tmp_path / "copy" / "networks.csv").read_bytes() == (source / "networks.csv").read_bytes()
     assert not (tmp_path / "copy" / "models").exists()
@@ -93,7 +94,7 @@ def test_an_interrupted_run_resumes_without_measuring_twice_and_a_second_run_mea
     monkeypatch.setattr(ondemand, "GROUP", 2)
     monkeypatch.setattr(TorchRuntime, "measure_many", flaky)
     with pytest.raises(KeyboardInterrupt):
-        measure_missing(source, archs, out, progress=False)
+        measure_missing(source, archs, out, progress=False, drift_check=0)
     assert len(measured) == 2 and len(list((out / "models").iterdir())) == len(missing) - 2  # converted, kept
     first = (out / "table.csv").read_bytes()
 
@@ -102,14 +103,14 @@ def test_an_interrupted_run_resumes_without_measuring_twice_and_a_second_run_mea
         return real(self, paths, protocol, seed)
 
     monkeypatch.setattr(TorchRuntime, "measure_many", counting)
-    copy = measure_missing(source, archs, out, progress=False)
+    copy = measure_missing(source, archs, out, progress=False, drift_check=0)
     assert len(measured) == len(missing) and len({p.name for p in measured}) == len(missing)
     assert (out / "table.csv").read_bytes().startswith(first)
     assert set(on_demand_keys(copy)) == {k.to_str() for k in missing}
     runs = copy.meta["on_demand"]["runs"]
     assert [r["keys_measured"] for r in runs] == [len(missing) - 2]
     after = digest(out)
-    again = measure_missing(source, archs, out, progress=False)
+    again = measure_missing(source, archs, out, progress=False)  # nothing to measure: no drift check either
     assert len(measured) == len(missing) and digest(out) == after and again.rows == copy.rows
 
 
@@ -122,6 +123,11 @@ def test_a_machine_that_cannot_measure_the_table_says_why_before_writing(source,
                                                               "cpu_model": "Cortex-A76"}})
     with pytest.raises(CannotMeasure, match="measured on device 'phone' .CPU Cortex-A76., not on this machine"):
         measure_missing(other_device, archs, tmp_path / "b")
+
+    slower_then = replace(src, rows={k: (3 * v[0], v[1], v[2]) for k, v in src.rows.items()}, path=None)
+    with pytest.raises(CannotMeasure, match=r"keys of table box-torch-fp32-t1 now measure -[6-9]\d% .median."):
+        measure_missing(slower_then, archs, tmp_path / "d", progress=False, drift_check=4)
+    assert not read_rows(tmp_path / "d" / "table.csv").keys() - slower_then.rows.keys()  # copied, nothing added
 
     def missing(self):
         raise RuntimeMissing("runtime 'torch' needs the package torch, which is not installed")
@@ -148,3 +154,27 @@ def test_the_source_a_shipped_table_and_another_table_are_never_written(source, 
     assert digest(source) == before and (other / "notes.txt").read_text() == "mine"
     assert not (SHIPPED / "copy").exists()
 
+
+
+@pytest.mark.runtime
+def test_pruned_subnets_of_the_shipped_small_ort_table_are_priced_from_measured_keys(tmp_path):
+    from search_spaces.spaces import SPACES
+
+    shipped = SHIPPED / "small-amd-epyc-2c-ort-fp32-t1"
+    src = LatencyTable.load(shipped)
+    try:
+        ondemand._measurable(src)
+    except CannotMeasure as err:
+        pytest.skip(f"this machine cannot measure the shipped table's keys: {err}")
+    space, rng, before = SPACES["small"](), np.random.default_rng(0), digest(shipped)
+    archs = []
+    for keep in (0.5, 0.75):
+        arch = space.sample(rng)
+        archs.append(PrunePlan(arch.key, {g: list(range(max(1, int(w * keep)))) for g, w in
+                                          channel_groups(arch).items()}).apply_to(arch))
+    missing = missing_keys(src, archs)
+    copy = measure_missing(shipped, archs, tmp_path / "copy", progress=False, drift_check=0)
+    assert digest(shipped) == before and len(missing) >= 10
+    assert set(copy.rows) == set(src.rows) | set(missing)
+    assert not copy.predict_archs(space, archs).estimated.any()
+    assert copy.meta["on_demand"]["runs"][0]["keys_measured"] == len(missing)
