@@ -176,9 +176,10 @@ def _start_copy(source: LatencyTable, out: Path) -> None:
     else:
         atomic_write_text(out / "table.csv", header_line() + "".join(row_line(k, *v) for k, v in source.rows.items()))
     meta = copy.deepcopy(source.meta)
+    earlier = meta.get(ON_DEMAND) or {}  # a copy of a copy: its keys were measured on demand too
     meta[ON_DEMAND] = {"source": {"path": str(source.path or ""), "table_id": source.table_id,
                                   "rows": len(source.rows)},
-                       "keys": {}, "runs": []}
+                       "keys": dict(earlier.get("keys", {})), "runs": list(earlier.get("runs", []))}
     write_meta(out, meta)  # last: a meta.json marks a finished copy
 
 

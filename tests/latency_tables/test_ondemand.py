@@ -178,3 +178,15 @@ def test_pruned_subnets_of_the_shipped_small_ort_table_are_priced_from_measured_
     assert set(copy.rows) == set(src.rows) | set(missing)
     assert not copy.predict_archs(space, archs).estimated.any()
     assert copy.meta["on_demand"]["runs"][0]["keys_measured"] == len(missing)
+
+
+@pytest.mark.runtime
+def test_a_copy_of_a_copy_keeps_saying_which_keys_were_measured_on_demand(source, tmp_path):
+    first, second = pruned_archs()[:1], pruned_archs()[1:]
+    copy = measure_missing(source, first, tmp_path / "one", progress=False, drift_check=0)
+    again = measure_missing(copy, second, tmp_path / "two", progress=False, drift_check=0)
+    src = LatencyTable.load(source)
+    assert set(on_demand_keys(again)) == {k.to_str() for k in missing_keys(src, first + second)}
+    assert [r["keys_measured"] for r in again.meta["on_demand"]["runs"]] == [
+        len(missing_keys(src, first)), len(missing_keys(copy, second))]
+    assert again.meta["on_demand"]["source"]["path"] == str(tmp_path / "one")
