@@ -79,7 +79,7 @@ def _append(path: Path, line: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _drop_partial_line(path: Path) -> None:
+def drop_partial_line(path: Path) -> None:
     """An interrupted append can leave an incomplete last line: cut it (finished rows stay as they are)."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
@@ -118,7 +118,7 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
     converted first (by `jobs` processes, into `models/` beside the CSV, kept until measured), then measured."""
     if not path.is_file():
         atomic_write_text(path, ",".join(NETWORK_COLUMNS) + "\n")
-    _drop_partial_line(path)
+    drop_partial_line(path)
     done = read_networks(path)
     todo = [a for a in archs if a.key not in done]
     if todo:
@@ -127,7 +127,7 @@ def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, prec
         convert_all(runtime, precision, items, jobs, progress, chunk=2)
         # Groups of 32 as for keys: a network's rounds are then seconds apart, so a burst of load elsewhere spoils
         # one round, not all three (with groups of 8, bursts inflated a few LiteRT networks by 25-40%).
-        _measure_files(path, items, runtime, protocol, network_line, progress, desc, group=32)
+        measure_files(path, items, runtime, protocol, network_line, progress, desc, group=32)
         done = read_networks(path)
     return done
 
@@ -228,10 +228,10 @@ def _resume_rows(out: Path, meta: dict[str, Any], runtime: str, precision: str, 
     table_csv = out / "table.csv"
     if not table_csv.is_file():
         atomic_write_text(table_csv, header_line())
-    _drop_partial_line(table_csv)
+    drop_partial_line(table_csv)
     done = read_rows(table_csv)
     if done and drift_check > 0:
-        drift = _drift(done, runtime, precision, protocol, drift_check)
+        drift = remeasured_drift(done, runtime, precision, protocol, drift_check)
         if abs(drift - 1) > drift_tolerance:
             moved = _supersede(out, meta)
             why = (f"the machine has changed since (tolerance {drift_tolerance:.0%})" if drift_tolerance > 0 else
@@ -256,8 +256,8 @@ def _measure_keys(index: SpaceIndex, todo: list[LutKey], runtime: str, precision
         _convert_then_measure(index, todo, runtime, precision, protocol, out, jobs, progress)
 
 
-def _drift(done: dict[LutKey, tuple[float, float, int]], runtime: str, precision: str, protocol: Protocol,
-           sample: int) -> float:
+def remeasured_drift(done: dict[LutKey, tuple[float, float, int]], runtime: str, precision: str, protocol: Protocol,
+                     sample: int) -> float:
     """Median ratio (now / then) of `sample` already measured keys, measured again (a seeded choice)."""
     keys = sorted(done, key=LutKey.to_str)
     picked = [keys[i] for i in np.random.default_rng(0).choice(len(keys), min(sample, len(keys)), replace=False)]
@@ -328,7 +328,7 @@ def convert_all(runtime: str, precision: str, items: Sequence[tuple[LutKey | Arc
                 bar.update(_convert_chunk(runtime, precision, c))
 
 
-def _measure_files(csv_path: Path, items: list[tuple[Any, Path]], runtime: str, protocol: Protocol,
+def measure_files(csv_path: Path, items: list[tuple[Any, Path]], runtime: str, protocol: Protocol,
                    line: Callable[[Any, Measurement], str], progress: bool, desc: str, group: int) -> None:
     """Measure converted files in groups (round-robin rounds within a group), append a CSV line for each and
     delete its file; remove the models folder once it is empty."""
@@ -349,7 +349,7 @@ def _convert_then_measure(index: SpaceIndex, todo: list[LutKey], runtime: str, p
     ids = {key: i for i, key in enumerate(index.keys)}
     items = [(key, out / "models" / f"k{ids[key]:05d}{get_runtime(runtime).suffix}") for key in todo]
     convert_all(runtime, precision, items, jobs, progress, chunk=16)
-    _measure_files(out / "table.csv", items, runtime, protocol,
+    measure_files(out / "table.csv", items, runtime, protocol,
                    lambda key, m: row_line(key, m.median_ms, m.iqr_ms, m.runs), progress, "measure", group=32)
 
 
@@ -366,7 +366,7 @@ def _drop_stale(out: Path, meta: dict[str, Any], log: Log) -> None:
     def rewrite(path: Path, is_stale: Callable[[dict[str, str]], bool]) -> int:
         if not path.is_file():
             return 0
-        _drop_partial_line(path)
+        drop_partial_line(path)
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         rows = list(csv.DictReader(lines))
         keep = [line for line, row in zip(lines[1:], rows, strict=True) if not is_stale(row)]

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from latency_tables.build import LOCK_NAME, _drift, _drop_partial_line, _measure_files, convert_all, table_lock
+from latency_tables.build import LOCK_NAME, convert_all, drop_partial_line, measure_files, remeasured_drift, table_lock
 from latency_tables.keys import LutKey, arch_keys
 from latency_tables.runtimes import Protocol, get_runtime
 from latency_tables.table import (
@@ -78,7 +78,7 @@ def measure_missing(table: LatencyTable | str | Path, archs: Sequence[ArchConfig
     with table_lock(out):
         _start_copy(source, out)
         table_csv = out / "table.csv"
-        _drop_partial_line(table_csv)
+        drop_partial_line(table_csv)
         todo = [k for k in wanted if k not in read_rows(table_csv)]
         started, drift = time.perf_counter(), None
         if todo and drift_check > 0 and source.rows:
@@ -87,7 +87,7 @@ def measure_missing(table: LatencyTable | str | Path, archs: Sequence[ArchConfig
             suffix = get_runtime(runtime).suffix
             items = [(key, out / "models" / f"k-{_file_id(key)}{suffix}") for key in todo]
             convert_all(runtime, precision, items, jobs, progress, chunk=16)
-            _measure_files(table_csv, items, runtime, protocol,
+            measure_files(table_csv, items, runtime, protocol,
                            lambda key, m: row_line(key, m.median_ms, m.iqr_ms, m.runs), progress, "measure on demand",
                            group=GROUP)
         _record(source, out, len(todo), time.perf_counter() - started, drift)
@@ -135,7 +135,7 @@ def _check_drift(source: LatencyTable, runtime: str, precision: str, protocol: P
                  tolerance: float) -> float:
     """The median ratio (now / then) of `sample` of the table's keys measured again; a `CannotMeasure` when it is
     further from 1 than `tolerance`."""
-    drift = _drift(source.rows, runtime, precision, protocol, sample)
+    drift = remeasured_drift(source.rows, runtime, precision, protocol, sample)
     if abs(drift - 1) > tolerance:
         raise CannotMeasure(f"{min(sample, len(source.rows))} keys of table {source.table_id} now measure "
                             f"{drift - 1:+.0%} (median) on this machine, more than the {tolerance:.0%} allowed: "
