@@ -1,0 +1,255 @@
+"""How much each layer of a static model minds being quantised, per layer id: measured and Hessian-based.
+
+- Measured (`measured_sensitivity`): one layer alone is fake-quantised (`fake_quantized`) and the accuracy drop and
+  the KL divergence of the outputs against the float model are recorded on calibration images. Fake quantisation
+  is simulated with torch ops and straight-through rounding (so the same context serves quantisation-aware
+  training): per-channel symmetric weights (the convolution's weight before BatchNorm folding; per-channel
+  symmetric rounding commutes with the per-channel BN scale, so this equals quantising the folded weight) and
+  per-tensor asymmetric (uint8-style) activations of the layer's output, with ranges from the float model on the
+  calibration images (MinMax, as ONNX Runtime calibrates by default). `int16` is 16x8 (int16 activations, int8
+  weights, as LiteRT and ORT run it); `fp16` rounds weights and outputs through half precision; `w<b>a<b>`
+  (e.g. `w4a8`) are simulated integer bit-widths for accelerators hwnas cannot run.
+- Hessian trace (`hessian_trace`): HAWQ-V2 (Dong et al., "HAWQ-V2: Hessian Aware trace-Weighted Quantization of
+  Neural Networks", NeurIPS 2020). Hutchinson's estimator Tr(H) = E[v^T H v] over Rademacher vectors v, the
+  Hessian-vector product taken by differentiating the gradient a second time; one vector over all layers' weights
+  per sample, each layer's trace read from its own block (the cross terms vanish in expectation). Divided by the
+  layer's weight count. `hawq_scores` turns it into HAWQ-V3's per-precision objective Tr(H)/n * ||Q(W) - W||^2.
+- `rank_agreement`: Kendall's tau between each estimator's layer ranking and the measured accuracy drop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from latency_tables.table import kendall_tau
+from search_spaces.errors import HwnasError
+from supernets.layers import ConvBNAct, layer_modules
+
+#: Named simulated precisions: (weight bits, activation bits); None for fp16 (rounded through half precision).
+NAMED_SPECS: dict[str, tuple[int, int] | None] = {"int8": (8, 8), "int16": (8, 16), "fp16": None}
+_SIMULATED = re.compile(r"w([2-8])a([2-8]|16)")
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def quant_bits(precision: str) -> tuple[int, int] | None:
+    """(weight bits, activation bits) of a simulated precision; None for fp16."""
+    if precision in NAMED_SPECS:
+        return NAMED_SPECS[precision]
+    match = _SIMULATED.fullmatch(precision)
+    if not match:
+        raise HwnasError(f"unknown simulated precision {precision!r}; allowed: {', '.join(NAMED_SPECS)}, or "
+                         f"w<2-8>a<2-8|16> (simulated integer bit-widths, e.g. w4a8)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    """`rounded` forward, identity backward (the straight-through estimator)."""
+    return x + (rounded - x).detach()
+
+
+def quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric fake quantisation to `bits` (levels -(2^(b-1)-1) .. 2^(b-1)-1)."""
+    top = 2 ** (bits - 1) - 1
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / top
+    scale = scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    return _straight_through(weight, torch.clamp(torch.round(weight / scale), -top, top) * scale)
+
+
+def quantize_activation(x: torch.Tensor, low: float, high: float, bits: int) -> torch.Tensor:
+    """Per-tensor asymmetric fake quantisation to `bits` over [low, high] (widened to hold 0, which stays exact)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    levels = 2**bits - 1
+    scale = (high - low) / levels if high > low else 1.0
+    zero = round(-low / scale)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, levels)
+    return _straight_through(x, (q - zero) * scale)
+
+
+def _through_half(x: torch.Tensor) -> torch.Tensor:
+    return _straight_through(x, x.half().float())
+
+
+class _WeightQuant(nn.Module):
+    """A parametrization: the weight as the runtime would store it."""
+
+    def __init__(self, bits: int | None) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _through_half(weight) if self.bits is None else quantize_weight(weight, self.bits)
+
+
+def layer_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Each layer's weight by layer id, in network order (a conv+BN unit's convolution weight)."""
+    found: dict[str, nn.Parameter] = {}
+    for name, module in layer_modules(model):
+        weight = _weighted(module).weight
+        assert isinstance(weight, nn.Parameter)
+        found[name] = weight
+    return found
+
+
+def _weighted(module: nn.Module) -> nn.Module:
+    return module[0] if isinstance(module, ConvBNAct) else module
+
+
+def _layer(model: nn.Module, layer_id: str) -> nn.Module:
+    layers = dict(layer_modules(model))
+    if layer_id not in layers:
+        raise HwnasError(f"model has no layer {layer_id!r}; its layers: {', '.join(layers)}")
+    return layers[layer_id]
+
+
+@contextmanager
+def fake_quantized(model: nn.Module, layer_id: str, precision: str,
+                   output_range: tuple[float, float] | None = None) -> Iterator[nn.Module]:
+    """`model` with layer `layer_id` fake-quantised at `precision` (weights and output), restored on exit.
+
+    `output_range` is the calibrated (min, max) of the layer's float output; needed for integer activations."""
+    bits = quant_bits(precision)
+    if bits is not None and output_range is None:
+        raise HwnasError(f"fake-quantising {layer_id} at {precision} needs its calibrated output range (min, max)")
+    module = _layer(model, layer_id)
+    target = _weighted(module)
+    parametrize.register_parametrization(target, "weight", _WeightQuant(None if bits is None else bits[0]))
+
+    def quantize_output(_: nn.Module, __: object, out: torch.Tensor) -> torch.Tensor:
+        if bits is None:
+            return _through_half(out)
+        assert output_range is not None
+        return quantize_activation(out, output_range[0], output_range[1], bits[1])
+
+    handle = module.register_forward_hook(quantize_output)
+    try:
+        yield model
+    finally:
+        handle.remove()
+        parametrize.remove_parametrizations(target, "weight", leave_parametrized=False)
+
+
+def output_ranges(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> dict[str, tuple[float, float]]:
+    """(min, max) of every layer's float output over `images` (MinMax calibration)."""
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def record(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
+        def hook(_: nn.Module, __: object, out: torch.Tensor) -> None:
+            low, high = float(out.min()), float(out.max())
+            old = ranges.get(name, (low, high))
+            ranges[name] = (min(old[0], low), max(old[1], high))
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in layer_modules(model)]
+    try:
+        _logits(model, images, batch_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """What quantising one layer alone costs on the calibration images: top-1 accuracy drop (fraction, float
+    minus quantised) and mean KL(float || quantised) of the output distributions (nats)."""
+
+    accuracy_drop: float
+    kl: float
+
+
+def measured_sensitivity(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                         precisions: Sequence[str] = ("int8",), *, layers: Sequence[str] | None = None,
+                         batch_size: int = 64) -> dict[str, dict[str, LayerSensitivity]]:
+    """Layer id -> precision -> `LayerSensitivity`, each layer fake-quantised alone (`fake_quantized`)."""
+    ranges = output_ranges(model, images, batch_size)
+    reference = _logits(model, images, batch_size)
+    log_p = F.log_softmax(reference.double(), dim=1)  # float64: small KLs are not lost in rounding
+    accuracy = float((reference.argmax(1) == labels).float().mean())
+    found: dict[str, dict[str, LayerSensitivity]] = {}
+    for layer_id in layers if layers is not None else list(ranges):
+        found[layer_id] = {}
+        for precision in precisions:
+            with fake_quantized(model, layer_id, precision, ranges.get(layer_id)):
+                logits = _logits(model, images, batch_size)
+            kl = F.kl_div(F.log_softmax(logits.double(), dim=1), log_p, log_target=True, reduction="batchmean")
+            drop = accuracy - float((logits.argmax(1) == labels).float().mean())
+            found[layer_id][precision] = LayerSensitivity(drop, max(float(kl), 0.0))
+    return found
+
+
+def hessian_trace(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *, samples: int = 16,
+                  seed: int = 0, weights: Mapping[str, nn.Parameter] | None = None,
+                  loss: Loss = F.cross_entropy) -> dict[str, float]:
+    """Hutchinson estimate of each layer's Hessian trace of the loss (mean over `batches`) w.r.t. its weights,
+    divided by the weight count (HAWQ-V2). Seeded Rademacher vectors; `samples` of them."""
+    if samples < 1 or not batches:
+        raise HwnasError(f"hessian_trace needs samples >= 1 and at least one batch; got samples={samples}, "
+                         f"{len(batches)} batch(es)")
+    model.eval()  # the Hessian of the function the runtime runs: BatchNorm on its running statistics
+    params = dict(weights if weights is not None else layer_weights(model))
+    names, tensors = list(params), list(params.values())
+    gen = torch.Generator().manual_seed(seed)
+    totals = np.zeros(len(names))
+    for images, labels in batches:
+        grads = torch.autograd.grad(loss(model(images), labels), tensors, create_graph=True)
+        for _ in range(samples):
+            vs = [torch.randint(0, 2, t.shape, generator=gen).to(t.dtype) * 2 - 1 for t in tensors]
+            hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=True, allow_unused=True)
+            totals += [0.0 if hv is None else float((v * hv).sum()) for v, hv in zip(vs, hvs, strict=True)]
+    counts = np.array([t.numel() for t in tensors], dtype=float)
+    return dict(zip(names, (totals / (samples * len(batches)) / counts).tolist(), strict=True))
+
+
+def hawq_scores(model: nn.Module, trace: Mapping[str, float],
+                precisions: Sequence[str] = ("int8",)) -> dict[str, dict[str, float]]:
+    """HAWQ-V3's sensitivity (Yao et al., ICML 2021) per layer and precision: Tr(H)/n x ||Q(W) - W||^2, fp32 0."""
+    weights = layer_weights(model)
+    scores: dict[str, dict[str, float]] = {}
+    for layer_id, per_weight in trace.items():
+        weight = weights[layer_id].detach()
+        scores[layer_id] = {"fp32": 0.0}
+        for precision in precisions:
+            bits = quant_bits(precision)
+            rounded = weight.half().float() if bits is None else quantize_weight(weight, bits[0])
+            scores[layer_id][precision] = per_weight * float(((rounded - weight) ** 2).sum())
+    return scores
+
+
+def rank_agreement(estimates: Mapping[str, Mapping[str, float]], measured_drop: Mapping[str, float]
+                   ) -> dict[str, float]:
+    """Kendall's tau between each estimator's scores (estimator name -> layer id -> score) and the measured
+    accuracy drop, over the layers both name."""
+    taus = {}
+    for name, scores in estimates.items():
+        common = [layer for layer in measured_drop if layer in scores]
+        if len(common) < 2:
+            raise HwnasError(f"estimator {name} shares {len(common)} layer(s) with the measured drops; need >= 2")
+        taus[name] = kendall_tau(np.array([scores[k] for k in common]), np.array([measured_drop[k] for k in common]))
+    return taus
+
+
+def precision_scores(measured: Mapping[str, Mapping[str, LayerSensitivity]], by: str = "kl"
+                     ) -> dict[str, dict[str, float]]:
+    """Layer id -> precision -> score (`kl` or `accuracy_drop`, negative drops clipped to 0), fp32 0: what
+    `nas.compress.bits.allocate_bits` takes."""
+    if by not in ("kl", "accuracy_drop"):
+        raise HwnasError(f"unknown sensitivity score {by!r}; allowed: kl, accuracy_drop")
+    return {layer: {"fp32": 0.0, **{p: max(getattr(s, by), 0.0) for p, s in per.items()}}
+            for layer, per in measured.items()}
