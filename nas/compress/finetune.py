@@ -114,7 +114,7 @@ class _Finetune:
                  progress: bool) -> None:
         self.arch: ArchConfig = static_arch(model, "student")
         self.data, self.out_dir, self.config, self.log, self.progress = data, out_dir, config, log, progress
-        self.teacher, self.pruning = teacher, pruning
+        self.teacher, self.pruning = teacher.eval() if teacher is not None else None, pruning
         torch.manual_seed(config.seed)
         self.student = copy.deepcopy(model).train()
         for parameter in self.student.parameters():
@@ -130,7 +130,8 @@ class _Finetune:
         self.rng, self.gen = np.random.default_rng(config.seed), torch.Generator().manual_seed(config.seed)
         self.epoch, self.history = 0, list[dict[str, Any]]()
         self.identity = {"arch": self.arch.to_str(), "plan": pruning.plan.key if pruning else None,
-                         "teacher": _digest(teacher), "config": config.to_dict()}
+                         "scores": pruning.scores_digest() if pruning else None, "teacher": _digest(teacher),
+                         "config": config.to_dict()}
 
     def restore(self) -> None:
         """Continue from the out_dir's checkpoint, refusing one made for another model, plan, teacher or config."""
@@ -237,14 +238,17 @@ def finetune(model: nn.Module, data: Dataset, out_dir: str | Path, config: Finet
     """Fine-tune a copy of the static `model` (see the module docstring); `model` is not changed.
 
     Args:
-        teacher: a frozen static model for the same classes and input (`teacher_from_run`, `teacher_from_subnet`);
-            None trains on labels alone.
+        teacher: a static model for the same classes and input (`teacher_from_run`, `teacher_from_subnet`), run
+            in eval mode without gradients (it is put in eval mode); None trains on labels alone.
         plan: a `PrunePlan` for `model.arch` to reach gradually (`config.prune_epochs`, `config.prune_schedule`).
         scores: channel scores per group (`nas.compress.channel_importance`) ordering what is masked first;
             default: L1 of `model`'s weights.
     """
     config = config or FinetuneConfig()
     arch = static_arch(model, "student")
+    if (data.num_classes, data.in_channels) != (arch.num_classes, arch.in_channels):
+        raise HwnasError(f"dataset {data.name} has {data.num_classes} classes and {data.in_channels} input channels, "
+                         f"the student {arch.key} {arch.num_classes} classes and {arch.in_channels} input channels")
     if teacher is not None:
         check_teacher(teacher, arch)
     pruning = None

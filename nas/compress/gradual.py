@@ -16,6 +16,7 @@ model has no channel, and a residual add keeps it zero: the masked model compute
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 
@@ -112,6 +113,14 @@ class GradualPruning:
     def masked(self) -> dict[str, list[int]]:
         """The channels masked now, per group (sorted)."""
         return {g: torch.nonzero(m == 0).flatten().tolist() for g, m in self._masks.items()}
+
+    def scores_digest(self) -> str:
+        """sha256 of the scores of the groups the plan prunes (what orders the masks), for resuming."""
+        h = hashlib.sha256()
+        for group in self.plan.keep:
+            h.update(group.encode())
+            h.update(np.asarray(self._scores.get(group, ()), dtype=np.float64).tobytes())
+        return h.hexdigest()
 
     def share(self) -> float:
         """The fraction of the plan's dropped channels masked now (1.0 when the plan drops none)."""

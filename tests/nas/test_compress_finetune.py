@@ -128,7 +128,9 @@ def test_feature_distillation_adapts_widths_and_refuses_other_stage_counts(tmp_p
     with pytest.raises(HwnasError, match="the student has 2, the teacher 1"):
         FeatureDistiller(student, one_stage)
     config = FinetuneConfig(epochs=1, feature_weight=0.5, **FAST)
+    rng_before, threads_before = torch.get_rng_state(), torch.get_num_threads()
     result = finetune(student, tiny_digits(), tmp_path / "ft", config, teacher=teacher, log=quiet)
+    assert torch.equal(torch.get_rng_state(), rng_before) and torch.get_num_threads() == threads_before
     saved = json.loads((tmp_path / "ft" / "checkpoint" / "supernet.json").read_text())
     assert saved["kind"] == "hwnas.finetune/1" and saved["epoch"] == 1
     from safetensors.torch import load_file
@@ -146,6 +148,8 @@ def test_a_teacher_for_other_classes_or_input_is_refused(tmp_path):
     assert not (tmp_path / "ft").exists()
     with pytest.raises(HwnasError, match="3 input channels"):
         check_teacher(seeded_model(TINY.replace("i1", "i3"), 1), student.arch)
+    with pytest.raises(HwnasError, match=r"dataset digits has 10 classes .* the student \w+ 5 classes"):
+        finetune(other, tiny_digits(), tmp_path / "ft", FinetuneConfig(epochs=1, **FAST), log=quiet)
 
 
 def test_teacher_from_run_is_the_largest_subnet_recalibrated_and_frozen(trained_supernet):
@@ -261,6 +265,12 @@ def test_an_interrupted_finetune_resumes_bit_for_bit(tmp_path):
     assert all(torch.equal(v, whole.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
     with pytest.raises(HwnasError, match="made with another config"):
         finetune(model, data, tmp_path / "cut", FinetuneConfig(epochs=2, **FAST), log=quiet, **kwargs)
+    other_scores = {g: -s for g, s in channel_importance(model, "l1").items()}
+    with pytest.raises(HwnasError, match="made with another scores"):
+        finetune(model, data, tmp_path / "cut", config, log=quiet, scores=other_scores, **kwargs)
+    again = finetune(model, data, tmp_path / "cut", config, log=quiet, **kwargs)  # finished: nothing to train
+    assert again.history == whole.history
+    assert all(torch.equal(v, whole.model.state_dict()[k]) for k, v in again.model.state_dict().items())
 
 
 def test_bad_config_is_refused():
