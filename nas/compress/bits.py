@@ -14,16 +14,18 @@ The problem is HAWQ-V3's integer program (Yao et al., "HAWQ-V3: Dyadic Neural Ne
 minimise the summed sensitivity subject to a latency, size or BitOPs budget), solved exactly by dynamic
 programming over the pieces in network order instead of an ILP solver. The state is (piece, its precision,
 budget used in buckets), so a cost for switching precision between neighbours (the quantize / dequantize at the
-boundary, including the network's fp32 input and output) can be charged: `switch_cost`. Costs are rounded up to
-whole buckets (`resolution`), so a returned plan fits the budget (up to float rounding, 1e-9 relative) and is
-optimal for the rounded costs (the true optimum whenever the costs are multiples of the resolution).
+boundary, including the network's fp32 input and output) can be charged: `switch_cost`. Costs are bucketed
+(`resolution`; by default the budget's slack in 2000 buckets): rounded down they relax the budget, and that
+optimum is returned when its real cost fits (then it is the true optimum); otherwise the rounded-up optimum,
+which always fits, with `optimality_gap` bounding how much more sensitive it may be than the true optimum.
+Budgets are kept up to float rounding (1e-9 relative).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,14 @@ def arch_pieces(arch: ArchConfig) -> list[tuple[str, list[str]]]:
             ".".join(name.split(".")[:2])
         pieces[piece].append(name)
     return list(pieces.items())
+
+
+def boundary_elements(arch: ArchConfig) -> list[int]:
+    """Elements of the tensor at each boundary between pieces (batch 1): before piece b for b < pieces, the
+    network's output last. What a quantize / dequantize there touches: e.g. `switch_cost=lambda b, before,
+    after: ms_per_element * elements[b]`."""
+    keys = arch_keys(arch)
+    return [k.height * k.width * k.in_channels for k in keys] + [arch.num_classes]
 
 
 def runtime_menu(runtime: str, precisions: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -140,11 +150,13 @@ def _switch_matrix(switch_cost: SwitchCost, names: Sequence[str], menu: Sequence
 
 @dataclass(frozen=True)
 class ChainSolution:
-    """The chosen option index per piece, its cost (switches included) and its summed sensitivity."""
+    """The chosen option index per piece, its cost (switches included), its summed sensitivity, and how much
+    more sensitive it may be than the true optimum because costs were rounded to buckets (0: proven optimal)."""
 
     choice: tuple[int, ...]
     cost: float
     sensitivity: float
+    gap: float = 0.0
 
 
 def chain_cost(choice: Sequence[int], cost: np.ndarray, between: np.ndarray) -> float:
@@ -170,17 +182,30 @@ def min_cost_chain(sensitivity: np.ndarray, cost: np.ndarray, between: np.ndarra
                          float(sum(sensitivity[i, q] for i, q in enumerate(choice))))
 
 
+def _fits(cost: float, budget: float) -> bool:
+    return cost <= budget + 1e-9 * abs(budget) + 1e-12  # float rounding of the sums
+
+
+def _solution(choice: Sequence[int], sensitivity: np.ndarray, cost: np.ndarray, between: np.ndarray
+              ) -> ChainSolution:
+    return ChainSolution(tuple(choice), chain_cost(choice, cost, between),
+                         float(sum(sensitivity[i, q] for i, q in enumerate(choice))))
+
+
 def solve_chain(sensitivity: np.ndarray, cost: np.ndarray, budget: float, between: np.ndarray | None = None, *,
                 resolution: float | None = None) -> ChainSolution:
     """The choice per piece (rows; columns are options) with the least summed sensitivity whose cost, plus
-    `between[i][p, q]` for option p at piece i and q at piece i + 1, is within `budget`. Exact DP over rounded-up
-    costs; ties go to the cheaper plan. An unreachable budget raises a `HwnasError` naming the smallest reachable.
-    """
+    `between[i][p, q]` for option p at piece i and q at piece i + 1, is within `budget`; ties go to the cheaper
+    plan. An unreachable budget raises a `HwnasError` naming the smallest reachable.
+
+    Two DPs over bucketed costs: rounded down, the budget is relaxed, so that optimum is a lower bound, and the
+    true optimum when its real cost fits; otherwise rounded up, every plan found fits, and `gap` says how far
+    from the lower bound it may be."""
     sensitivity, cost = np.asarray(sensitivity, float), np.asarray(cost, float)
     n, options = cost.shape
     between = np.zeros((max(n - 1, 0), options, options)) if between is None else np.asarray(between, float)
     cheapest = min_cost_chain(sensitivity, cost, between)
-    if cheapest.cost > budget * (1 + 1e-9) + 1e-12:
+    if not _fits(cheapest.cost, budget):
         raise HwnasError(f"budget {budget:.6g} cannot be reached; the smallest reachable is {cheapest.cost:.6g}")
     base = cost.min(axis=1)
     room = budget - float(base.sum())
@@ -188,16 +213,22 @@ def solve_chain(sensitivity: np.ndarray, cost: np.ndarray, budget: float, betwee
     if unit <= 0 or room / unit > MAX_BUCKETS:
         raise HwnasError(f"resolution {unit:.6g} cuts the budget into more than {MAX_BUCKETS} buckets (or is <= 0); "
                          f"allowed: a resolution > 0 and >= {room / MAX_BUCKETS:.6g}")
-    found = _bucket_dp(sensitivity, _buckets(cost - base[:, None], unit), _buckets(between, unit),
-                       max(0, math.floor(room / unit + 1e-9)))
-    if found is None:  # rounding up left no plan inside the budget: the cheapest one fits exactly
+    top = max(0, math.floor(room / unit + 1e-9))
+    extra = cost - base[:, None]
+    low_choice = _bucket_dp(sensitivity, _buckets(extra, unit, up=False), _buckets(between, unit, up=False), top)
+    if low_choice is None:  # cannot happen while the cheapest plan fits; kept as a guard
         return cheapest
-    return ChainSolution(found, chain_cost(found, cost, between),
-                         float(sum(sensitivity[i, q] for i, q in enumerate(found))))
+    low = _solution(low_choice, sensitivity, cost, between)
+    if _fits(low.cost, budget):
+        return low
+    high_choice = _bucket_dp(sensitivity, _buckets(extra, unit, up=True), _buckets(between, unit, up=True), top)
+    high = cheapest if high_choice is None else _solution(high_choice, sensitivity, cost, between)
+    return replace(high, gap=max(high.sensitivity - low.sensitivity, 0.0))
 
 
-def _buckets(values: np.ndarray, unit: float) -> np.ndarray:
-    return np.ceil(np.maximum(values, 0.0) / unit - 1e-9).astype(np.int64)
+def _buckets(values: np.ndarray, unit: float, *, up: bool) -> np.ndarray:
+    scaled = np.maximum(values, 0.0) / unit
+    return (np.ceil(scaled - 1e-9) if up else np.floor(scaled + 1e-9)).astype(np.int64)
 
 
 def _bucket_dp(sensitivity: np.ndarray, cost: np.ndarray, between: np.ndarray, top: int) -> tuple[int, ...] | None:
@@ -244,7 +275,8 @@ class BitAllocation:
         pieces: each piece (`stem`, `s0.b0`, ..., `head`) with its precision.
         metric, budget: what was budgeted; `budget_cost` is the plan's cost in that metric, switches included.
         predicted: the plan's summed piece costs per metric (`latency_ms` only when tables were given).
-        sensitivity: the plan's summed sensitivity.
+        sensitivity: the plan's summed sensitivity; `optimality_gap` bounds its excess over the true optimum
+            (0: proven optimal; see `solve_chain`).
         estimated: latency keys the tables lacked, estimated (`precision:key`).
     """
 
@@ -255,12 +287,14 @@ class BitAllocation:
     budget_cost: float
     predicted: Mapping[str, float]
     sensitivity: float
+    optimality_gap: float = 0.0
     estimated: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         return {"plan": self.plan.to_dict(), "pieces": dict(self.pieces), "metric": self.metric,
                 "budget": self.budget, "budget_cost": self.budget_cost, "predicted": dict(self.predicted),
-                "sensitivity": self.sensitivity, "estimated": list(self.estimated)}
+                "sensitivity": self.sensitivity, "optimality_gap": self.optimality_gap,
+                "estimated": list(self.estimated)}
 
 
 def piece_sensitivity(arch: ArchConfig, sensitivity: Mapping[str, Mapping[str, float]], menu: Sequence[str]
@@ -315,4 +349,4 @@ def allocate_bits(arch: ArchConfig, sensitivity: Mapping[str, Mapping[str, float
     plan = BitWidthPlan({layer: chosen[name] for name, layers in pieces for layer in layers})
     predicted = {m: float(sum(c[i, q] for i, q in enumerate(solution.choice))) for m, c in costs.items()}
     return BitAllocation(plan, chosen, metric, float(budget), solution.cost, predicted, solution.sensitivity,
-                         tuple(estimated))
+                         solution.gap, tuple(estimated))

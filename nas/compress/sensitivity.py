@@ -159,10 +159,21 @@ def output_ranges(model: nn.Module, images: torch.Tensor, batch_size: int = 64) 
     return ranges
 
 
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode (BatchNorm on its running statistics, as the runtime runs it), its mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    with _evaluating(model):
+        return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 @dataclass(frozen=True)
@@ -202,17 +213,17 @@ def hessian_trace(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.
     if samples < 1 or not batches:
         raise HwnasError(f"hessian_trace needs samples >= 1 and at least one batch; got samples={samples}, "
                          f"{len(batches)} batch(es)")
-    model.eval()  # the Hessian of the function the runtime runs: BatchNorm on its running statistics
     params = dict(weights if weights is not None else layer_weights(model))
     names, tensors = list(params), list(params.values())
     gen = torch.Generator().manual_seed(seed)
     totals = np.zeros(len(names))
-    for images, labels in batches:
-        grads = torch.autograd.grad(loss(model(images), labels), tensors, create_graph=True)
-        for _ in range(samples):
-            vs = [torch.randint(0, 2, t.shape, generator=gen).to(t.dtype) * 2 - 1 for t in tensors]
-            hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=True, allow_unused=True)
-            totals += [0.0 if hv is None else float((v * hv).sum()) for v, hv in zip(vs, hvs, strict=True)]
+    with _evaluating(model):  # the Hessian of the function the runtime runs
+        for images, labels in batches:
+            grads = torch.autograd.grad(loss(model(images), labels), tensors, create_graph=True)
+            for _ in range(samples):
+                vs = [torch.randint(0, 2, t.shape, generator=gen).to(t.dtype) * 2 - 1 for t in tensors]
+                hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=True, allow_unused=True)
+                totals += [0.0 if hv is None else float((v * hv).sum()) for v, hv in zip(vs, hvs, strict=True)]
     counts = np.array([t.numel() for t in tensors], dtype=float)
     return dict(zip(names, (totals / (samples * len(batches)) / counts).tolist(), strict=True))
 

@@ -14,6 +14,7 @@ from latency_tables.counting import layer_ops
 from nas.compress.bits import (
     allocate_bits,
     arch_pieces,
+    boundary_elements,
     chain_cost,
     latency_costs,
     layer_costs,
@@ -90,6 +91,24 @@ def test_dp_equals_brute_force_on_four_blocks_with_switch_costs():
             assert found.cost == chain_cost(found.choice, cost, between)
 
 
+def test_float_costs_are_optimal_or_within_the_reported_gap():
+    rng = np.random.default_rng(7)
+    exact = 0
+    for _ in range(20):
+        cost, sens = rng.random((4, 3)), rng.random((4, 3))
+        between = rng.random((3, 3, 3)) * 0.2 * (1 - np.eye(3))
+        budget = cost.min(axis=1).sum() + rng.random() * 1.5
+        expected = brute_force(sens, cost, between, budget)
+        if expected is None:
+            continue
+        for resolution in (None, 0.05):
+            found = solve_chain(sens, cost, budget, between, resolution=resolution)
+            assert found.cost <= budget * (1 + 1e-9)
+            assert expected - 1e-12 <= found.sensitivity <= expected + found.gap + 1e-12
+            exact += found.gap == 0.0
+    assert exact >= 20  # the rounded-down optimum usually fits: proven optimal
+
+
 def test_an_option_slower_and_no_less_sensitive_is_never_taken():
     cost = np.array([[1.0, 0.5], [1.0, 1.5], [2.0, 1.0], [1.0, 0.2]])  # piece 1 is slower at option 1
     equal = np.ones((4, 2))
@@ -150,6 +169,23 @@ def test_switch_costs_count_the_fp32_input_and_output(arch, tables):
     paid = allocate_bits(arch, sens, 10.0, tables=tables, switch_cost=0.001)
     assert paid.budget_cost == pytest.approx(costs[:, 1].sum() + 0.002)
     assert paid.predicted["latency_ms"] == pytest.approx(costs[:, 1].sum())
+
+
+def test_litert_menu_and_boundary_switch_costs(arch):
+    tables = runtime_tables("small", "litert")
+    costs, _ = latency_costs(arch, tables, runtime_menu("litert"))
+    sens = every_layer(arch, fp16=0.1, int8=1.0)
+    everything = allocate_bits(arch, sens, costs[:, 0].sum(), runtime="litert", tables=tables)
+    assert set(everything.pieces.values()) == {"fp32"} and everything.optimality_gap == 0.0
+    tight = allocate_bits(arch, sens, costs.min(axis=1).sum() * 1.02, runtime="litert", tables=tables)
+    assert tight.budget_cost <= costs.min(axis=1).sum() * 1.02 * (1 + 1e-9) and "int8" in tight.pieces.values()
+    elements = boundary_elements(ArchConfig.from_str(RESIDUAL))
+    assert elements == [1 * 28 * 28, 16 * 14 * 14, 16 * 14 * 14, 10]
+    seen = []
+    per_element = allocate_bits(arch, sens, 10.0, runtime="litert", tables=tables, precisions=["fp32", "int8"],
+                                switch_cost=lambda b, before, after: seen.append((b, before, after)) or 1e-6)
+    assert (0, "fp32", "int8") in seen and (len(arch_pieces(arch)), "int8", "fp32") in seen
+    assert set(per_element.pieces.values()) == {"fp32"}  # int8 costs more sensitivity and the budget is loose
 
 
 def test_bad_input_is_refused_naming_what_is_allowed(arch, tables):
@@ -249,7 +285,8 @@ def test_hutchinson_matches_the_exact_trace_of_a_quadratic_model():
 def test_hessian_trace_of_a_static_model_is_seeded_and_gives_hawq_scores():
     model = residual_model()
     x, labels = digits(model.arch, n=16)
-    trace = hessian_trace(model, [(x, labels)], samples=2, seed=5)
+    trace = hessian_trace(model.train(), [(x, labels)], samples=2, seed=5)
+    assert model.training  # evaluated in eval mode, its mode restored
     assert list(trace) == [op.name for op in layer_ops(model.arch)]
     assert all(np.isfinite(v) for v in trace.values())
     assert hessian_trace(model, [(x, labels)], samples=2, seed=5) == trace
