@@ -108,6 +108,22 @@ def teacher_from_subnet(directory: str | Path, student: ArchConfig | None = None
     return frozen(model)
 
 
+#: What names the default teacher (`load_teacher`); anything else is an exported subnet's directory.
+LARGEST = "largest"
+
+
+def load_teacher(source: str | Path, student: ArchConfig, *, run_dir: str | Path | None = None,
+                 data: Dataset | None = None, recal_images: int | None = None) -> nn.Module:
+    """The teacher `--teacher largest|DIR` names: the largest subnet of the supernet in `run_dir`
+    (`teacher_from_run`), or the exported subnet in directory `source` (`teacher_from_subnet`)."""
+    if str(source) == LARGEST:
+        if run_dir is None:
+            raise HwnasError("teacher 'largest' is the supernet's largest subnet: give the supernet's run directory, "
+                             "or name an exported subnet directory as the teacher")
+        return teacher_from_run(run_dir, student, data=data, recal_images=recal_images)
+    return teacher_from_subnet(source, student)
+
+
 @torch.no_grad()
 def teacher_kl(student: nn.Module, teacher: nn.Module, split: Split, data: Dataset, temperature: float = 1.0,
                batch_size: int = 256) -> float:

@@ -5,6 +5,7 @@ pruned model computes, final widths), resume bit for bit, and teachers that do n
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from nas.compress.distill import (
     FeatureDistiller,
     check_teacher,
     kd_loss,
+    load_teacher,
     teacher_from_run,
     teacher_from_subnet,
     teacher_kl,
@@ -25,6 +27,7 @@ from nas.export.prune import prune_model
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
 from search_spaces.plans import PrunePlan, channel_groups
+from supernets.data import Split
 from supernets.models import build_model
 from tests.supernets.tiny import quiet, tiny_digits
 
@@ -173,9 +176,34 @@ def test_teacher_from_run_is_the_largest_subnet_recalibrated_and_frozen(trained_
         teacher_from_run(trained_supernet, other, data=tiny_digits(), recal_images=32)
 
 
-def test_teacher_from_subnet_refuses_a_missing_directory(tmp_path):
+def exported(model, root):
+    """`model` exported without runtime models (spec.json, model.safetensors, metrics.json)."""
+    from nas.export import ExportOptions, Provenance, SubnetSpec, export_model
+
+    data = tiny_digits()
+    n = model.arch.num_classes
+    if n != data.num_classes:  # digits 0 to n-1 only
+        train, val = data.train.labels < n, data.val.labels < n
+        data = replace(data, train=Split(data.train.images[train], data.train.labels[train]),
+                       val=Split(data.val.images[val], data.val.labels[val]), num_classes=n)
+    spec = SubnetSpec(model.arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0))
+    return export_model(model.eval(), spec, data, root, ExportOptions(runtimes=()))
+
+
+def test_teacher_from_an_exported_subnet_is_loaded_frozen_and_checked(tmp_path):
+    student = seeded_model(TINY, 0).arch
+    model = random_bn(seeded_model(WIDE, 1), 2)
+    teacher = load_teacher(exported(model, tmp_path / "a"), student)
+    assert teacher.arch == model.arch and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
+    other = exported(seeded_model(WIDE.replace("n10", "n5"), 1), tmp_path / "b")
+    with pytest.raises(HwnasError, match=r"teacher \w+ has 5 classes .* the student \w+ 10 classes"):
+        teacher_from_subnet(other, student)
     with pytest.raises(HwnasError, match="not a directory"):
         teacher_from_subnet(tmp_path / "nothing")
+    with pytest.raises(HwnasError, match="give the supernet's run directory"):
+        load_teacher("largest", student)
 
 
 # ------------------------------------------------------------------------------------------ gradual pruning
