@@ -205,6 +205,31 @@ def measured_sensitivity(model: nn.Module, images: torch.Tensor, labels: torch.T
     return found
 
 
+def _hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x + 3.0) / 6.0
+
+
+def _hardswish(x: torch.Tensor) -> torch.Tensor:
+    return x * F.relu6(x + 3.0) / 6.0
+
+
+@contextmanager
+def _twice_differentiable(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with its hard-swish and hard-sigmoid modules computed by relu6 (the same values), whose backward
+    torch can differentiate again (it has no double backward for `hardsigmoid_backward`); restored on exit."""
+    swapped = []
+    for module in model.modules():
+        replacement = {nn.Hardswish: _hardswish, nn.Hardsigmoid: _hardsigmoid}.get(type(module))
+        if replacement is not None:
+            module.forward = replacement
+            swapped.append(module)
+    try:
+        yield model
+    finally:
+        for module in swapped:
+            del module.forward
+
+
 def hessian_trace(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *, samples: int = 16,
                   seed: int = 0, weights: Mapping[str, nn.Parameter] | None = None,
                   loss: Loss = F.cross_entropy) -> dict[str, float]:
@@ -217,7 +242,7 @@ def hessian_trace(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.
     names, tensors = list(params), list(params.values())
     gen = torch.Generator().manual_seed(seed)
     totals = np.zeros(len(names))
-    with _evaluating(model):  # the Hessian of the function the runtime runs
+    with _evaluating(model), _twice_differentiable(model):  # the Hessian of the function the runtime runs
         for images, labels in batches:
             grads = torch.autograd.grad(loss(model(images), labels), tensors, create_graph=True)
             for _ in range(samples):

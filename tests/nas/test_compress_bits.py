@@ -295,3 +295,20 @@ def test_hessian_trace_of_a_static_model_is_seeded_and_gives_hawq_scores():
     assert all(abs(s["w4a8"]) > abs(s["int8"]) for s in scores.values() if s["int8"] != 0.0)
     with pytest.raises(HwnasError, match="unknown simulated precision 'int3'"):
         hawq_scores(model, trace, ("int3",))
+
+
+def test_hessian_trace_differentiates_hard_swish_and_hard_sigmoid_twice():
+    torch.manual_seed(2)
+    model = build_model(ArchConfig.from_str("r16_i1_n3|stem_c8_k3_s1_hswish|mbv3_k3_e2_c8_s1_se0.25_hswish|"
+                                            "head_c24_hswish")).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1.0)
+    x, labels = torch.randn(8, 1, 16, 16), torch.arange(8) % 3
+    reference = model(x)
+    trace = hessian_trace(model, [(x, labels)], samples=2, seed=0)  # torch alone: no double backward
+    assert len(trace) == 8 and all(np.isfinite(v) and v != 0.0 for v in trace.values())
+    hard = [m for m in model.modules() if isinstance(m, (torch.nn.Hardswish, torch.nn.Hardsigmoid))]
+    assert len(hard) == 5 and all("forward" not in vars(m) for m in hard)
+    assert torch.equal(model(x), reference)
