@@ -270,8 +270,9 @@ def hawq_scores(model: nn.Module, trace: Mapping[str, float],
 
 def rank_agreement(estimates: Mapping[str, Mapping[str, float]], measured_drop: Mapping[str, float]
                    ) -> dict[str, float]:
-    """Kendall's tau between each estimator's scores (estimator name -> layer id -> score) and the measured
-    accuracy drop, over the layers both name."""
+    """Kendall's tau-b between each estimator's scores (estimator name -> layer id -> score) and the measured
+    accuracy drop, over the layers both name; NaN when every drop is equal (e.g. int8 flips no prediction on the
+    calibration images: rank against the KL instead)."""
     taus = {}
     for name, scores in estimates.items():
         common = [layer for layer in measured_drop if layer in scores]
