@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,9 +119,9 @@ def fake_quantized(model: nn.Module, layer_id: str, precision: str,
 
     `output_range` is the calibrated (min, max) of the layer's float output; needed for integer activations."""
     bits = quant_bits(precision)
+    module = _layer(model, layer_id)
     if bits is not None and output_range is None:
         raise HwnasError(f"fake-quantising {layer_id} at {precision} needs its calibrated output range (min, max)")
-    module = _layer(model, layer_id)
     target = _weighted(module)
     parametrize.register_parametrization(target, "weight", _WeightQuant(None if bits is None else bits[0]))
 
@@ -137,6 +137,19 @@ def fake_quantized(model: nn.Module, layer_id: str, precision: str,
     finally:
         handle.remove()
         parametrize.remove_parametrizations(target, "weight", leave_parametrized=False)
+
+
+@contextmanager
+def fake_quantized_layers(model: nn.Module, layers: Mapping[str, str],
+                          ranges: Mapping[str, tuple[float, float]]) -> Iterator[nn.Module]:
+    """`model` with each layer of `layers` (layer id -> precision, e.g. `BitWidthPlan.precisions(arch)`) that is
+    not fp32 fake-quantised at its precision: a bit-width plan simulated in torch, for its accuracy or for
+    quantisation-aware training. `ranges` are the float model's (`output_ranges`), as runtimes calibrate."""
+    with ExitStack() as stack:
+        for layer_id, precision in layers.items():
+            if precision != "fp32":
+                stack.enter_context(fake_quantized(model, layer_id, precision, ranges.get(layer_id)))
+        yield model
 
 
 def output_ranges(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> dict[str, tuple[float, float]]:

@@ -24,6 +24,7 @@ from nas.compress.bits import (
 )
 from nas.compress.sensitivity import (
     fake_quantized,
+    fake_quantized_layers,
     hawq_scores,
     hessian_trace,
     measured_sensitivity,
@@ -312,3 +313,20 @@ def test_hessian_trace_differentiates_hard_swish_and_hard_sigmoid_twice():
     hard = [m for m in model.modules() if isinstance(m, (torch.nn.Hardswish, torch.nn.Hardsigmoid))]
     assert len(hard) == 5 and all("forward" not in vars(m) for m in hard)
     assert torch.equal(model(x), reference)
+
+
+def test_a_whole_plan_is_simulated_as_its_layers_one_inside_another():
+    model = residual_model()
+    x, _ = digits(model.arch, n=16)
+    reference, ranges = model(x), output_ranges(model, x)
+    plan = {"stem": "int8", "s0.b0.expand": "fp32", "s0.b0.dw": "fp16", "classifier": "w4a8"}
+    with fake_quantized_layers(model, plan, ranges):
+        simulated = model(x)
+    with fake_quantized(model, "stem", "int8", ranges["stem"]), fake_quantized(model, "s0.b0.dw", "fp16"), \
+            fake_quantized(model, "classifier", "w4a8", ranges["classifier"]):
+        nested = model(x)
+    assert torch.equal(simulated, nested) and not torch.equal(simulated, reference)
+    assert torch.equal(model(x), reference)
+    with pytest.raises(HwnasError, match="model has no layer 's9.b0.dw'"), \
+            fake_quantized_layers(model, {"s9.b0.dw": "int8"}, ranges):
+        pass
