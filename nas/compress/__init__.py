@@ -1,10 +1,18 @@
-"""Compression of chosen subnets: channel importance (`channel_importance`, torch) and latency-aware allocation of
-the channels each group keeps (`allocate`, torch-free), giving a `search_spaces.plans.PrunePlan` that
-`nas.export.prune.prune_model` replays on the parent's weights.
+"""Compression of chosen subnets (the library; the `hwnas compress` command comes next).
 
-The allocator's names are bound here on import (so `nas.compress.allocate` is the function, which shadows its
-module of the same name: import the module's other names with `from nas.compress.allocate import ...`); the
-importance names are imported on first use (PEP 562), so that the torch-free allocator does not pay for torch.
+- Structured pruning: channel importance by criterion (`channel_importance`: L1, BN scale, first-order Taylor) and a
+  NetAdapt-style greedy allocation of the channels each dependency group keeps against a latency table
+  (`allocate`, `allocate_latency`), giving a `search_spaces.plans.PrunePlan` that `nas.export.prune.prune_model`
+  replays on the parent's weights; `latency_tables.ondemand.measure_missing` measures the off-grid keys it needs.
+- Bit widths: per-layer quantisation sensitivity (`measured_sensitivity`, Hutchinson `hessian_trace`, HAWQ-V3
+  `hawq_scores`) and an exact dynamic programme choosing each block's precision under a latency, size or BitOPs
+  budget from the runtime's per-precision tables (`allocate_bits`), giving a `BitWidthPlan`.
+- Distillation and fine-tuning: Hinton `kd_loss`, stage-feature distillation, teachers (`load_teacher`), a gradual
+  pruning schedule (`GradualPruning`) and a resumable `finetune`.
+
+The torch-free names (allocators) are bound on import; the torch ones are imported on first use (PEP 562), so a
+torch-free caller does not pay for torch. `nas.compress.allocate` is the function, which shadows its module of the
+same name: import the module's other names with `from nas.compress.allocate import ...`.
 """
 
 from __future__ import annotations
@@ -21,15 +29,33 @@ from nas.compress.allocate import (
     predicted_latency,
     width_options,
 )
+from nas.compress.bits import BitAllocation, allocate_bits, solve_chain
 
 if TYPE_CHECKING:
+    from nas.compress.distill import FeatureDistiller, kd_loss, load_teacher, teacher_from_run, teacher_from_subnet
+    from nas.compress.finetune import FinetuneConfig, FinetuneResult, finetune
+    from nas.compress.gradual import GradualPruning, pruned_fraction
     from nas.compress.importance import IMPORTANCE, channel_importance, group_writers
-
-__all__ = ["IMPORTANCE", "METHODS", "Allocation", "AllocationError", "allocate", "allocate_latency",
-           "channel_importance", "group_writers", "predicted_latency", "width_options"]
+    from nas.compress.sensitivity import hawq_scores, hessian_trace, measured_sensitivity, rank_agreement
 
 #: Lazily imported name -> the module that defines it.
-_HOMES = {name: "nas.compress.importance" for name in ("IMPORTANCE", "channel_importance", "group_writers")}
+_HOMES = {
+    **{name: "nas.compress.importance" for name in ("IMPORTANCE", "channel_importance", "group_writers")},
+    **{name: "nas.compress.distill" for name in ("FeatureDistiller", "kd_loss", "load_teacher", "teacher_from_run",
+                                                 "teacher_from_subnet")},
+    **{name: "nas.compress.finetune" for name in ("FinetuneConfig", "FinetuneResult", "finetune")},
+    **{name: "nas.compress.gradual" for name in ("GradualPruning", "pruned_fraction")},
+    **{name: "nas.compress.sensitivity" for name in ("hawq_scores", "hessian_trace", "measured_sensitivity",
+                                                     "rank_agreement")},
+}
+
+__all__ = [
+    "IMPORTANCE", "METHODS", "Allocation", "AllocationError", "BitAllocation", "FeatureDistiller", "FinetuneConfig",
+    "FinetuneResult", "GradualPruning", "allocate", "allocate_bits", "allocate_latency", "channel_importance",
+    "finetune", "group_writers", "hawq_scores", "hessian_trace", "kd_loss", "load_teacher", "measured_sensitivity",
+    "predicted_latency", "pruned_fraction", "rank_agreement", "solve_chain", "teacher_from_run", "teacher_from_subnet",
+    "width_options",
+]
 
 
 def __getattr__(name: str) -> Any:
