@@ -8,8 +8,9 @@ torch-free modules of this package do not pay for torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from search_spaces.lazy import lazy_names
 
 if TYPE_CHECKING:
     from supernets.blocks import FusedMBConv, InvertedResidual, ShuffleV2Unit
@@ -35,15 +36,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """An exported name, imported from its module on first access (then kept as a module attribute)."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, globals(), _HOMES)

@@ -17,8 +17,7 @@ same name: import the module's other names with `from nas.compress.allocate impo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nas.compress.allocate import (
     METHODS,
@@ -30,6 +29,7 @@ from nas.compress.allocate import (
     width_options,
 )
 from nas.compress.bits import BitAllocation, allocate_bits, solve_chain
+from search_spaces.lazy import lazy_names
 
 if TYPE_CHECKING:
     from nas.compress.distill import FeatureDistiller, kd_loss, load_teacher, teacher_from_run, teacher_from_subnet
@@ -58,15 +58,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """An exported name, imported from its module on first access (then kept as a module attribute)."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, globals(), _HOMES)
