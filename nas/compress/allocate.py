@@ -18,10 +18,10 @@ Differences from NetAdapt: no short-term fine-tune per proposal (the importance 
 it measures) and one width step per iteration instead of a per-iteration latency target.
 
 Off-grid widths: a pruned block's key (explicit widths, e.g. `m40-q8`, or channels off the grid) is usually not
-in a table measured on the search grid; the table estimates it (`LatencyTable.estimate_key`: the measured grid
-block scaled by the table's fitted latency model where only the explicit widths differ, the fitted model alone
-where the block's input or output channels are off the grid too). `Allocation.estimated_keys` lists every key of
-the result that was estimated, so a caller can measure them (or say that the prediction is partly estimated).
+in a table measured on the search grid; the table estimates it (`LatencyTable.estimate_key`: the nearest measured
+key of the same shape class, scaled by the table's fitted latency model). `Allocation.estimated_keys` lists every
+key of the result that was estimated, so a caller can measure them (`latency_tables.ondemand.measure_missing`) or
+say that the prediction is partly estimated.
 """
 
 from __future__ import annotations
