@@ -1,0 +1,290 @@
+"""`compress_subnet`: one exported subnet made smaller and faster for a latency budget on a table's runtime, by the
+library's pieces end to end, and exported as a new subnet directory.
+
+- `prune`: channel scores (`channel_importance`) on a few seeded training batches, a NetAdapt-style allocation to
+  the budget on the table (`allocate_latency`), the plan replayed on the parent's weights (`prune_model`), then a
+  fine-tune with Hinton distillation (`finetune`) from the teacher named, or from the uncompressed parent itself.
+- `quantize`: measured per-layer sensitivity (each layer fake-quantised alone; KL on training images) and an exact
+  per-block precision allocation to the budget on the runtime's per-precision tables (`allocate_bits`).
+- `sequential`: prune, then quantise. The pruning budget is the budget divided by the latency share that the
+  fastest per-block precisions keep on the parent (as the tables predict), so that quantising reaches the rest.
+
+The result is exported with `export_model` (spec with `prune_plan` / `bitwidth_plan`, the budget's runtime only)
+and described in `compress.json` beside its files: accuracy before and after on the same validation split, label
+loyalty (top-1 agreement with the parent) and probability loyalty (mean over images of 1 - sqrt(JS divergence,
+base 2) between the two output distributions), parameter and byte ratios, predicted and measured latency, speed-up.
+A bit-width plan's "after" figures are its torch simulation (`fake_quantized_layers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from latency_tables.runtimes import Protocol
+from latency_tables.table import LatencyTable
+from search_spaces import ArchConfig, HwnasError
+from search_spaces.files import atomic_write_text
+from search_spaces.plans import BitWidthPlan, PrunePlan
+
+#: What `compress_subnet` can do.
+METHODS = ("prune", "quantize", "sequential")
+#: The summary file written beside the exported files.
+COMPRESS_FILE = "compress.json"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """How a subnet is compressed.
+
+    Args:
+        budget_ms: the latency budget on `table` (its runtime, precision and device).
+        teacher: None (the parent itself), "largest" (the supernet in `supernet`'s largest subnet) or an exported
+            subnet's directory.
+        images: training images (chosen by `seed`) that score channels and measure quantisation sensitivity.
+        max_steps: batches per fine-tune epoch (None: the whole training split).
+        parity_images: validation images the export's parity check uses (None: all).
+    """
+
+    method: str
+    budget_ms: float
+    table: LatencyTable
+    criterion: str = "l1"
+    round_to: int = 8
+    epochs: int = 1
+    teacher: str | None = None
+    supernet: str | None = None
+    seed: int = 0
+    images: int = 128
+    max_steps: int | None = None
+    lr: float = 0.01
+    protocol: Protocol | None = None
+    parity_images: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from nas.compress.importance import IMPORTANCE
+
+        checks = [("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
+                  ("budget_ms", self.budget_ms > 0 and math.isfinite(self.budget_ms), "a positive number"),
+                  ("criterion", self.criterion in IMPORTANCE, f"one of {', '.join(IMPORTANCE)}"),
+                  ("round_to", self.round_to >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
+                  ("images", self.images >= 1, ">= 1")]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise HwnasError(f"compress {name} is {getattr(self, name)!r}; allowed: {allowed}")
+        if not isinstance(self.table, LatencyTable):
+            raise HwnasError(f"compress table must be a LatencyTable; got {type(self.table).__name__}")
+
+    @property
+    def runtime(self) -> str:
+        return str(self.table.profile.runtime)
+
+
+def _arch(model: nn.Module) -> ArchConfig:
+    """The architecture of a static model (`build_model`)."""
+    arch = getattr(model, "arch", None)
+    if not isinstance(arch, ArchConfig):
+        raise HwnasError(f"a static model of an architecture (build_model) is needed; got {type(model).__name__}")
+    return arch
+
+
+def _sample(data: Any, n: int, seed: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` training images (seeded choice) as a normalised batch and their labels."""
+    from supernets.data import to_tensor
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(data.train), size=min(n, len(data.train)), replace=False))
+    x = to_tensor(data.train.images[idx], resolution, data.mean, data.std)
+    return x, torch.from_numpy(data.train.labels[idx])
+
+
+def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module:
+    from nas.compress.distill import frozen, load_teacher, static_arch
+
+    if config.teacher is None:
+        return frozen(parent)
+    return load_teacher(config.teacher, static_arch(parent, "student"), run_dir=config.supernet, data=data)
+
+
+def _quant_share(arch: Any, tables: dict[str, LatencyTable], runtime: str) -> float:
+    """Latency of the fastest precision per block over fp32's, as `tables` predict for `arch` (at most 1)."""
+    from nas.compress.bits import latency_costs, runtime_menu
+
+    menu = runtime_menu(runtime)
+    costs, _ = latency_costs(arch, tables, menu)
+    return float(min(1.0, costs.min(axis=1).sum() / costs[:, menu.index("fp32")].sum()))
+
+
+def _prune(model: nn.Module, data: Any, config: CompressConfig, budget_ms: float, out_root: Path,
+           log: Log, progress: bool) -> tuple[nn.Module, PrunePlan, dict[str, Any]]:
+    from nas.compress.allocate import allocate_latency
+    from nas.compress.finetune import FinetuneConfig, finetune
+    from nas.compress.importance import channel_importance
+    from nas.export.prune import prune_model
+
+    arch = _arch(model)
+    x, y = _sample(data, config.images, config.seed, arch.resolution)
+    batches = list(zip(x.split(32), y.split(32), strict=True))
+    scores = channel_importance(model, config.criterion, batches)
+    alloc = allocate_latency(arch, scores, config.table, budget_ms, round_to=config.round_to)
+    log(f"pruning plan: {alloc.parent_latency_ms:.4f} -> {alloc.latency_ms:.4f} ms predicted on "
+        f"{config.table.table_id} ({alloc.steps} steps{', estimated keys' if alloc.estimated else ''})")
+    pruned = prune_model(model, alloc.plan)
+    work = out_root / f".{arch.key}.{config.method}.finetune"
+    tune = FinetuneConfig(epochs=config.epochs, lr=config.lr, seed=config.seed, max_steps=config.max_steps)
+    result = finetune(pruned, data, work, tune, teacher=_teacher(config, model, data), progress=progress,
+                      log=log)
+    shutil.rmtree(work, ignore_errors=True)
+    info = {"plan_predicted_ms": alloc.latency_ms, "parent_predicted_ms": alloc.parent_latency_ms,
+            "estimated_keys": list(alloc.estimated_keys), "budget_ms": budget_ms, "criterion": config.criterion,
+            "round_to": config.round_to, "finetune": tune.to_dict(), "history": result.history,
+            "teacher": config.teacher or "parent"}
+    return result.model, alloc.plan, info
+
+
+def _quantize(model: nn.Module, data: Any, config: CompressConfig, space: str,
+              log: Log) -> tuple[BitWidthPlan, dict[str, Any]]:
+    from nas.compress.bits import allocate_bits, runtime_menu, runtime_tables
+    from nas.compress.sensitivity import measured_sensitivity, precision_scores
+
+    arch = _arch(model)
+    tables = runtime_tables(space, config.runtime)
+    lower = [p for p in runtime_menu(config.runtime) if p != "fp32"]
+    x, y = _sample(data, config.images, config.seed, arch.resolution)
+    sensitivity = precision_scores(measured_sensitivity(model, x, y, lower))
+    alloc = allocate_bits(arch, sensitivity, config.budget_ms, runtime=config.runtime, tables=tables)
+    log(f"bit-width plan: {dict(alloc.pieces)} ({alloc.predicted['latency_ms']:.4f} ms predicted)")
+    return alloc.plan, {"allocation": alloc.to_dict(), "tables": {p: t.table_id for p, t in tables.items()}}
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, data: Any, plan: BitWidthPlan | None, x_cal: torch.Tensor) -> torch.Tensor:
+    """Softmax outputs of `model` (with `plan` simulated in torch) on the validation split."""
+    from nas.compress.sensitivity import fake_quantized_layers, output_ranges
+    from supernets.data import to_tensor
+
+    model.eval()
+    x = to_tensor(data.val.images, _arch(model).resolution, data.mean, data.std)
+    if plan is None:
+        return torch.softmax(model(x).double(), dim=1)
+    ranges = output_ranges(model, x_cal)
+    with fake_quantized_layers(model, plan.precisions(_arch(model)), ranges) as simulated:
+        return torch.softmax(simulated(x).double(), dim=1)
+
+
+def fidelity(before: torch.Tensor, after: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy of both output distributions, label loyalty and probability loyalty (see the module docstring)."""
+    mix = (before + after) / 2
+
+    def kl(p: torch.Tensor) -> torch.Tensor:
+        return torch.where(p > 0, p * torch.log2(p.clamp_min(1e-300) / mix.clamp_min(1e-300)), 0.0).sum(dim=1)
+
+    js = ((kl(before) + kl(after)) / 2).clamp(0.0, 1.0)
+    y = torch.from_numpy(labels)
+    return {"accuracy_before": float((before.argmax(1) == y).double().mean()),
+            "accuracy_after": float((after.argmax(1) == y).double().mean()),
+            "label_loyalty": float((before.argmax(1) == after.argmax(1)).double().mean()),
+            "probability_loyalty": float((1 - js.sqrt()).mean())}
+
+
+def _sizes(parent: nn.Module, model: nn.Module, plan: BitWidthPlan | None) -> dict[str, Any]:
+    """Parameters, MACs and weight bytes (at each layer's precision) before and after, and their ratios."""
+    from latency_tables.analytic import AnalyticCostModel
+    from nas.compress.bits import arch_pieces, layer_costs
+    from search_spaces.plans import PRECISIONS
+
+    arch_p, arch_c = _arch(parent), _arch(model)
+    macs = (AnalyticCostModel("fp32").estimate(arch_p).macs, AnalyticCostModel("fp32").estimate(arch_c).macs)
+    params = (sum(p.numel() for p in parent.parameters()), sum(p.numel() for p in model.parameters()))
+    bytes_before = float(layer_costs(arch_p, ("fp32",), "size_bytes").sum())
+    chosen = {name: (plan.precision_of(layers[0]) if plan else "fp32") for name, layers in arch_pieces(arch_c)}
+    menu = tuple(p for p in PRECISIONS if p in set(chosen.values()))
+    per_piece = layer_costs(arch_c, menu, "size_bytes")
+    bytes_after = float(sum(per_piece[i, menu.index(p)] for i, p in enumerate(chosen.values())))
+    return {"params_before": params[0], "params_after": params[1], "params_ratio": params[0] / params[1],
+            "macs_before": macs[0], "macs_after": macs[1], "macs_ratio": macs[0] / macs[1],
+            "bytes_before": bytes_before, "bytes_after": bytes_after, "bytes_ratio": bytes_before / bytes_after}
+
+
+def _measured(directory: Path) -> dict[str, Any]:
+    metrics_path = directory / "metrics.json"
+    if not metrics_path.is_file():
+        return {}
+    return dict(json.loads(metrics_path.read_text(encoding="utf-8")).get("latency", {}).get("measured", {}))
+
+
+def _latency_summary(parent_dir: Path, final: Path, runtime: str, predicted: float | None,
+                     parent_predicted: float | None) -> dict[str, Any]:
+    """Predicted and measured latency of the compressed model, and the parent's (as exported) where measured on
+    the same runtime at fp32."""
+    after = next((m for m in _measured(final).values() if m["runtime"] == runtime), None)
+    before = _measured(parent_dir).get(f"{runtime}-fp32")
+    out: dict[str, Any] = {"predicted_ms": predicted, "parent_predicted_ms": parent_predicted,
+                           "measured_ms": after["median_ms"] if after else None,
+                           "parent_measured_ms": before["median_ms"] if before else None}
+    if predicted and parent_predicted:
+        out["predicted_speedup"] = parent_predicted / predicted
+    if out["measured_ms"] and out["parent_measured_ms"]:
+        out["measured_speedup"] = out["parent_measured_ms"] / out["measured_ms"]
+    return out
+
+
+def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: CompressConfig, *, data: Any = None,
+                    log: Log = print, progress: bool = False) -> Path:
+    """Compress the exported subnet in `subnet_dir` by `config` and export it to `out_root/<key>/` (the key of its
+    architecture and plans); returns that directory. `data` defaults to the dataset its provenance names;
+    `progress` shows the fine-tune's progress bars."""
+    from nas.export import ExportOptions, Provenance, SubnetSpec, export_model, load_subnet
+    from nas.export.spec import check_data
+    from supernets.data import load_dataset
+
+    subnet_dir, out_root = Path(subnet_dir), Path(out_root)
+    parent, spec = load_subnet(subnet_dir)
+    data = load_dataset(spec.provenance.dataset, seed=spec.provenance.seed) if data is None else data
+    check_data(spec.arch, data)
+    torch.manual_seed(config.seed)
+    x_cal, _ = _sample(data, config.images, config.seed, spec.arch.resolution)
+    model, prune_plan, bits, info = parent, None, None, {}
+    if config.method in ("prune", "sequential"):
+        budget = config.budget_ms
+        if config.method == "sequential":
+            from nas.compress.bits import runtime_tables
+
+            budget /= _quant_share(spec.arch, runtime_tables(spec.space, config.runtime), config.runtime)
+        model, prune_plan, info["prune"] = _prune(parent, data, config, budget, out_root, log, progress)
+    if config.method in ("quantize", "sequential"):
+        bits, info["quantize"] = _quantize(model, data, config, spec.space, log)
+    fid = fidelity(_outputs(parent, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
+    used = ("fp32",) if bits is None else bits.used(_arch(model))
+    precision = used[0] if len(used) == 1 else "mixed"
+    provenance = dataclasses.replace(spec.provenance, dataset=data.name, seed=config.seed,
+                                     table_ids=(config.table.table_id,))
+    new = SubnetSpec(_arch(model), spec.space, spec.mean, spec.std,
+                     Provenance.from_dict(provenance.to_dict()), prune_plan=prune_plan, bitwidth_plan=bits)
+    options = ExportOptions(runtimes=((config.runtime, precision),), tables=(config.table,),
+                            protocol=config.protocol, constraint=f"latency_ms<={config.budget_ms}",
+                            parity_images=config.parity_images, overwrite=config.overwrite)
+    extra = {"compress": {"method": config.method, "parent": spec.key, **fid}}
+    final = export_model(model, new, data, out_root, options, extra_metrics=extra, progress=log)
+    predicted = (info["quantize"]["allocation"]["predicted"]["latency_ms"] if bits is not None
+                 else info["prune"]["plan_predicted_ms"])
+    parent_predicted = info["prune"]["parent_predicted_ms"] if prune_plan is not None else None
+    summary = {"method": config.method, "parent": spec.key, "parent_dir": str(subnet_dir), "key": new.key,
+               "budget_ms": config.budget_ms, "table": config.table.table_id, "precision": precision, **fid,
+               **_sizes(parent, model, bits),
+               "latency": _latency_summary(subnet_dir, final, config.runtime, predicted, parent_predicted), **info}
+    atomic_write_text(final / COMPRESS_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+    return final

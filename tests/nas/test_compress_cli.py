@@ -1,0 +1,106 @@
+"""`hwnas compress` end to end on a tiny exported subnet: pruned to a latency budget on the shipped ORT table,
+fine-tuned with the parent as teacher, exported with its plan and measured; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latency_tables.runtimes import Protocol
+from latency_tables.table import find_table
+from nas.cli import main
+from nas.compress.allocate import predicted_latency
+from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_subnet, fidelity
+from nas.export import ExportOptions, Provenance, SubnetSpec, export_model, load_subnet
+from search_spaces import HwnasError, get_space
+from search_spaces.plans import channel_groups
+from supernets.models import build_model
+from tests.supernets.tiny import tiny_digits
+
+FAST = Protocol(warmup=2, runs=10, repeats=1)
+
+
+@pytest.fixture(scope="module")
+def parent_dir(tmp_path_factory):
+    """A seeded `small`-space subnet (MobileNetV3 and EfficientNet blocks, SE), exported with its ORT fp32 model
+    and a measured latency."""
+    arch = get_space("small").sample(np.random.default_rng(0))
+    torch.manual_seed(0)
+    data = tiny_digits()
+    spec = SubnetSpec(arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0))
+    root = tmp_path_factory.mktemp("subnets")
+    return export_model(build_model(arch).eval(), spec, data, root,
+                        ExportOptions(runtimes=(("ort", "fp32"),), protocol=FAST))
+
+
+def cli(*args):
+    return main(["compress", *map(str, args), "--no-progress"])
+
+
+def test_fidelity_of_identical_and_opposite_outputs():
+    p = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.float64)
+    same = fidelity(p, p, np.array([0, 0]))
+    assert same == {"accuracy_before": 0.5, "accuracy_after": 0.5, "label_loyalty": 1.0,
+                    "probability_loyalty": pytest.approx(1.0)}
+    apart = fidelity(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), np.array([1]))
+    assert apart["label_loyalty"] == 0.0 and apart["probability_loyalty"] == pytest.approx(0.0)
+    assert (apart["accuracy_before"], apart["accuracy_after"]) == (0.0, 1.0)
+
+
+@pytest.mark.runtime
+def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latency(parent_dir, tmp_path, capsys):
+    parent, spec = load_subnet(parent_dir)
+    table = find_table("small", "ort", "fp32")
+    before_ms, _ = predicted_latency(table, spec.arch)
+    budget = round(0.8 * before_ms, 4)
+    assert cli(parent_dir, "--constraint", f"latency_ms<={budget}", "--table", "ort:fp32", "--method", "prune",
+               "--epochs", 1, "--max-steps", 3, "--out", tmp_path, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    path = tmp_path / out["key"]
+    saved = json.loads((path / "spec.json").read_text())
+    assert saved["prune_plan"]["parent"] == spec.key == spec.arch.key and saved["prune_plan"]["keep"]
+    model, got = load_subnet(path)
+    assert got.prune_plan is not None and got.arch == got.prune_plan.apply_to(spec.arch) != spec.arch
+    assert sum(channel_groups(got.arch).values()) < sum(channel_groups(spec.arch).values())
+    assert sum(p.numel() for p in model.parameters()) == out["params_after"] < out["params_before"]
+    summary = json.loads((path / COMPRESS_FILE).read_text())
+    assert summary["parent"] == spec.key and summary["method"] == "prune" and summary["precision"] == "fp32"
+    assert 0.0 <= summary["accuracy_before"] <= 1.0 and 0.0 <= summary["accuracy_after"] <= 1.0
+    assert 0.0 <= summary["label_loyalty"] <= 1.0 and 0.0 < summary["probability_loyalty"] <= 1.0
+    latency = summary["latency"]
+    assert latency["predicted_ms"] <= budget < latency["parent_predicted_ms"] == pytest.approx(before_ms)
+    assert latency["measured_ms"] > 0 and latency["parent_measured_ms"] > 0 and latency["measured_speedup"] > 0
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["extra"]["compress"]["accuracy_after"] == summary["accuracy_after"]
+    assert metrics["latency"]["measured"]["ort-fp32"]["median_ms"] == latency["measured_ms"]
+    assert metrics["accuracy"]["top1"] == pytest.approx(summary["accuracy_after"])  # the same validation split
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no fine-tune leftovers
+
+
+@pytest.mark.runtime
+def test_bad_input_exits_2_with_one_line(parent_dir, tmp_path, capsys):
+    common = ["--table", "ort:fp32", "--out", tmp_path]
+    assert cli(parent_dir, "--constraint", "latency_ms<=1", "--method", "joint", *common) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "method is 'joint'; allowed: one of prune, quantize, sequential" in err
+    assert cli(parent_dir, "--constraint", "latency_ms<=0.001", "--method", "prune", *common) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot be met" in err and "smallest latency reachable" in err
+    assert cli(tmp_path / "nowhere", "--constraint", "latency_ms<=1", "--method", "prune", *common) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert cli(parent_dir, "--constraint", "macs<=1", "--method", "prune", *common) == 2
+    assert "latency_ms<=X" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_config_refuses_bad_settings():
+    table = find_table("small", "ort", "fp32")
+    with pytest.raises(HwnasError, match="criterion is 'size'; allowed: one of l1, bn, taylor"):
+        CompressConfig("prune", 1.0, table, criterion="size")
+    with pytest.raises(HwnasError, match="budget_ms is -1"):
+        CompressConfig("prune", -1.0, table)
+    with pytest.raises(HwnasError, match="is not a directory"):
+        compress_subnet("/nonexistent/subnet", "/nonexistent/out", CompressConfig("prune", 1.0, table))
