@@ -119,18 +119,43 @@ def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module:
     return load_teacher(config.teacher, static_arch(parent, "student"), run_dir=config.supernet, data=data)
 
 
-def _quant_share(arch: Any, tables: dict[str, LatencyTable], runtime: str) -> float:
-    """Latency of the fastest precision per block over fp32's, as `tables` predict for `arch` (at most 1)."""
+#: How many times `sequential` re-allocates the pruning before it gives up on the budget.
+SEQUENTIAL_TRIES = 6
+
+
+def _fastest_ms(arch: ArchConfig, tables: dict[str, LatencyTable], runtime: str) -> tuple[float, float]:
+    """(fp32, fastest precision per block) latency of `arch` on `runtime` as its per-precision tables predict."""
     from nas.compress.bits import latency_costs, runtime_menu
 
     menu = runtime_menu(runtime)
     costs, _ = latency_costs(arch, tables, menu)
-    return float(min(1.0, costs.min(axis=1).sum() / costs[:, menu.index("fp32")].sum()))
+    return float(costs[:, menu.index("fp32")].sum()), float(costs.min(axis=1).sum())
 
 
-def _prune(model: nn.Module, data: Any, config: CompressConfig, budget_ms: float, out_root: Path,
-           log: Log, progress: bool) -> tuple[nn.Module, PrunePlan, dict[str, Any]]:
+def _allocate(arch: ArchConfig, scores: Any, config: CompressConfig, space: str) -> Any:
+    """The pruning allocation: to the budget (`prune`), or (`sequential`) to the budget divided by the latency
+    share that quantising keeps, shrunk until the fastest precisions reach the budget on the pruned network."""
     from nas.compress.allocate import allocate_latency
+    from nas.compress.bits import runtime_tables
+
+    if config.method != "sequential":
+        return allocate_latency(arch, scores, config.table, config.budget_ms, round_to=config.round_to)
+    tables = runtime_tables(space, config.runtime)
+    fp32_ms, fastest = _fastest_ms(arch, tables, config.runtime)
+    target_ms = config.budget_ms * fp32_ms / min(fastest, fp32_ms)  # the fp32 latency quantising brings in budget
+    for _ in range(SEQUENTIAL_TRIES):
+        alloc = allocate_latency(arch, scores, config.table, target_ms, round_to=config.round_to)
+        fastest = _fastest_ms(alloc.arch, tables, config.runtime)[1]
+        if fastest <= config.budget_ms:
+            return alloc
+        target_ms *= 0.97 * config.budget_ms / fastest  # a margin: the greedy walk moves in steps
+    raise HwnasError(f"sequential: budget {config.budget_ms:.4g} ms not reached on {config.runtime} after "
+                     f"{SEQUENTIAL_TRIES} pruning allocations (the last, quantised where fastest, predicts "
+                     f"{fastest:.4g} ms); give a larger budget")
+
+
+def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_root: Path,
+           log: Log, progress: bool) -> tuple[nn.Module, PrunePlan, dict[str, Any]]:
     from nas.compress.finetune import FinetuneConfig, finetune
     from nas.compress.importance import channel_importance
     from nas.export.prune import prune_model
@@ -139,7 +164,7 @@ def _prune(model: nn.Module, data: Any, config: CompressConfig, budget_ms: float
     x, y = _sample(data, config.images, config.seed, arch.resolution)
     batches = list(zip(x.split(32), y.split(32), strict=True))
     scores = channel_importance(model, config.criterion, batches)
-    alloc = allocate_latency(arch, scores, config.table, budget_ms, round_to=config.round_to)
+    alloc = _allocate(arch, scores, config, space)
     log(f"pruning plan: {alloc.parent_latency_ms:.4f} -> {alloc.latency_ms:.4f} ms predicted on "
         f"{config.table.table_id} ({alloc.steps} steps{', estimated keys' if alloc.estimated else ''})")
     pruned = prune_model(model, alloc.plan)
@@ -149,7 +174,7 @@ def _prune(model: nn.Module, data: Any, config: CompressConfig, budget_ms: float
                       log=log)
     shutil.rmtree(work, ignore_errors=True)
     info = {"plan_predicted_ms": alloc.latency_ms, "parent_predicted_ms": alloc.parent_latency_ms,
-            "estimated_keys": list(alloc.estimated_keys), "budget_ms": budget_ms, "criterion": config.criterion,
+            "estimated_keys": list(alloc.estimated_keys), "budget_ms": alloc.budget_ms, "criterion": config.criterion,
             "round_to": config.round_to, "finetune": tune.to_dict(), "history": result.history,
             "teacher": config.teacher or "parent"}
     return result.model, alloc.plan, info
@@ -157,7 +182,7 @@ def _prune(model: nn.Module, data: Any, config: CompressConfig, budget_ms: float
 
 def _quantize(model: nn.Module, data: Any, config: CompressConfig, space: str,
               log: Log) -> tuple[BitWidthPlan, dict[str, Any]]:
-    from nas.compress.bits import allocate_bits, runtime_menu, runtime_tables
+    from nas.compress.bits import allocate_bits, latency_costs, runtime_menu, runtime_tables
     from nas.compress.sensitivity import measured_sensitivity, precision_scores
 
     arch = _arch(model)
@@ -166,8 +191,10 @@ def _quantize(model: nn.Module, data: Any, config: CompressConfig, space: str,
     x, y = _sample(data, config.images, config.seed, arch.resolution)
     sensitivity = precision_scores(measured_sensitivity(model, x, y, lower))
     alloc = allocate_bits(arch, sensitivity, config.budget_ms, runtime=config.runtime, tables=tables)
-    log(f"bit-width plan: {dict(alloc.pieces)} ({alloc.predicted['latency_ms']:.4f} ms predicted)")
-    return alloc.plan, {"allocation": alloc.to_dict(), "tables": {p: t.table_id for p, t in tables.items()}}
+    fp32_ms = float(latency_costs(arch, tables, ("fp32",))[0].sum())
+    log(f"bit-width plan: {dict(alloc.pieces)} ({fp32_ms:.4f} -> {alloc.predicted['latency_ms']:.4f} ms predicted)")
+    return alloc.plan, {"allocation": alloc.to_dict(), "tables": {p: t.table_id for p, t in tables.items()},
+                        "parent_predicted_ms": fp32_ms}
 
 
 @torch.no_grad()
@@ -219,26 +246,35 @@ def _sizes(parent: nn.Module, model: nn.Module, plan: BitWidthPlan | None) -> di
             "bytes_before": bytes_before, "bytes_after": bytes_after, "bytes_ratio": bytes_before / bytes_after}
 
 
-def _measured(directory: Path) -> dict[str, Any]:
-    metrics_path = directory / "metrics.json"
-    if not metrics_path.is_file():
-        return {}
-    return dict(json.loads(metrics_path.read_text(encoding="utf-8")).get("latency", {}).get("measured", {}))
+def _protocol(config: CompressConfig) -> Protocol:
+    """How both the parent and the compressed model are timed: the config's protocol, else the table's."""
+    return config.protocol or Protocol.from_dict(config.table.meta["protocol"])
 
 
-def _latency_summary(parent_dir: Path, final: Path, runtime: str, predicted: float | None,
-                     parent_predicted: float | None) -> dict[str, Any]:
-    """Predicted and measured latency of the compressed model, and the parent's (as exported) where measured on
-    the same runtime at fp32."""
-    after = next((m for m in _measured(final).values() if m["runtime"] == runtime), None)
-    before = _measured(parent_dir).get(f"{runtime}-fp32")
-    out: dict[str, Any] = {"predicted_ms": predicted, "parent_predicted_ms": parent_predicted,
-                           "measured_ms": after["median_ms"] if after else None,
-                           "parent_measured_ms": before["median_ms"] if before else None}
+def _parent_measured(directory: Path, spec: Any, runtime: str, protocol: Protocol, log: Log) -> float | None:
+    """The parent's fp32 model on `runtime` timed now by `protocol` (None when it was not exported)."""
+    from nas.export.latency import measure
+    from nas.export.spec import label
+
+    if (runtime, "fp32") not in spec.models:
+        log(f"the parent has no {runtime} fp32 model: no measured speed-up")
+        return None
+    return float(measure(directory, spec, [(runtime, "fp32")], protocol, (), log)[label(runtime, "fp32")]["median_ms"])
+
+
+def _latency_summary(final: Path, config: CompressConfig, predicted: float | None, parent_predicted: float | None,
+                     parent_ms: float | None) -> dict[str, Any]:
+    """Predicted and measured latency of the compressed model beside the parent's, speed-ups, budget verdict."""
+    measured = json.loads((final / "metrics.json").read_text(encoding="utf-8"))["latency"]["measured"]
+    after = next((float(m["median_ms"]) for m in measured.values() if m["runtime"] == config.runtime), None)
+    out: dict[str, Any] = {"predicted_ms": predicted, "parent_predicted_ms": parent_predicted, "measured_ms": after,
+                           "parent_measured_ms": parent_ms, "protocol": _protocol(config).to_dict()}
     if predicted and parent_predicted:
         out["predicted_speedup"] = parent_predicted / predicted
-    if out["measured_ms"] and out["parent_measured_ms"]:
-        out["measured_speedup"] = out["parent_measured_ms"] / out["measured_ms"]
+    if after and parent_ms:
+        out["measured_speedup"] = parent_ms / after
+    if after is not None:
+        out["meets_budget_measured"] = bool(after <= config.budget_ms)
     return out
 
 
@@ -259,12 +295,7 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
     x_cal, _ = _sample(data, config.images, config.seed, spec.arch.resolution)
     model, prune_plan, bits, info = parent, None, None, {}
     if config.method in ("prune", "sequential"):
-        budget = config.budget_ms
-        if config.method == "sequential":
-            from nas.compress.bits import runtime_tables
-
-            budget /= _quant_share(spec.arch, runtime_tables(spec.space, config.runtime), config.runtime)
-        model, prune_plan, info["prune"] = _prune(parent, data, config, budget, out_root, log, progress)
+        model, prune_plan, info["prune"] = _prune(parent, data, config, spec.space, out_root, log, progress)
     if config.method in ("quantize", "sequential"):
         bits, info["quantize"] = _quantize(model, data, config, spec.space, log)
     fid = fidelity(_outputs(parent, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
@@ -274,17 +305,21 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
                                      table_ids=(config.table.table_id,))
     new = SubnetSpec(_arch(model), spec.space, spec.mean, spec.std,
                      Provenance.from_dict(provenance.to_dict()), prune_plan=prune_plan, bitwidth_plan=bits)
+    like_table = precision == config.table.profile.precision  # export_model checks a budget like for like only
     options = ExportOptions(runtimes=((config.runtime, precision),), tables=(config.table,),
-                            protocol=config.protocol, constraint=f"latency_ms<={config.budget_ms}",
+                            protocol=_protocol(config),
+                            constraint=f"latency_ms<={config.budget_ms}" if like_table else None,
                             parity_images=config.parity_images, overwrite=config.overwrite)
     extra = {"compress": {"method": config.method, "parent": spec.key, **fid}}
     final = export_model(model, new, data, out_root, options, extra_metrics=extra, progress=log)
     predicted = (info["quantize"]["allocation"]["predicted"]["latency_ms"] if bits is not None
                  else info["prune"]["plan_predicted_ms"])
-    parent_predicted = info["prune"]["parent_predicted_ms"] if prune_plan is not None else None
+    parent_predicted = info["prune" if prune_plan is not None else "quantize"]["parent_predicted_ms"]
+    parent_ms = _parent_measured(subnet_dir, spec, config.runtime, _protocol(config), log)
+    latency = _latency_summary(final, config, predicted, parent_predicted, parent_ms)
     summary = {"method": config.method, "parent": spec.key, "parent_dir": str(subnet_dir), "key": new.key,
                "budget_ms": config.budget_ms, "table": config.table.table_id, "precision": precision, **fid,
                **_sizes(parent, model, bits),
-               "latency": _latency_summary(subnet_dir, final, config.runtime, predicted, parent_predicted), **info}
+               "latency": latency, **info}
     atomic_write_text(final / COMPRESS_FILE, json.dumps(summary, indent=2, default=str) + "\n")
     return final

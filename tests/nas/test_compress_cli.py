@@ -13,12 +13,13 @@ from latency_tables.runtimes import Protocol
 from latency_tables.table import find_table
 from nas.cli import main
 from nas.compress.allocate import predicted_latency
+from nas.compress.finetune import FinetuneConfig, finetune
 from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_subnet, fidelity
 from nas.export import ExportOptions, Provenance, SubnetSpec, export_model, load_subnet
 from search_spaces import HwnasError, get_space
 from search_spaces.plans import channel_groups
+from supernets.data import load_dataset
 from supernets.models import build_model
-from tests.supernets.tiny import tiny_digits
 
 FAST = Protocol(warmup=2, runs=10, repeats=1)
 
@@ -29,11 +30,12 @@ def parent_dir(tmp_path_factory):
     and a measured latency."""
     arch = get_space("small").sample(np.random.default_rng(0))
     torch.manual_seed(0)
-    data = tiny_digits()
-    spec = SubnetSpec(arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0))
+    data = load_dataset("digits", seed=0)  # what `hwnas compress` loads by the provenance's name
     root = tmp_path_factory.mktemp("subnets")
-    return export_model(build_model(arch).eval(), spec, data, root,
-                        ExportOptions(runtimes=(("ort", "fp32"),), protocol=FAST))
+    trained = finetune(build_model(arch), data, root / "train", FinetuneConfig(epochs=1, lr=0.05), log=str).model
+    spec = SubnetSpec(arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0))
+    options = ExportOptions(runtimes=(("ort", "fp32"),), protocol=FAST)
+    return export_model(trained, spec, data, root / "subnets", options)
 
 
 def cli(*args):
@@ -104,3 +106,27 @@ def test_config_refuses_bad_settings():
         CompressConfig("prune", -1.0, table)
     with pytest.raises(HwnasError, match="is not a directory"):
         compress_subnet("/nonexistent/subnet", "/nonexistent/out", CompressConfig("prune", 1.0, table))
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("method", ["quantize", "sequential"])
+def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_dir, tmp_path, method):
+    from nas.compress.bits import latency_costs, runtime_tables
+
+    _, spec = load_subnet(parent_dir)
+    costs, _ = latency_costs(spec.arch, runtime_tables("small", "ort"), ("fp32", "int8"))
+    budget = float(costs[:, 0].sum() + costs.min(axis=1).sum()) / 2  # int8 somewhere is needed (or pruning)
+    config = CompressConfig(method, budget, find_table("small", "ort", "fp32"), max_steps=3, protocol=FAST)
+    path = compress_subnet(parent_dir, tmp_path, config, log=str)
+    summary = json.loads((path / COMPRESS_FILE).read_text())
+    _, got = load_subnet(path)
+    assert got.key == summary["key"] == path.name and summary["method"] == method
+    assert (got.prune_plan is not None) == (method == "sequential")
+    alloc = summary["quantize"]["allocation"]
+    assert alloc["budget_cost"] <= budget * (1 + 1e-9)
+    assert summary["latency"]["predicted_ms"] == alloc["predicted"]["latency_ms"]
+    if method == "quantize":
+        assert got.bitwidth_plan is not None and "int8" in got.bitwidth_plan.used(got.arch)
+        assert got.models == (("ort", "mixed"),) and summary["precision"] == "mixed"
+        assert summary["bytes_ratio"] > 1.0 and summary["params_ratio"] == 1.0
+    assert summary["latency"]["measured_ms"] > 0 and summary["label_loyalty"] > 0.5
