@@ -19,6 +19,7 @@ A bit-width plan's "after" figures are its torch simulation (`fake_quantized_lay
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -168,8 +169,10 @@ def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_
     log(f"pruning plan: {alloc.parent_latency_ms:.4f} -> {alloc.latency_ms:.4f} ms predicted on "
         f"{config.table.table_id} ({alloc.steps} steps{', estimated keys' if alloc.estimated else ''})")
     pruned = prune_model(model, alloc.plan)
-    work = out_root / f".{arch.key}.{config.method}.finetune"
     tune = FinetuneConfig(epochs=config.epochs, lr=config.lr, seed=config.seed, max_steps=config.max_steps)
+    # one work directory per plan, fine-tune and teacher: the same command run again resumes a cut-off fine-tune
+    run_id = hashlib.sha256(json.dumps([alloc.plan.key, tune.to_dict(), config.teacher]).encode()).hexdigest()[:12]
+    work = out_root / f".{arch.key}.{run_id}.finetune"
     result = finetune(pruned, data, work, tune, teacher=_teacher(config, model, data), progress=progress,
                       log=log)
     shutil.rmtree(work, ignore_errors=True)
@@ -262,20 +265,44 @@ def _parent_measured(directory: Path, spec: Any, runtime: str, protocol: Protoco
     return float(measure(directory, spec, [(runtime, "fp32")], protocol, (), log)[label(runtime, "fp32")]["median_ms"])
 
 
-def _latency_summary(final: Path, config: CompressConfig, predicted: float | None, parent_predicted: float | None,
-                     parent_ms: float | None) -> dict[str, Any]:
-    """Predicted and measured latency of the compressed model beside the parent's, speed-ups, budget verdict."""
+def _measured_after(final: Path, config: CompressConfig, parent_ms: float | None) -> dict[str, Any]:
+    """The compressed model's measured latency (from the export's metrics), speed-up and budget verdict."""
     measured = json.loads((final / "metrics.json").read_text(encoding="utf-8"))["latency"]["measured"]
     after = next((float(m["median_ms"]) for m in measured.values() if m["runtime"] == config.runtime), None)
-    out: dict[str, Any] = {"predicted_ms": predicted, "parent_predicted_ms": parent_predicted, "measured_ms": after,
-                           "parent_measured_ms": parent_ms, "protocol": _protocol(config).to_dict()}
-    if predicted and parent_predicted:
-        out["predicted_speedup"] = parent_predicted / predicted
+    out: dict[str, Any] = {"measured_ms": after}
     if after and parent_ms:
         out["measured_speedup"] = parent_ms / after
     if after is not None:
         out["meets_budget_measured"] = bool(after <= config.budget_ms)
     return out
+
+
+def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig, out_root: Path, log: Log,
+                progress: bool) -> tuple[nn.Module, PrunePlan | None, BitWidthPlan | None, dict[str, Any]]:
+    """The compressed model, its plans and what each stage found."""
+    torch.manual_seed(config.seed)
+    model, prune_plan, bits, info = parent, None, None, {}
+    if config.method in ("prune", "sequential"):
+        model, prune_plan, info["prune"] = _prune(parent, data, config, spec.space, out_root, log, progress)
+    if config.method in ("quantize", "sequential"):
+        bits, info["quantize"] = _quantize(model, data, config, spec.space, log)
+    return model, prune_plan, bits, info
+
+
+def _summary(parent: nn.Module, spec: Any, model: nn.Module, bits: BitWidthPlan | None, info: dict[str, Any],
+             data: Any, config: CompressConfig, parent_ms: float | None) -> dict[str, Any]:
+    """Everything `compress.json` says but the compressed model's measured latency."""
+    x_cal, _ = _sample(data, config.images, config.seed, spec.arch.resolution)
+    fid = fidelity(_outputs(parent, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
+    stage = info["quantize"] if bits is not None else info["prune"]
+    predicted = stage["allocation"]["predicted"]["latency_ms"] if bits is not None else stage["plan_predicted_ms"]
+    parent_predicted = info["prune" if "prune" in info else "quantize"]["parent_predicted_ms"]
+    latency: dict[str, Any] = {"predicted_ms": predicted, "parent_predicted_ms": parent_predicted,
+                               "parent_measured_ms": parent_ms, "protocol": _protocol(config).to_dict()}
+    if predicted and parent_predicted:
+        latency["predicted_speedup"] = parent_predicted / predicted
+    return {"method": config.method, "parent": spec.key, "budget_ms": config.budget_ms,
+            "table": config.table.table_id, **fid, **_sizes(parent, model, bits), "latency": latency, **info}
 
 
 def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: CompressConfig, *, data: Any = None,
@@ -291,16 +318,12 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
     parent, spec = load_subnet(subnet_dir)
     data = load_dataset(spec.provenance.dataset, seed=spec.provenance.seed) if data is None else data
     check_data(spec.arch, data)
-    torch.manual_seed(config.seed)
-    x_cal, _ = _sample(data, config.images, config.seed, spec.arch.resolution)
-    model, prune_plan, bits, info = parent, None, None, {}
-    if config.method in ("prune", "sequential"):
-        model, prune_plan, info["prune"] = _prune(parent, data, config, spec.space, out_root, log, progress)
-    if config.method in ("quantize", "sequential"):
-        bits, info["quantize"] = _quantize(model, data, config, spec.space, log)
-    fid = fidelity(_outputs(parent, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
+    model, prune_plan, bits, info = _compressed(parent, spec, data, config, out_root, log, progress)
     used = ("fp32",) if bits is None else bits.used(_arch(model))
     precision = used[0] if len(used) == 1 else "mixed"
+    # the parent is timed first, so that metrics.json holds every figure but the new model's own measurement
+    parent_ms = _parent_measured(subnet_dir, spec, config.runtime, _protocol(config), log)
+    summary = {**_summary(parent, spec, model, bits, info, data, config, parent_ms), "precision": precision}
     provenance = dataclasses.replace(spec.provenance, dataset=data.name, seed=config.seed,
                                      table_ids=(config.table.table_id,))
     new = SubnetSpec(_arch(model), spec.space, spec.mean, spec.std,
@@ -310,16 +333,8 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
                             protocol=_protocol(config),
                             constraint=f"latency_ms<={config.budget_ms}" if like_table else None,
                             parity_images=config.parity_images, overwrite=config.overwrite)
-    extra = {"compress": {"method": config.method, "parent": spec.key, **fid}}
-    final = export_model(model, new, data, out_root, options, extra_metrics=extra, progress=log)
-    predicted = (info["quantize"]["allocation"]["predicted"]["latency_ms"] if bits is not None
-                 else info["prune"]["plan_predicted_ms"])
-    parent_predicted = info["prune" if prune_plan is not None else "quantize"]["parent_predicted_ms"]
-    parent_ms = _parent_measured(subnet_dir, spec, config.runtime, _protocol(config), log)
-    latency = _latency_summary(final, config, predicted, parent_predicted, parent_ms)
-    summary = {"method": config.method, "parent": spec.key, "parent_dir": str(subnet_dir), "key": new.key,
-               "budget_ms": config.budget_ms, "table": config.table.table_id, "precision": precision, **fid,
-               **_sizes(parent, model, bits),
-               "latency": latency, **info}
+    final = export_model(model, new, data, out_root, options, extra_metrics={"compress": summary}, progress=log)
+    summary["key"] = new.key
+    summary["latency"].update(_measured_after(final, config, parent_ms))
     atomic_write_text(final / COMPRESS_FILE, json.dumps(summary, indent=2, default=str) + "\n")
     return final

@@ -12,6 +12,7 @@ import torch
 from latency_tables.runtimes import Protocol
 from latency_tables.table import find_table
 from nas.cli import main
+from nas.cli.compress import summary_lines
 from nas.compress.allocate import predicted_latency
 from nas.compress.finetune import FinetuneConfig, finetune
 from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_subnet, fidelity
@@ -76,7 +77,13 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     assert latency["predicted_ms"] <= budget < latency["parent_predicted_ms"] == pytest.approx(before_ms)
     assert latency["measured_ms"] > 0 and latency["parent_measured_ms"] > 0 and latency["measured_speedup"] > 0
     metrics = json.loads((path / "metrics.json").read_text())
-    assert metrics["extra"]["compress"]["accuracy_after"] == summary["accuracy_after"]
+    recorded = metrics["extra"]["compress"]  # metrics.json holds all but the new model's own measurement
+    assert recorded["accuracy_after"] == summary["accuracy_after"] and recorded["params_after"] == out["params_after"]
+    assert recorded["latency"]["parent_measured_ms"] == latency["parent_measured_ms"]
+    assert recorded["prune"]["plan_predicted_ms"] == latency["predicted_ms"]
+    text = "\n".join(summary_lines(path, summary))
+    assert f"compressed {spec.key} by prune to {path.name} (fp32)" in text and f"written to {path}" in text
+    assert f"measured {latency['measured_ms']:.4f} ms (parent {latency['parent_measured_ms']:.4f} ms" in text
     assert metrics["latency"]["measured"]["ort-fp32"]["median_ms"] == latency["measured_ms"]
     assert metrics["accuracy"]["top1"] == pytest.approx(summary["accuracy_after"])  # the same validation split
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no fine-tune leftovers
