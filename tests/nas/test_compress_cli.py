@@ -123,12 +123,16 @@ def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_d
     _, spec = load_subnet(parent_dir)
     costs, _ = latency_costs(spec.arch, runtime_tables("small", "ort"), ("fp32", "int8"))
     budget = float(costs[:, 0].sum() + costs.min(axis=1).sum()) / 2  # int8 somewhere is needed (or pruning)
-    config = CompressConfig(method, budget, find_table("small", "ort", "fp32"), max_steps=3, protocol=FAST)
+    teacher = str(parent_dir) if method == "sequential" else None  # an exported subnet named as the teacher
+    config = CompressConfig(method, budget, find_table("small", "ort", "fp32"), max_steps=3, protocol=FAST,
+                            teacher=teacher)
     path = compress_subnet(parent_dir, tmp_path, config, log=str)
     summary = json.loads((path / COMPRESS_FILE).read_text())
     _, got = load_subnet(path)
     assert got.key == summary["key"] == path.name and summary["method"] == method
     assert (got.prune_plan is not None) == (method == "sequential")
+    if method == "sequential":
+        assert summary["prune"]["teacher"] == teacher and summary["prune"]["history"][0]["epoch"] == 1
     alloc = summary["quantize"]["allocation"]
     assert alloc["budget_cost"] <= budget * (1 + 1e-9)
     assert summary["latency"]["predicted_ms"] == alloc["predicted"]["latency_ms"]
