@@ -155,7 +155,7 @@ def _allocate(arch: ArchConfig, scores: Any, config: CompressConfig, space: str)
                      f"{fastest:.4g} ms); give a larger budget")
 
 
-def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_root: Path,
+def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_root: Path, teacher: nn.Module,
            log: Log, progress: bool) -> tuple[nn.Module, PrunePlan, dict[str, Any]]:
     from nas.compress.finetune import FinetuneConfig, finetune
     from nas.compress.importance import channel_importance
@@ -173,7 +173,7 @@ def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_
     # one work directory per plan, fine-tune and teacher: the same command run again resumes a cut-off fine-tune
     run_id = hashlib.sha256(json.dumps([alloc.plan.key, tune.to_dict(), config.teacher]).encode()).hexdigest()[:12]
     work = out_root / f".{arch.key}.{run_id}.finetune"
-    result = finetune(pruned, data, work, tune, teacher=_teacher(config, model, data), progress=progress,
+    result = finetune(pruned, data, work, tune, teacher=teacher, progress=progress,
                       log=log)
     shutil.rmtree(work, ignore_errors=True)
     info = {"plan_predicted_ms": alloc.latency_ms, "parent_predicted_ms": alloc.parent_latency_ms,
@@ -283,7 +283,8 @@ def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig,
     torch.manual_seed(config.seed)
     model, prune_plan, bits, info = parent, None, None, {}
     if config.method in ("prune", "sequential"):
-        model, prune_plan, info["prune"] = _prune(parent, data, config, spec.space, out_root, log, progress)
+        teacher = _teacher(config, parent, data)  # a teacher that does not fit is refused before any work
+        model, prune_plan, info["prune"] = _prune(parent, data, config, spec.space, out_root, teacher, log, progress)
     if config.method in ("quantize", "sequential"):
         bits, info["quantize"] = _quantize(model, data, config, spec.space, log)
     return model, prune_plan, bits, info

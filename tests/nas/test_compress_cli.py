@@ -102,6 +102,9 @@ def test_bad_input_exits_2_with_one_line(parent_dir, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
     assert cli(parent_dir, "--constraint", "macs<=1", "--method", "prune", *common) == 2
     assert "latency_ms<=X" in capsys.readouterr().err
+    assert cli(parent_dir, "--constraint", "latency_ms<=1", "--method", "prune", "--teacher", "largest", *common) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "teacher 'largest' is the supernet's largest subnet" in err
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
