@@ -144,3 +144,14 @@ def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_d
         assert got.models == (("ort", "mixed"),) and summary["precision"] == "mixed"
         assert summary["bytes_ratio"] > 1.0 and summary["params_ratio"] == 1.0
     assert summary["latency"]["measured_ms"] > 0 and summary["label_loyalty"] > 0.5
+
+
+@pytest.mark.runtime
+def test_the_supernets_largest_subnet_teaches_when_named(parent_dir, trained_supernet, tmp_path):
+    _, spec = load_subnet(parent_dir)
+    table = find_table("small", "ort", "fp32")
+    budget = 0.8 * predicted_latency(table, spec.arch)[0]
+    config = CompressConfig("prune", budget, table, max_steps=2, protocol=FAST, teacher="largest",
+                            supernet=str(trained_supernet))
+    summary = json.loads((compress_subnet(parent_dir, tmp_path, config, log=str) / COMPRESS_FILE).read_text())
+    assert summary["prune"]["teacher"] == "largest" and summary["latency"]["predicted_ms"] <= budget
