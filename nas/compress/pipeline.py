@@ -18,6 +18,7 @@ A bit-width plan's "after" figures are its torch simulation (`fake_quantized_lay
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -113,10 +114,11 @@ def _sample(data: Any, n: int, seed: int, resolution: int) -> tuple[torch.Tensor
 
 
 def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module:
+    """The teacher `config` names; by default a frozen copy of the uncompressed parent."""
     from nas.compress.distill import frozen, load_teacher, static_arch
 
     if config.teacher is None:
-        return frozen(parent)
+        return frozen(copy.deepcopy(parent))
     return load_teacher(config.teacher, static_arch(parent, "student"), run_dir=config.supernet, data=data)
 
 
