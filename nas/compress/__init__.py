@@ -1,4 +1,4 @@
-"""Compression of chosen subnets (the library; the `hwnas compress` command comes next).
+"""Compression of chosen subnets: the library behind `hwnas compress` (`nas.compress.pipeline.compress_subnet`).
 
 - Structured pruning: channel importance by criterion (`channel_importance`: L1, BN scale, first-order Taylor) and a
   NetAdapt-style greedy allocation of the channels each dependency group keeps against a latency table
