@@ -51,7 +51,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
     config = CompressConfig(method=args.method, budget_ms=_budget(args.constraint),
                             table=resolve_table(args.table, spec.space), criterion=args.criterion,
                             round_to=args.round_to, epochs=args.epochs, teacher=args.teacher, supernet=args.supernet,
-                            seed=args.seed, max_steps=args.max_steps, overwrite=args.overwrite)
+                            seed=args.seed, max_steps=args.max_steps, overwrite=args.overwrite,
+                            measure_keys=not args.estimate_only)
     out = Path(args.out) if args.out else Path(args.subnet).resolve().parent
     path = compress_subnet(args.subnet, out, config, log=log, progress=not args.no_progress)
     summary = json.loads((path / COMPRESS_FILE).read_text(encoding="utf-8"))
@@ -79,4 +80,7 @@ def register(groups: Any) -> None:
     sub.add_argument("--seed", type=int, default=0, help="seed of image choice and fine-tune (default %(default)s)")
     sub.add_argument("--out", help="output root (default: the subnet directory's parent)")
     sub.add_argument("--overwrite", action="store_true", help="replace an earlier compressed export")
+    sub.add_argument("--estimate-only", action="store_true",
+                     help="price the pruned widths with the table's estimates (flagged) instead of measuring the "
+                          "keys the plan needs on this machine first (the default, into OUT/.measured-tables/)")
     sub.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -75,6 +75,7 @@ class CompressConfig:
     protocol: Protocol | None = None
     parity_images: int | None = None
     overwrite: bool = False
+    measure_keys: bool = True
 
     def __post_init__(self) -> None:
         from nas.compress.importance import IMPORTANCE
@@ -122,6 +123,8 @@ def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module:
     return load_teacher(config.teacher, static_arch(parent, "student"), run_dir=config.supernet, data=data)
 
 
+#: Rounds of "allocate, measure the keys it estimated, allocate again on the measured table".
+MEASURE_ROUNDS = 5
 #: How many times `sequential` re-allocates the pruning before it gives up on the budget.
 SEQUENTIAL_TRIES = 6
 
@@ -157,8 +160,36 @@ def _allocate(arch: ArchConfig, scores: Any, config: CompressConfig, space: str)
                      f"{fastest:.4g} ms); give a larger budget")
 
 
+def _allocate_measured(arch: ArchConfig, scores: Any, config: CompressConfig, space: str, out_root: Path,
+                       log: Log) -> tuple[Any, CompressConfig, int]:
+    """The pruning allocation, with the off-grid keys it rests on measured on demand (`measure_missing`, into a
+    copy of the table under `out_root/.measured-tables/`, reused by later runs) and the allocation made again on
+    the measured copy, until it needs no estimate (at most `MEASURE_ROUNDS` rounds). Returns it, the config with
+    the measured table, and how many keys were measured. Where this machine cannot measure the table's keys, the
+    estimates stay (flagged) and the log says why."""
+    from latency_tables.ondemand import measured_or_source
+
+    alloc = _allocate(arch, scores, config, space)
+    if not config.measure_keys:
+        return alloc, config, 0
+    source, archs, before = config.table, [], len(config.table.rows)
+    for _ in range(MEASURE_ROUNDS):
+        if not alloc.estimated:
+            break
+        archs.append(alloc.arch)
+        log(f"measuring {len(alloc.estimated_keys)} table key(s) the plan needs on {source.table_id}")
+        table, reason = measured_or_source(source, archs, out_root / ".measured-tables" / source.table_id,
+                                           progress=False)
+        if reason:
+            log(f"table keys stay estimated: {reason}")
+            break
+        config = dataclasses.replace(config, table=table)
+        alloc = _allocate(arch, scores, config, space)
+    return alloc, config, len(config.table.rows) - before
+
+
 def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_root: Path, teacher: nn.Module,
-           log: Log, progress: bool) -> tuple[nn.Module, PrunePlan, dict[str, Any]]:
+           log: Log, progress: bool) -> tuple[nn.Module, PrunePlan, dict[str, Any], CompressConfig]:
     from nas.compress.finetune import FinetuneConfig, finetune
     from nas.compress.importance import channel_importance
     from nas.export.prune import prune_model
@@ -167,7 +198,7 @@ def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_
     x, y = _sample(data, config.images, config.seed, arch.resolution)
     batches = list(zip(x.split(32), y.split(32), strict=True))
     scores = channel_importance(model, config.criterion, batches)
-    alloc = _allocate(arch, scores, config, space)
+    alloc, config, measured = _allocate_measured(arch, scores, config, space, out_root, log)
     log(f"pruning plan: {alloc.parent_latency_ms:.4f} -> {alloc.latency_ms:.4f} ms predicted on "
         f"{config.table.table_id} ({alloc.steps} steps{', estimated keys' if alloc.estimated else ''})")
     pruned = prune_model(model, alloc.plan)
@@ -181,8 +212,8 @@ def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_
     info = {"plan_predicted_ms": alloc.latency_ms, "parent_predicted_ms": alloc.parent_latency_ms,
             "estimated_keys": list(alloc.estimated_keys), "budget_ms": alloc.budget_ms, "criterion": config.criterion,
             "round_to": config.round_to, "finetune": tune.to_dict(), "history": result.history,
-            "teacher": config.teacher or "parent"}
-    return result.model, alloc.plan, info
+            "teacher": config.teacher or "parent", "measured_keys": measured}
+    return result.model, alloc.plan, info, config
 
 
 def _quantize(model: nn.Module, data: Any, config: CompressConfig, space: str,
@@ -280,16 +311,19 @@ def _measured_after(final: Path, config: CompressConfig, parent_ms: float | None
 
 
 def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig, out_root: Path, log: Log,
-                progress: bool) -> tuple[nn.Module, PrunePlan | None, BitWidthPlan | None, dict[str, Any]]:
-    """The compressed model, its plans and what each stage found."""
+                progress: bool) -> tuple[nn.Module, PrunePlan | None, BitWidthPlan | None, dict[str, Any],
+                                         CompressConfig]:
+    """The compressed model, its plans, what each stage found, and the config as it ends (its table holds the
+    keys measured on demand)."""
     torch.manual_seed(config.seed)
     model, prune_plan, bits, info = parent, None, None, {}
     if config.method in ("prune", "sequential"):
         teacher = _teacher(config, parent, data)  # a teacher that does not fit is refused before any work
-        model, prune_plan, info["prune"] = _prune(parent, data, config, spec.space, out_root, teacher, log, progress)
+        model, prune_plan, info["prune"], config = _prune(parent, data, config, spec.space, out_root, teacher, log,
+                                                          progress)
     if config.method in ("quantize", "sequential"):
         bits, info["quantize"] = _quantize(model, data, config, spec.space, log)
-    return model, prune_plan, bits, info
+    return model, prune_plan, bits, info, config
 
 
 def _summary(parent: nn.Module, spec: Any, model: nn.Module, bits: BitWidthPlan | None, info: dict[str, Any],
@@ -321,7 +355,7 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
     parent, spec = load_subnet(subnet_dir)
     data = load_dataset(spec.provenance.dataset, seed=spec.provenance.seed) if data is None else data
     check_data(spec.arch, data)
-    model, prune_plan, bits, info = _compressed(parent, spec, data, config, out_root, log, progress)
+    model, prune_plan, bits, info, config = _compressed(parent, spec, data, config, out_root, log, progress)
     used = ("fp32",) if bits is None else bits.used(_arch(model))
     precision = used[0] if len(used) == 1 else "mixed"
     # the parent is timed first, so that metrics.json holds every figure but the new model's own measurement

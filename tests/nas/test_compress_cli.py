@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from latency_tables.ondemand import on_demand_keys
 from latency_tables.runtimes import Protocol
-from latency_tables.table import find_table
+from latency_tables.table import LatencyTable, find_table
 from nas.cli import main
 from nas.cli.compress import summary_lines
 from nas.compress.allocate import predicted_latency
@@ -86,7 +87,11 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     assert f"measured {latency['measured_ms']:.4f} ms (parent {latency['parent_measured_ms']:.4f} ms" in text
     assert metrics["latency"]["measured"]["ort-fp32"]["median_ms"] == latency["measured_ms"]
     assert metrics["accuracy"]["top1"] == pytest.approx(summary["accuracy_after"])  # the same validation split
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no fine-tune leftovers
+    # the keys the plan rests on were measured into a copy of the table beside the output, kept for later runs
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".measured-tables"]
+    measured = LatencyTable.load(tmp_path / ".measured-tables" / table.table_id)
+    assert summary["prune"]["measured_keys"] == len(on_demand_keys(measured)) > 0
+    assert len(measured.rows) == len(table.rows) + summary["prune"]["measured_keys"]
 
 
 @pytest.mark.runtime
