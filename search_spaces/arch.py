@@ -216,14 +216,6 @@ class HeadConfig:
         _check_choice("head activation", self.act, ACTIVATIONS)
 
 
-def _with_inputs(stage: tuple[BlockConfig, ...], first: int) -> Iterator[tuple[BlockConfig, int]]:
-    """Each block of a stage with the width it receives (the stage's input, then the previous block's output)."""
-    channels = first
-    for block in stage:
-        yield block, channels
-        channels = block.out_channels
-
-
 class BlockSite(NamedTuple):
     """A block with its position and the width it receives."""
 
@@ -270,13 +262,11 @@ class ArchConfig:
                     f"stage {site.stage} block {site.position}: a split ShuffleNet unit keeps half of its "
                     f"{site.in_channels} input channels, so its branch is {block.out_channels // 2} channels; "
                     f"got b{block.branch}")
-        canonical = [[block.canonical(cin) for block, cin in _with_inputs(stage, first)]
-                     for stage, first in zip(stages, self._stage_inputs(stages), strict=True)]
+        # canonical blocks keep their output widths, so every site's input width is the same before and after
+        canonical = [list(stage) for stage in stages]
+        for site in self.sites():
+            canonical[site.stage][site.position] = site.block.canonical(site.in_channels)
         object.__setattr__(self, "stages", tuple(tuple(stage) for stage in canonical))
-
-    def _stage_inputs(self, stages: tuple[tuple[BlockConfig, ...], ...]) -> list[int]:
-        widths = [self.stem.channels] + [stage[-1].out_channels for stage in stages]
-        return widths[:-1]
 
     def sites(self) -> Iterator[BlockSite]:
         """Every block in order, with the number of channels it receives."""
