@@ -24,8 +24,14 @@ from search_spaces.codec import canonical_json, short_key
 from search_spaces.errors import HwnasError
 from search_spaces.families import get_family
 
-#: Precisions a layer may be given.
+#: Precisions a runtime runs natively, that a layer may be given.
 PRECISIONS = ("fp32", "fp16", "int8")
+#: Simulated integer bit-widths (fake quantisation), `w<weight bits>a<activation bits>`: weights 2-8 bits,
+#: activations 2-8 or 16. No runtime runs them: they price size and BitOPs for accelerators hwnas cannot run, and a
+#: layer at one is always in its plan's `simulated`.
+SIMULATED_PRECISION = re.compile(r"w([2-8])a([2-8]|16)")
+#: Every simulated precision, most bits first (weights, then activations).
+SIMULATED_PRECISIONS = tuple(f"w{w}a{a}" for w in range(8, 1, -1) for a in (16, *range(8, 1, -1)))
 PRUNE_FORMAT = "hwnas.prune-plan/1"
 BITWIDTH_FORMAT = "hwnas.bitwidth-plan/1"
 
@@ -287,9 +293,17 @@ def _rebuilt(arch: ArchConfig, stem: StemConfig, stages: list[list[BlockConfig]]
 # ------------------------------------------------------------------------------------------- bit-widths
 
 
+def simulated_bits(precision: Any) -> tuple[int, int] | None:
+    """(weight bits, activation bits) of a simulated precision such as `w4a8`; None for anything else (a native
+    precision included)."""
+    match = SIMULATED_PRECISION.fullmatch(precision) if isinstance(precision, str) else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def _precision(where: str, value: Any) -> str:
-    if value not in PRECISIONS:
-        raise PlanError(f"{where} is {value!r}; allowed: {', '.join(PRECISIONS)}")
+    if value not in PRECISIONS and simulated_bits(value) is None:
+        raise PlanError(f"{where} is {value!r}; allowed: {', '.join(PRECISIONS)}, or a simulated "
+                        f"w<2-8>a<2-8|16> (e.g. w4a8)")
     return str(value)
 
 
@@ -297,7 +311,8 @@ def _precision(where: str, value: Any) -> str:
 class BitWidthPlan(_CanonicalJson):
     """The precision each layer runs at: `layers` by layer id, `default` for every layer not named. `simulated`
     names the layers whose precision the runtime does not run natively (fake-quantised: their accuracy is the
-    plan's, their latency is not)."""
+    plan's, their latency is not); every layer named at a simulated precision (`w4a8`) is added to it. A simulated
+    `default` covers layers not named, which `simulated_in(arch)` lists."""
 
     layers: Mapping[str, str] = field(default_factory=dict)
     default: str = "fp32"
@@ -313,8 +328,9 @@ class BitWidthPlan(_CanonicalJson):
         object.__setattr__(self, "default", _precision("bit-width plan default precision", self.default))
         if isinstance(self.simulated, (str, bytes, Mapping)) or not isinstance(self.simulated, Iterable):
             raise PlanError(f"bit-width plan simulated must be a list of layer ids; got {self.simulated!r}")
-        simulated = frozenset(_check_layer_id(n, "bit-width plan simulated layer") for n in self.simulated)
-        object.__setattr__(self, "simulated", simulated)
+        simulated = {_check_layer_id(n, "bit-width plan simulated layer") for n in self.simulated}
+        simulated |= {n for n, p in layers.items() if simulated_bits(p) is not None}
+        object.__setattr__(self, "simulated", frozenset(simulated))
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -329,9 +345,19 @@ class BitWidthPlan(_CanonicalJson):
         return {name: self.precision_of(name) for name in layer_groups(arch)}
 
     def used(self, arch: ArchConfig) -> tuple[str, ...]:
-        """The precisions the layers of `arch` run at, each once, in `PRECISIONS` order."""
+        """The precisions the layers of `arch` run at, each once: native ones in `PRECISIONS` order, then simulated
+        ones in `SIMULATED_PRECISIONS` order (most bits first)."""
         found = set(self.precisions(arch).values())
-        return tuple(p for p in PRECISIONS if p in found)
+        return tuple(p for p in (*PRECISIONS, *SIMULATED_PRECISIONS) if p in found)
+
+    @property
+    def has_simulated(self) -> bool:
+        """Whether any layer may be simulated: one is listed in `simulated`, or the default is simulated."""
+        return bool(self.simulated) or simulated_bits(self.default) is not None
+
+    def simulated_in(self, arch: ArchConfig) -> frozenset[str]:
+        """The layers of `arch` that are simulated: `simulated`, and those the default covers when it is simulated."""
+        return self.simulated | {n for n, p in self.precisions(arch).items() if simulated_bits(p) is not None}
 
     def check(self, arch: ArchConfig) -> None:
         """Refuse layer ids (in `layers` or `simulated`) that `arch` does not have."""

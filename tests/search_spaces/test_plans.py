@@ -12,12 +12,14 @@ import pytest
 
 from search_spaces import ArchConfig, get_space
 from search_spaces.plans import (
+    SIMULATED_PRECISIONS,
     BitWidthPlan,
     LayerGroups,
     PlanError,
     PrunePlan,
     channel_groups,
     layer_groups,
+    simulated_bits,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,3 +179,36 @@ def test_plans_from_python_with_keys_of_mixed_types_or_a_mapping_of_simulated_la
         BitWidthPlan({1: "int8", "stem": "fp16"})
     with pytest.raises(PlanError, match="simulated must be a list of layer ids"):
         BitWidthPlan.from_dict({"format": "hwnas.bitwidth-plan/1", "simulated": {"stem": 1}})
+
+
+def test_simulated_bits_reads_w_a_precisions_and_nothing_else():
+    assert simulated_bits("w4a8") == (4, 8) and simulated_bits("w2a16") == (2, 16) and simulated_bits("w8a2") == (8, 2)
+    for other in ("int8", "fp32", "w1a8", "w9a8", "w4a32", "w4a8 ", "W4A8", 48, None):
+        assert simulated_bits(other) is None
+    assert len(SIMULATED_PRECISIONS) == 7 * 8 and SIMULATED_PRECISIONS[:3] == ("w8a16", "w8a8", "w8a7")
+    assert SIMULATED_PRECISIONS[-1] == "w2a2" and all(simulated_bits(p) for p in SIMULATED_PRECISIONS)
+
+
+def test_layers_at_simulated_precisions_are_simulated_and_come_after_native_ones():
+    arch = ArchConfig.from_str(MBCONV)
+    plan = BitWidthPlan({"s0.b0.dw": "w4a8", "stem": "int8", "head": "w2a8"}, simulated=["s1.b0.dw"])
+    assert plan.simulated == {"s0.b0.dw", "head", "s1.b0.dw"}  # s1.b0.dw: fp32 listed as simulated, as before
+    assert plan.used(arch) == ("fp32", "int8", "w4a8", "w2a8") and plan.has_simulated
+    assert plan.simulated_in(arch) == plan.simulated
+    assert BitWidthPlan.from_json(plan.to_json()) == plan
+    assert BitWidthPlan.from_dict(plan.to_dict()).to_dict()["simulated"] == ["head", "s0.b0.dw", "s1.b0.dw"]
+    everywhere = BitWidthPlan({"stem": "fp32"}, default="w4a4")
+    assert everywhere.simulated == set() and everywhere.has_simulated
+    assert everywhere.simulated_in(arch) == set(layer_groups(arch)) - {"stem"}
+    assert everywhere.used(arch) == ("fp32", "w4a4")
+    assert not BitWidthPlan({"stem": "int8"}).has_simulated
+    with pytest.raises(PlanError, match=r"precision of stem is 'w1a8'; allowed: fp32, fp16, int8, or a simulated "
+                                        r"w<2-8>a<2-8\|16>"):
+        BitWidthPlan({"stem": "w1a8"})
+
+
+def test_native_plan_keys_did_not_change_with_simulated_precisions():
+    # keys computed before simulated precisions were accepted
+    assert BitWidthPlan().key == "5012a61f3ddb"
+    assert BitWidthPlan({"s0.b0.dw": "int8", "stem": "fp16"}, simulated=["s0.b0.dw"]).key == "c00fbf35cbe8"
+    assert BitWidthPlan({"stem": "int8", "head": "int8"}, default="fp16").key == "7faf469340c2"
