@@ -1,18 +1,25 @@
-"""How many channels each dependency group of a subnet keeps, so that a latency table predicts the pruned subnet
-within a budget: a `PrunePlan` allocated against measured latency, not MACs. Torch-free.
+"""How many channels each dependency group of a subnet keeps, so that the pruned subnet fits a budget on a cost
+metric: latency predicted by a measured latency table (not MACs), fp32 model size in bytes, MACs or fp32 BitOPs.
+A `PrunePlan` and the walk that leads to it. Torch-free.
 
 Algorithm (`method="greedy"`), after NetAdapt (Yang et al., "NetAdapt: Platform-Aware Neural Network Adaptation
 for Mobile Applications", ECCV 2018, arXiv:1804.03230): start from the parent's widths. At each step, propose
 for every group its next smaller allowed width (a multiple of `round_to`, at least `min_channels`), dropping its
-lowest-scored channels; price every proposal with the table (`LatencyTable.predict_arch` of
-`PrunePlan.apply_to(parent)`, so the next layers' narrower inputs, the table's network-level correction and,
-for measured keys, the runtime's staircases are in the price); take the proposal with the best ratio of
-predicted latency saved to importance removed, the importance normalised per group: a step's cost is the share
+lowest-scored channels; price every proposal on the pruned architecture (`PrunePlan.apply_to(parent)`, so the next
+layers' narrower inputs are in the price; for latency, `LatencyTable.predict_arch` also brings the table's
+network-level correction and, for measured keys, the runtime's staircases); take the proposal with the best ratio of
+cost saved to importance removed, the importance normalised per group: a step's cost is the share
 of the importance its group still holds that the step removes (scale-free across groups and criteria, and
 rising as a group thins, so one group is not cut to its last channels while others keep all of theirs). Repeat
-until the prediction is within the budget. Where no proposal saves latency (a table can be non-monotone), the
-one that costs least latency is taken, so the walk always moves towards every group at its fewest channels; it
+until the cost is within the budget. Where no proposal saves any (a latency table can be non-monotone), the
+one that costs least is taken, so the walk always moves towards every group at its fewest channels (the floor); it
 takes at most as many steps as there are widths to step down through (<= sum of group widths / `round_to`).
+The walk is written once (`_walk`): `prune_path` returns its points, `allocate_budget` stops at the first point
+within the budget, so the allocation for budget B is the first path point with cost <= B.
+
+Metrics (`PRUNE_METRICS`, `prune_cost`): `latency_ms` from a table (needed); `size_bytes`, fp32 weight bytes
+(BatchNorm folded, as `nas.compress.bits.layer_costs` counts them); `macs` (`AnalyticCostModel`); `bitops`, fp32
+BitOPs (MACs x 32 x 32, as `layer_costs`).
 
 Differences from NetAdapt: no short-term fine-tune per proposal (the importance scores stand in for the accuracy
 it measures) and one width step per iteration instead of a per-iteration latency target.
@@ -27,21 +34,25 @@ say that the prediction is partly estimated.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from latency_tables.analytic import AnalyticCostModel
 from latency_tables.keys import arch_keys
 from latency_tables.table import LatencyTable
+from nas.compress.bits import layer_costs
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
 from search_spaces.plans import PrunePlan, channel_groups
 
 #: Allocation methods by name.
 METHODS = ("greedy",)
+#: What a pruning budget may be on.
+PRUNE_METRICS = ("latency_ms", "size_bytes", "macs", "bitops")
 #: Added to the importance removed, so a step removing only zero-scored channels has a finite, very high ratio.
 _EPS = 1e-12
 
@@ -52,14 +63,20 @@ class AllocationError(HwnasError):
 
 @dataclass(frozen=True)
 class Allocation:
-    """What `allocate_latency` chose: the plan, the pruned architecture and the table's prediction for it."""
+    """What `allocate_budget` chose: the plan, the pruned architecture and its cost in the budget's metric; the
+    latency fields are the table's prediction when a table was given (`budget_ms` only for a latency budget), else
+    None."""
 
     plan: PrunePlan
     arch: ArchConfig
-    latency_ms: float
-    parent_latency_ms: float
-    budget_ms: float
-    table_id: str
+    metric: str
+    cost: float
+    parent_cost: float
+    budget: float
+    latency_ms: float | None = None
+    parent_latency_ms: float | None = None
+    budget_ms: float | None = None
+    table_id: str | None = None
     #: Kept channels per group (every prunable group, pruned or not), in network order.
     widths: Mapping[str, int] = field(default_factory=dict)
     #: Keys of `arch` the table lacks, whose latency it estimated (canonical key strings).
@@ -72,11 +89,43 @@ class Allocation:
         return bool(self.estimated_keys)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (for metrics.json): the table, budget, predictions, kept widths, estimated keys."""
-        return {"table": self.table_id, "budget_ms": self.budget_ms, "latency_ms": self.latency_ms,
+        """A JSON-ready summary (for metrics.json): the metric, budget and cost, the table and its predictions,
+        kept widths, estimated keys."""
+        return {"metric": self.metric, "budget": self.budget, "cost": self.cost, "parent_cost": self.parent_cost,
+                "table": self.table_id, "budget_ms": self.budget_ms, "latency_ms": self.latency_ms,
                 "parent_latency_ms": self.parent_latency_ms, "estimated": self.estimated,
                 "estimated_keys": list(self.estimated_keys), "widths": dict(self.widths), "steps": self.steps,
                 "plan": self.plan.to_dict()}
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    """One point of the greedy pruning walk: after `step` width steps, the kept channels per group, the plan, the
+    pruned architecture and its cost in the walk's metric."""
+
+    step: int
+    widths: Mapping[str, int]
+    plan: PrunePlan
+    arch: ArchConfig
+    cost: float
+
+
+#: Units of each metric, for messages.
+_UNITS = {"latency_ms": "ms", "size_bytes": "bytes", "macs": "MACs", "bitops": "BitOPs"}
+
+
+def prune_cost(arch: ArchConfig, metric: str, table: LatencyTable | None = None) -> float:
+    """The cost of `arch` in `metric` (see the module's docstring); `latency_ms` needs `table`."""
+    if metric not in PRUNE_METRICS:
+        raise AllocationError(f"unknown pruning metric {metric!r}; allowed: {', '.join(PRUNE_METRICS)}")
+    if metric == "latency_ms":
+        if table is None:
+            raise AllocationError("a latency_ms budget needs a latency table to predict the pruned subnet; give "
+                                  "table=, or budget size_bytes, macs or bitops")
+        return table.predict_arch(arch, estimate_missing=True)
+    if metric == "macs":
+        return float(AnalyticCostModel("fp32").estimate(arch).macs)
+    return float(layer_costs(arch, ("fp32",), metric).sum())
 
 
 def predicted_latency(table: LatencyTable, arch: ArchConfig) -> tuple[float, tuple[str, ...]]:
@@ -92,15 +141,20 @@ def width_options(size: int, round_to: int, min_channels: int) -> list[int]:
     return [size, *reversed(smaller)]
 
 
-def _check_settings(budget_ms: float, round_to: int, min_channels: int, method: str) -> None:
+def _check_settings(round_to: int, min_channels: int, method: str) -> None:
     if method not in METHODS:
         raise AllocationError(f"unknown allocation method {method!r}; allowed: {', '.join(METHODS)}")
     for name, value in (("round_to", round_to), ("min_channels", min_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AllocationError(f"{name} must be a whole number >= 1; got {value!r}")
-    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not math.isfinite(budget_ms) \
-            or budget_ms <= 0:
-        raise AllocationError(f"latency budget must be a finite number of ms > 0; got {budget_ms!r}")
+
+
+def _check_budget(metric: str, budget: float, what: str = "budget") -> None:
+    if metric not in PRUNE_METRICS:
+        raise AllocationError(f"unknown pruning metric {metric!r}; allowed: {', '.join(PRUNE_METRICS)}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        name = "latency budget" if metric == "latency_ms" and what == "budget" else f"{metric} {what}"
+        raise AllocationError(f"{name} must be a finite number of {_UNITS[metric]} > 0; got {budget!r}")
 
 
 def _ranked(scores: Mapping[str, np.ndarray], widths: Mapping[str, int], arch: ArchConfig
@@ -127,40 +181,38 @@ def _ranked(scores: Mapping[str, np.ndarray], widths: Mapping[str, int], arch: A
 
 
 class _Pricer:
-    """The table's prediction for a parent pruned to given widths (cached by widths)."""
+    """The cost of the parent pruned to given widths (cached by widths)."""
 
-    def __init__(self, table: LatencyTable, arch: ArchConfig, groups: list[str]) -> None:
-        self.table, self.arch, self.groups = table, arch, groups
+    def __init__(self, cost: Callable[[ArchConfig], float], arch: ArchConfig, groups: list[str]) -> None:
+        self.cost, self.arch, self.groups = cost, arch, groups
+        self.full = channel_groups(arch)
         self._cache: dict[tuple[int, ...], float] = {}
 
     def plan(self, widths: Mapping[str, int], ranked: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> PrunePlan:
-        full = channel_groups(self.arch)
-        keep = {g: tuple(sorted(int(i) for i in ranked[g][0][:w])) for g, w in widths.items() if w < full[g]}
+        keep = {g: tuple(sorted(int(i) for i in ranked[g][0][:w])) for g, w in widths.items() if w < self.full[g]}
         return PrunePlan(self.arch.key, keep)
 
     def __call__(self, widths: Mapping[str, int]) -> float:
         key = tuple(widths[g] for g in self.groups)
         if key not in self._cache:
-            full = channel_groups(self.arch)
-            keep = {g: tuple(range(w)) for g, w in widths.items() if w < full[g]}
-            pruned = PrunePlan(self.arch.key, keep).apply_to(self.arch)
-            self._cache[key] = self.table.predict_arch(pruned, estimate_missing=True)
+            keep = {g: tuple(range(w)) for g, w in widths.items() if w < self.full[g]}
+            self._cache[key] = self.cost(PrunePlan(self.arch.key, keep).apply_to(self.arch))
         return self._cache[key]
 
 
 def _best_step(widths: dict[str, int], levels: dict[str, int], options: Mapping[str, list[int]],
-               ranked: Mapping[str, tuple[np.ndarray, np.ndarray]], price: _Pricer, latency: float
+               ranked: Mapping[str, tuple[np.ndarray, np.ndarray]], price: _Pricer, cost: float
                ) -> tuple[str, float]:
-    """The group whose next width step has the best (latency saved / importance removed), and its latency; the
-    least latency lost when no step saves any."""
+    """The group whose next width step has the best (cost saved / importance removed), and the cost after it; the
+    least cost added when no step saves any."""
     best: tuple[bool, float] | None = None
-    choice = ("", latency)
+    choice = ("", cost)
     for group, level in levels.items():
         if level + 1 >= len(options[group]):
             continue
         narrower = options[group][level + 1]
         trial = price({**widths, group: narrower})
-        saved = latency - trial
+        saved = cost - trial
         kept = ranked[group][1][:widths[group]]
         removed = float(kept[narrower:].sum() / kept.sum()) if kept.sum() > 0 else 0.0
         rank = (saved > 0, saved / (removed + _EPS) if saved > 0 else saved)
@@ -169,40 +221,103 @@ def _best_step(widths: dict[str, int], levels: dict[str, int], options: Mapping[
     return choice
 
 
+class _Walk:
+    """The greedy walk's setting: ranked scores, width options per scored group and the pricer."""
+
+    def __init__(self, arch: ArchConfig, scores: Mapping[str, np.ndarray], metric: str, table: LatencyTable | None,
+                 round_to: int, min_channels: int) -> None:
+        if metric == "latency_ms":
+            prune_cost(arch, metric, table)  # refuses a latency walk without a table
+        self.arch, self.metric, self.round_to, self.min_channels = arch, metric, round_to, min_channels
+        self.sizes = channel_groups(arch)
+        self.ranked = _ranked(scores, self.sizes, arch)
+        self.options = {g: width_options(self.sizes[g], round_to, min_channels) for g in self.ranked}
+        self.price = _Pricer(lambda pruned: prune_cost(pruned, metric, table), arch, list(self.sizes))
+
+    def floor(self) -> float:
+        """The cost with every scored group at its fewest channels (where the walk ends)."""
+        return self.price({**self.sizes, **{g: o[-1] for g, o in self.options.items()}})
+
+    def points(self) -> Iterator[tuple[int, dict[str, int], float]]:
+        """(step, widths, cost) from the parent (step 0) to the floor, one width step at a time."""
+        widths, levels = dict(self.sizes), {g: 0 for g in self.options}
+        cost = self.price(widths)
+        yield 0, dict(widths), cost
+        for step in range(1, sum(len(o) - 1 for o in self.options.values()) + 1):
+            group, cost = _best_step(widths, levels, self.options, self.ranked, self.price, cost)
+            levels[group] += 1
+            widths[group] = self.options[group][levels[group]]
+            yield step, dict(widths), cost
+
+    def point(self, step: int, widths: dict[str, int], cost: float) -> PathPoint:
+        plan = self.price.plan(widths, self.ranked)
+        return PathPoint(step, MappingProxyType(widths), plan, plan.apply_to(self.arch), cost)
+
+
+def prune_path(arch: ArchConfig, scores: Mapping[str, np.ndarray], metric: str, until: float, *,
+               table: LatencyTable | None = None, round_to: int = 8, min_channels: int = 8) -> list[PathPoint]:
+    """The greedy walk (see the module's docstring) in `metric` from the parent (step 0) to its first point that
+    costs <= `until`, or to the floor where every scored group is at its fewest channels."""
+    _check_settings(round_to, min_channels, "greedy")
+    _check_budget(metric, until, "path end")
+    walk = _Walk(arch, scores, metric, table, round_to, min_channels)
+    path = []
+    for step, widths, cost in walk.points():
+        path.append(walk.point(step, widths, cost))
+        if cost <= until:
+            break
+    return path
+
+
+def _unreachable(metric: str, budget: float, walk: _Walk, floor: float, table: LatencyTable | None
+                 ) -> AllocationError:
+    parent = walk.price(walk.sizes)
+    if metric == "latency_ms" and table is not None:
+        return AllocationError(
+            f"latency budget {budget:.4g} ms cannot be met on table {table.table_id}: the smallest latency "
+            f"reachable with round_to={walk.round_to}, min_channels={walk.min_channels} (every scored group at its "
+            f"fewest channels) is {floor:.4g} ms (the unpruned subnet: {parent:.4g} ms)")
+    unit = _UNITS[metric]
+    return AllocationError(
+        f"{metric} budget {budget:.6g} {unit} cannot be met: the smallest {metric} reachable with "
+        f"round_to={walk.round_to}, min_channels={walk.min_channels} (every scored group at its fewest channels) "
+        f"is {floor:.6g} {unit} (the unpruned subnet: {parent:.6g} {unit})")
+
+
+def allocate_budget(arch: ArchConfig, scores: Mapping[str, np.ndarray], metric: str, budget: float, *,
+                    table: LatencyTable | None = None, round_to: int = 8, min_channels: int = 8,
+                    method: str = "greedy") -> Allocation:
+    """Allocate channels per group so that the pruned `arch` costs at most `budget` in `metric` (`PRUNE_METRICS`;
+    see the module's docstring): the first point of `prune_path` within the budget. `scores` holds one importance
+    score per channel of each group to prune (`nas.compress.importance`); groups without scores keep every channel.
+    Kept counts are multiples of `round_to` (1 allows any count), at least `min_channels`; a group no wider than
+    that is not pruned. `table` is needed for `latency_ms` and, when given, predicts the result's latency for any
+    metric."""
+    _check_settings(round_to, min_channels, method)
+    _check_budget(metric, budget)
+    walk = _Walk(arch, scores, metric, table, round_to, min_channels)
+    floor = walk.floor()
+    if floor > budget:
+        raise _unreachable(metric, budget, walk, floor, table)
+    found = next(((s, w, c) for s, w, c in walk.points() if c <= budget), None)
+    if found is None:  # the walk ends at the floor, which meets the budget (checked)
+        raise AllocationError(f"{metric} budget {budget:.6g} not met by the walk down to its floor ({floor:.6g})")
+    point = walk.point(*found)
+    latency: dict[str, Any] = {}
+    if table is not None:
+        latency_ms, estimated = predicted_latency(table, point.arch)
+        latency = {"latency_ms": latency_ms, "parent_latency_ms": table.predict_arch(arch, estimate_missing=True),
+                   "budget_ms": float(budget) if metric == "latency_ms" else None, "table_id": table.table_id,
+                   "estimated_keys": estimated}
+    return Allocation(point.plan, point.arch, metric, point.cost, walk.price(walk.sizes), float(budget),
+                      widths=point.widths, steps=point.step, **latency)
+
+
 def allocate_latency(arch: ArchConfig, scores: Mapping[str, np.ndarray], table: LatencyTable, budget_ms: float, *,
                      round_to: int = 8, min_channels: int = 8, method: str = "greedy") -> Allocation:
-    """Allocate channels per group so that `table` predicts the pruned `arch` within `budget_ms` (see the module's
-    docstring). `scores` holds one importance score per channel of each group to prune (`nas.compress.importance`);
-    groups without scores keep every channel. Kept counts are multiples of `round_to` (1 allows any count), at least
-    `min_channels`; a group no wider than that is not pruned."""
-    _check_settings(budget_ms, round_to, min_channels, method)
-    sizes = channel_groups(arch)
-    ranked = _ranked(scores, sizes, arch)
-    options = {g: width_options(sizes[g], round_to, min_channels) for g in ranked}
-    price = _Pricer(table, arch, list(sizes))
-    widths = dict(sizes)
-    floor_ms = price({**widths, **{g: o[-1] for g, o in options.items()}})
-    if floor_ms > budget_ms:
-        raise AllocationError(
-            f"latency budget {budget_ms:.4g} ms cannot be met on table {table.table_id}: the smallest latency "
-            f"reachable with round_to={round_to}, min_channels={min_channels} (every scored group at its fewest "
-            f"channels) is {floor_ms:.4g} ms (the unpruned subnet: {price(widths):.4g} ms)")
-    levels = {g: 0 for g in options}
-    latency, steps = price(widths), 0
-    for _ in range(sum(len(o) - 1 for o in options.values())):
-        if latency <= budget_ms:
-            break
-        group, latency = _best_step(widths, levels, options, ranked, price, latency)
-        levels[group] += 1
-        widths[group] = options[group][levels[group]]
-        steps += 1
-    if latency > budget_ms:  # the walk ends at every group's fewest channels, which meets the budget (checked)
-        raise AllocationError(f"latency budget {budget_ms:.4g} ms not met after {steps} steps ({latency:.4g} ms)")
-    plan = price.plan(widths, ranked)
-    pruned = plan.apply_to(arch)
-    latency_ms, estimated = predicted_latency(table, pruned)
-    return Allocation(plan, pruned, latency_ms, price(sizes), float(budget_ms), table.table_id,
-                      MappingProxyType(dict(widths)), estimated, steps)
+    """`allocate_budget` on the `latency_ms` that `table` predicts."""
+    return allocate_budget(arch, scores, "latency_ms", budget_ms, table=table, round_to=round_to,
+                           min_channels=min_channels, method=method)
 
 
 def allocate(arch: ArchConfig, scores: Mapping[str, np.ndarray], table: LatencyTable, budget_ms: float, *,
