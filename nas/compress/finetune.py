@@ -13,6 +13,14 @@ again, it resumes after the last saved epoch and ends exactly where an uninterru
 
 With a plan the masks of `nas.compress.gradual` follow the schedule and the returned model is
 `prune_model(student, plan)`: the plan's widths, computing what the masked student computed.
+
+With a bit-width plan (`bits`) it is quantisation-aware training: every step runs the student under
+`nas.compress.sensitivity.fake_quantized_layers` (straight-through rounding, so gradients reach the float weights)
+at the plan's precisions, the activation ranges recalibrated (MinMax, `output_ranges`, eval mode, masks applied)
+on the `calibration` images at the start of every epoch from the current float weights. Each epoch's
+`val_accuracy` is the simulated one (`val_accuracy_float` the float one); the returned model holds the float
+weights, and `FinetuneResult.val_accuracy` is its plan simulated with ranges taken from those final weights (as an
+export would calibrate them).
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ from tqdm import tqdm
 
 from nas.compress.distill import FeatureDistiller, check_teacher, kd_loss, static_arch, teacher_kl
 from nas.compress.gradual import SCHEDULES, GradualPruning
+from nas.compress.sensitivity import fake_quantized_layers, output_ranges
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
-from search_spaces.plans import PrunePlan
+from search_spaces.plans import BitWidthPlan, PrunePlan
 from supernets.checkpoint import check_run_dir, checkpoint_dir, load_checkpoint, save_checkpoint
 from supernets.data import Dataset, augment, batches
 from supernets.evaluation import accuracy
@@ -87,8 +96,9 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """The fine-tuned model (pruned to the plan's widths when there was a plan; eval mode), one metrics row per
-    epoch, and the validation accuracy of the returned model."""
+    """The fine-tuned model (pruned to the plan's widths when there was a plan; float weights, eval mode), one
+    metrics row per epoch, and the validation accuracy of the returned model (its bit-width plan simulated when
+    the fine-tune was quantisation-aware)."""
 
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -106,15 +116,34 @@ def _digest(model: nn.Module | None) -> str | None:
     return h.hexdigest()
 
 
+def _tensor_digest(x: torch.Tensor | None) -> str | None:
+    return None if x is None else hashlib.sha256(x.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Quantization:
+    """What quantisation-aware training simulates: the layers' precisions and the calibration images."""
+
+    bits: BitWidthPlan
+    calibration: torch.Tensor
+
+    def simulated(self, model: nn.Module) -> Any:
+        """A context running `model` with its plan fake-quantised, ranges calibrated on the current weights."""
+        with torch.no_grad():
+            ranges = output_ranges(model, self.calibration)
+        return fake_quantized_layers(model, self.bits.precisions(static_arch(model, "student")), ranges)
+
+
 class _Finetune:
     """One fine-tune run (state for `finetune`); built inside the seeded, thread-limited context."""
 
     def __init__(self, model: nn.Module, data: Dataset, out_dir: Path, config: FinetuneConfig,
                  teacher: nn.Module | None, pruning: GradualPruning | None, log: Callable[[str], None],
-                 progress: bool) -> None:
+                 progress: bool, quantization: _Quantization | None = None) -> None:
         self.arch: ArchConfig = static_arch(model, "student")
         self.data, self.out_dir, self.config, self.log, self.progress = data, out_dir, config, log, progress
         self.teacher, self.pruning = teacher.eval() if teacher is not None else None, pruning
+        self.quantization = quantization
         torch.manual_seed(config.seed)
         self.student = copy.deepcopy(model).train()
         for parameter in self.student.parameters():
@@ -131,7 +160,9 @@ class _Finetune:
         self.epoch, self.history = 0, list[dict[str, Any]]()
         self.identity = {"arch": self.arch.to_str(), "plan": pruning.plan.key if pruning else None,
                          "scores": pruning.scores_digest() if pruning else None, "teacher": _digest(teacher),
-                         "config": config.to_dict()}
+                         "config": config.to_dict(),
+                         "bits": quantization.bits.key if quantization else None,
+                         "calibration": _tensor_digest(quantization.calibration) if quantization else None}
 
     def restore(self) -> None:
         """Continue from the out_dir's checkpoint, refusing one made for another model, plan, teacher or config."""
@@ -167,9 +198,14 @@ class _Finetune:
             self.pruning.set_epoch(self.epoch)
             row |= {"pruned_share": self.pruning.share(),
                     "masked_channels": sum(len(v) for v in self.pruning.masked().values())}
-        row["loss"] = self._train_epoch()
-        row["val_accuracy"] = accuracy(self.student, self.data.val, self.arch.resolution, self.data.mean,
-                                       self.data.std)
+        with self._simulated():  # ranges from the float weights the epoch starts with
+            row["loss"] = self._train_epoch()
+        if self.quantization is not None:
+            row["val_accuracy_float"] = self._val_accuracy(self.student)
+            with self._simulated():
+                row["val_accuracy"] = self._val_accuracy(self.student)
+        else:
+            row["val_accuracy"] = self._val_accuracy(self.student)
         if self.teacher is not None:
             row["val_kl_teacher"] = teacher_kl(self.student, self.teacher, self.data.val, self.data)
         self.epoch += 1
@@ -180,6 +216,16 @@ class _Finetune:
         save_checkpoint(self.out_dir, meta, self.trained, self.optimizer, None, rng)
         self.log(f"fine-tune epoch {self.epoch}/{cfg.epochs} loss {row['loss']:.4f} "
                  f"val {row['val_accuracy']:.2%}")
+
+    def _simulated(self, model: nn.Module | None = None) -> Any:
+        """The student (or `model`) under the bit-width plan's simulation; no-op without one."""
+        if self.quantization is None:
+            return nullcontext()
+        return self.quantization.simulated(self.student if model is None else model)
+
+    def _val_accuracy(self, model: nn.Module) -> float:
+        with torch.no_grad():
+            return accuracy(model, self.data.val, self.arch.resolution, self.data.mean, self.data.std)
 
     def _steps(self) -> int:
         steps = math.ceil(len(self.data.train) / self.config.batch_size)
@@ -227,13 +273,15 @@ class _Finetune:
             from nas.export.prune import prune_model
 
             final = prune_model(self.student, self.pruning.plan)
-        score = accuracy(final, self.data.val, self.arch.resolution, self.data.mean, self.data.std)
-        return FinetuneResult(final, list(self.history), score)
+        with self._simulated(final):
+            score = self._val_accuracy(final)
+        return FinetuneResult(final.eval(), list(self.history), score)
 
 
 def finetune(model: nn.Module, data: Dataset, out_dir: str | Path, config: FinetuneConfig | None = None, *,
              teacher: nn.Module | None = None, plan: PrunePlan | None = None,
-             scores: Mapping[str, np.ndarray] | None = None, progress: bool = False,
+             scores: Mapping[str, np.ndarray] | None = None, bits: BitWidthPlan | None = None,
+             calibration: torch.Tensor | None = None, progress: bool = False,
              log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune a copy of the static `model` (see the module docstring); `model` is not changed.
 
@@ -243,6 +291,9 @@ def finetune(model: nn.Module, data: Dataset, out_dir: str | Path, config: Finet
         plan: a `PrunePlan` for `model.arch` to reach gradually (`config.prune_epochs`, `config.prune_schedule`).
         scores: channel scores per group (`nas.compress.channel_importance`) ordering what is masked first;
             default: L1 of `model`'s weights.
+        bits: a `BitWidthPlan` for `model.arch` to train under (quantisation-aware training); needs `calibration`.
+        calibration: normalised images at the model's resolution (e.g. 128 training images) that calibrate the
+            simulated activation ranges every epoch.
     """
     config = config or FinetuneConfig()
     arch = static_arch(model, "student")
@@ -258,10 +309,30 @@ def finetune(model: nn.Module, data: Dataset, out_dir: str | Path, config: Finet
 
             scores = channel_importance(model, "l1")
         pruning = GradualPruning(plan, scores, config.prune_epochs, config.prune_schedule)
+    quantization = _quantization(arch, bits, calibration)
     out = Path(out_dir)
     check_run_dir(out)
     with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
-        run = _Finetune(model, data, out, config, teacher, pruning, log, progress)
+        run = _Finetune(model, data, out, config, teacher, pruning, log, progress, quantization)
         if checkpoint_dir(out) is not None:
             run.restore()
         return run.run()
+
+
+def _quantization(arch: ArchConfig, bits: BitWidthPlan | None, calibration: torch.Tensor | None
+                  ) -> _Quantization | None:
+    """The QAT settings, refusing a plan for other layers or calibration images that do not fit the student."""
+    if bits is None:
+        if calibration is not None:
+            raise HwnasError("fine-tune calibration images calibrate quantisation-aware training; give bits (a "
+                             "BitWidthPlan) with them, or leave both out")
+        return None
+    bits.check(arch)
+    want = (arch.in_channels, arch.resolution, arch.resolution)
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 4 or len(calibration) == 0 \
+            or tuple(calibration.shape[1:]) != want:
+        got = tuple(calibration.shape) if isinstance(calibration, torch.Tensor) else type(calibration).__name__
+        shape = ", ".join(map(str, want))
+        raise HwnasError(f"quantisation-aware training needs calibration images of shape (N>=1, {shape}) "
+                         f"(normalised, at the student's resolution); got {got}")
+    return _Quantization(bits, calibration.detach().float())

@@ -6,9 +6,10 @@
   training): per-channel symmetric weights (the convolution's weight before BatchNorm folding; per-channel
   symmetric rounding commutes with the per-channel BN scale, so this equals quantising the folded weight) and
   per-tensor asymmetric (uint8-style) activations of the layer's output, with ranges from the float model on the
-  calibration images (MinMax, as ONNX Runtime calibrates by default). `int16` is 16x8 (int16 activations, int8
-  weights, as LiteRT and ORT run it); `fp16` rounds weights and outputs through half precision; `w<b>a<b>`
-  (e.g. `w4a8`) are simulated integer bit-widths for accelerators hwnas cannot run.
+  calibration images (MinMax, as ONNX Runtime calibrates by default); an activation's gradient passes straight
+  through where it lies in the range and is zero where the range clips it (as torch's FakeQuantize). `int16` is
+  16x8 (int16 activations, int8 weights, as LiteRT and ORT run it); `fp16` rounds weights and outputs through
+  half precision; `w<b>a<b>` (e.g. `w4a8`) are simulated integer bit-widths for accelerators hwnas cannot run.
 - Hessian trace (`hessian_trace`): HAWQ-V2 (Dong et al., "HAWQ-V2: Hessian Aware trace-Weighted Quantization of
   Neural Networks", NeurIPS 2020). Hutchinson's estimator Tr(H) = E[v^T H v] over Rademacher vectors v, the
   Hessian-vector product taken by differentiating the gradient a second time; one vector over all layers' weights
@@ -73,7 +74,9 @@ def quantize_activation(x: torch.Tensor, low: float, high: float, bits: int) -> 
     scale = (high - low) / levels if high > low else 1.0
     zero = round(-low / scale)
     q = torch.clamp(torch.round(x / scale) + zero, 0, levels)
-    return _straight_through(x, (q - zero) * scale)
+    # clipped straight-through (as torch's FakeQuantize): no gradient where the range clips the value
+    inside = ((x >= (0 - zero) * scale) & (x <= (levels - zero) * scale)).to(x.dtype)
+    return ((q - zero) * scale).detach() + (x - x.detach()) * inside
 
 
 def _through_half(x: torch.Tensor) -> torch.Tensor:

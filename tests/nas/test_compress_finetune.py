@@ -306,3 +306,97 @@ def test_bad_config_is_refused():
         FinetuneConfig(epochs=2, prune_epochs=5)
     with pytest.raises(HwnasError, match="prune_schedule is 'exp'"):
         FinetuneConfig(prune_schedule="exp")
+
+
+# ------------------------------------------------------------------------------- quantisation-aware training
+
+
+def simulated_accuracy(model, data, bits, calibration) -> float:
+    """Validation accuracy of `model` with `bits` fake-quantised, ranges calibrated on `calibration` (PTQ)."""
+    from nas.compress.sensitivity import fake_quantized_layers, output_ranges
+    from supernets.evaluation import accuracy
+
+    ranges = output_ranges(model, calibration)
+    with fake_quantized_layers(model, bits.precisions(model.arch), ranges), torch.no_grad():
+        return accuracy(model, data.val, model.arch.resolution, data.mean, data.std)
+
+
+def test_qat_at_w3a3_beats_ptq_of_the_same_weights(tmp_path):
+    from search_spaces.plans import BitWidthPlan
+    from supernets.evaluation import accuracy, recalibration_images
+
+    data = tiny_digits(600, 200)
+    trained = finetune(seeded_model(TINY, 0), data, tmp_path / "float", FinetuneConfig(epochs=10, lr=0.05,
+                       batch_size=32), log=quiet).model
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    bits, calibration = BitWidthPlan(default="w3a3"), recalibration_images(data, 16, 128, 0)
+    float_top1, ptq = accuracy(trained, data.val, 16, data.mean, data.std), simulated_accuracy(trained, data, bits,
+                                                                                                calibration)
+    assert float_top1 > 0.9 and ptq < float_top1 - 0.3  # measured: 0.93 float, 0.52 simulated w3a3
+    config = FinetuneConfig(epochs=6, lr=0.01, batch_size=32)
+    qat = finetune(trained, data, tmp_path / "qat", config, bits=bits, calibration=calibration, log=quiet)
+    ft = finetune(trained, data, tmp_path / "ft", config, log=quiet).model  # the same fine-tune, no simulation
+    assert qat.val_accuracy == pytest.approx(simulated_accuracy(qat.model, data, bits, calibration))
+    assert qat.val_accuracy == pytest.approx(qat.history[-1]["val_accuracy"])
+    # measured: QAT 0.75 simulated; PTQ 0.52 of the trained weights, 0.53 of the float fine-tune's
+    assert qat.val_accuracy >= ptq + 0.15
+    assert qat.val_accuracy >= simulated_accuracy(ft, data, bits, calibration) + 0.15
+    assert qat.history[-1]["val_accuracy_float"] == pytest.approx(accuracy(qat.model, data.val, 16, data.mean,
+                                                                           data.std))
+    assert not any("parametrizations" in k for k in qat.model.state_dict())  # float weights, no simulation left
+    assert all(torch.equal(v, before[k]) for k, v in trained.state_dict().items())
+
+
+def test_qat_with_gradual_pruning_ends_at_the_plans_widths_simulated(tmp_path):
+    from search_spaces.plans import BitWidthPlan
+    from supernets.evaluation import recalibration_images
+
+    data = tiny_digits()
+    model = seeded_model(MIXED, 0)
+    plan, calibration = half_plan(model), recalibration_images(data, 16, 64, 0)
+    bits = BitWidthPlan({"stem": "fp32", "classifier": "fp32"}, default="w4a4")
+    config = FinetuneConfig(epochs=2, prune_epochs=2, **FAST)
+    result = finetune(model, data, tmp_path / "ft", config, plan=plan, bits=bits, calibration=calibration,
+                      log=quiet)
+    assert result.model.arch == plan.apply_to(model.arch)
+    assert [row["pruned_share"] < 1.0 for row in result.history] == [True, False]
+    simulated = simulated_accuracy(result.model, data, bits, calibration)
+    assert result.val_accuracy == pytest.approx(simulated)
+    assert result.val_accuracy == pytest.approx(result.history[-1]["val_accuracy"])  # masked == pruned, simulated
+    with pytest.raises(HwnasError, match="calibration images of shape"):
+        finetune(model, data, tmp_path / "x", config, bits=bits, log=quiet)
+    with pytest.raises(HwnasError, match="give bits"):
+        finetune(model, data, tmp_path / "x", config, calibration=calibration, log=quiet)
+    with pytest.raises(HwnasError, match="s9.b0"):
+        finetune(model, data, tmp_path / "x", config, bits=BitWidthPlan({"s9.b0.conv": "int8"}),
+                 calibration=calibration, log=quiet)
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupted_qat_resumes_bit_for_bit_and_refuses_a_float_checkpoint(tmp_path):
+    from search_spaces.plans import BitWidthPlan
+    from supernets.evaluation import recalibration_images
+
+    data = tiny_digits()
+    model, teacher = seeded_model(TINY, 0), seeded_model(WIDE, 1).eval()
+    kwargs = dict(teacher=teacher, plan=half_plan(model), bits=BitWidthPlan(default="int8"),
+                  calibration=recalibration_images(data, 16, 64, 0))
+    config = FinetuneConfig(epochs=2, prune_epochs=2, augment_shift=1, **FAST)
+    whole = finetune(model, data, tmp_path / "whole", config, log=quiet, **kwargs)
+
+    def stop_after_first(line: str) -> None:
+        if "epoch 1/2" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, data, tmp_path / "cut", config, log=stop_after_first, **kwargs)
+    resumed = finetune(model, data, tmp_path / "cut", config, log=quiet, **kwargs)
+    assert resumed.history == whole.history and resumed.val_accuracy == whole.val_accuracy
+    assert all(torch.equal(v, whole.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
+    with pytest.raises(HwnasError, match="made with another bits"):
+        finetune(model, data, tmp_path / "cut", config, log=quiet, **{**kwargs, "bits": BitWidthPlan(default="w4a8")})
+    float_only = {k: v for k, v in kwargs.items() if k not in ("bits", "calibration")}
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, data, tmp_path / "float", config, log=stop_after_first, **float_only)
+    with pytest.raises(HwnasError, match="made with another bits, calibration"):
+        finetune(model, data, tmp_path / "float", config, log=quiet, **kwargs)
