@@ -19,6 +19,11 @@ boundary, including the network's fp32 input and output) can be charged: `switch
 optimum is returned when its real cost fits (then it is the true optimum); otherwise the rounded-up optimum,
 which always fits, with `optimality_gap` bounding how much more sensitive it may be than the true optimum.
 Budgets are kept up to float rounding (1e-9 relative).
+
+Simulated integer bit-widths (`w4a8`: 4-bit weights, 8-bit activations; `search_spaces.plans.SIMULATED_PRECISIONS`)
+are for size or BitOPs budgets of accelerators hwnas cannot run: `runtime="simulated"` with a menu of them (and
+fp32), no tables. No runtime runs them, so they have no measured latency: a `latency_ms` budget with one is refused.
+The plan lists every layer at one in `BitWidthPlan.simulated`, and export refuses it.
 """
 
 from __future__ import annotations
@@ -32,15 +37,20 @@ import numpy as np
 
 from latency_tables.counting import layer_ops
 from latency_tables.keys import arch_keys
-from latency_tables.runtimes import runtime_spec
+from latency_tables.runtimes import RUNTIMES, runtime_spec
 from latency_tables.table import LatencyTable, find_table
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
-from search_spaces.plans import PRECISIONS, BitWidthPlan
+from search_spaces.plans import PRECISIONS, SIMULATED_PRECISIONS, BitWidthPlan, simulated_bits
 
 METRICS = ("latency_ms", "size_bytes", "bitops")
-#: (weight bits, activation bits) per precision, for size and BitOPs.
-BITS: dict[str, tuple[int, int]] = {"fp32": (32, 32), "fp16": (16, 16), "int8": (8, 8)}
+#: (weight bits, activation bits) per precision, for size and BitOPs: native ones, then every simulated `w<b>a<b>`.
+BITS: dict[str, tuple[int, int]] = {"fp32": (32, 32), "fp16": (16, 16), "int8": (8, 8),
+                                    **{p: b for p in SIMULATED_PRECISIONS if (b := simulated_bits(p)) is not None}}
+#: The runtime name of simulated precisions: no runtime runs them, so no tables and no latency.
+SIMULATED_RUNTIME = "simulated"
+#: What `runtime="simulated"` may choose from when no `precisions` are given.
+DEFAULT_SIMULATED_MENU = ("fp32", "w8a8", "w4a8", "w2a8")
 #: Most buckets the budget may be cut into (the DP's memory is pieces x precisions x buckets bytes).
 MAX_BUCKETS = 200_000
 DEFAULT_BUCKETS = 2_000
@@ -71,7 +81,14 @@ def boundary_elements(arch: ArchConfig) -> list[int]:
 
 def runtime_menu(runtime: str, precisions: Sequence[str] | None = None) -> tuple[str, ...]:
     """The precisions one piece may run at on `runtime` (its table precisions that a mixed model runs per layer),
-    or the subset `precisions` of them."""
+    or the subset `precisions` of them. For `runtime="simulated"`: fp32 and the simulated precisions given
+    (`DEFAULT_SIMULATED_MENU` when none are), most bits first."""
+    if runtime == SIMULATED_RUNTIME:
+        return _simulated_menu(precisions)
+    simulated = [p for p in precisions or () if simulated_bits(p) is not None]
+    if simulated:
+        raise HwnasError(f"simulated precision(s) {', '.join(simulated)} are not on {runtime}'s menu (no runtime runs "
+                         f"them); allowed: runtime={SIMULATED_RUNTIME!r} with a size_bytes or bitops budget")
     spec = runtime_spec(runtime)
     menu = tuple(p for p in spec.precisions if p in PRECISIONS and (p in spec.layer_precisions
                                                                     or not spec.layer_precisions))
@@ -84,10 +101,24 @@ def runtime_menu(runtime: str, precisions: Sequence[str] | None = None) -> tuple
     return tuple(p for p in menu if p in precisions)
 
 
+def _simulated_menu(precisions: Sequence[str] | None) -> tuple[str, ...]:
+    order = ("fp32", *SIMULATED_PRECISIONS)
+    if precisions is None:
+        return DEFAULT_SIMULATED_MENU
+    wrong = [str(p) for p in precisions if p not in order]
+    if wrong or not precisions:
+        raise HwnasError(f"precision(s) {', '.join(wrong) or 'none given'} not on the {SIMULATED_RUNTIME} menu; "
+                         f"allowed: fp32 and simulated w<2-8>a<2-8|16> (e.g. w4a8)")
+    return tuple(p for p in order if p in precisions)
+
+
 def runtime_tables(space: str, runtime: str, precisions: Sequence[str] | None = None,
                    **find: Any) -> dict[str, LatencyTable]:
     """The latency table of each precision on `runtime`'s menu (`find_table`; `find` passes device, threads,
     search)."""
+    if runtime == SIMULATED_RUNTIME:
+        raise HwnasError(f"runtime {SIMULATED_RUNTIME!r} has no latency tables: no runtime runs simulated "
+                         f"precisions; allowed: a runtime with tables ({', '.join(RUNTIMES)})")
     return {p: find_table(space, runtime, p, **find) for p in runtime_menu(runtime, precisions)}
 
 
@@ -318,16 +349,35 @@ def piece_sensitivity(arch: ArchConfig, sensitivity: Mapping[str, Mapping[str, f
     return found
 
 
+def _refuse_simulated_latency(metric: str, runtime: str, menu: Sequence[str],
+                              tables: Mapping[str, LatencyTable] | None) -> None:
+    """Simulated precisions have no runtime, so no measured latency and no tables."""
+    if runtime != SIMULATED_RUNTIME:
+        return
+    simulated = ", ".join(p for p in menu if simulated_bits(p) is not None) or "none"
+    if metric == "latency_ms":
+        menus = "; ".join(f"{name}: {', '.join(spec.layer_precisions)}" for name, spec in RUNTIMES.items()
+                          if spec.layer_precisions)
+        raise HwnasError(f"a latency_ms budget cannot be allocated over simulated precisions ({simulated}): no "
+                         f"runtime runs them, so they have no measured latency; allowed: a size_bytes or bitops "
+                         f"budget with runtime={SIMULATED_RUNTIME!r}, or latency_ms on a runtime's own menu ({menus})")
+    if tables is not None:
+        raise HwnasError(f"runtime {SIMULATED_RUNTIME!r} takes no latency tables (its precisions {simulated} have "
+                         f"no measured latency); give tables only with a runtime's own menu")
+
+
 def allocate_bits(arch: ArchConfig, sensitivity: Mapping[str, Mapping[str, float]], budget: float, *,
                   metric: str = "latency_ms", runtime: str = "ort",
                   tables: Mapping[str, LatencyTable] | None = None, precisions: Sequence[str] | None = None,
                   switch_cost: SwitchCost = 0.0, resolution: float | None = None) -> BitAllocation:
     """A precision per piece of `arch` with the least summed `sensitivity` (layer id -> precision -> score) whose
     `metric` is within `budget` (see the module's docstring). `tables` (precision -> table, `runtime_tables`) are
-    needed for `latency_ms`; `switch_cost` is in the budget's unit."""
+    needed for `latency_ms`; `switch_cost` is in the budget's unit. `runtime="simulated"` allocates over simulated
+    precisions (`runtime_menu`) for `size_bytes` or `bitops` only; layers at one are in the plan's `simulated`."""
     if metric not in METRICS:
         raise HwnasError(f"unknown budget metric {metric!r}; allowed: {', '.join(METRICS)}")
     menu = runtime_menu(runtime, precisions)
+    _refuse_simulated_latency(metric, runtime, menu, tables)
     if metric == "latency_ms" and tables is None:
         raise HwnasError("a latency_ms budget needs the runtime's latency tables per precision (runtime_tables)")
     costs = {m: layer_costs(arch, menu, m) for m in ("size_bytes", "bitops")}

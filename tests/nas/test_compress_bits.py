@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from latency_tables.counting import layer_ops
 from nas.compress.bits import (
+    BITS,
     allocate_bits,
     arch_pieces,
     boundary_elements,
@@ -204,6 +205,57 @@ def test_bad_input_is_refused_naming_what_is_allowed(arch, tables):
     with pytest.raises(HwnasError, match="needs the runtime's latency tables"):
         allocate_bits(arch, sens, 1.0)
     assert runtime_menu("litert") == ("fp32", "fp16", "int8")
+
+
+def test_simulated_bit_widths_price_size_and_bitops(arch):
+    weights = sum(op.weights for op in layer_ops(arch))
+    macs = sum(op.macs for op in layer_ops(arch))
+    menu = ("fp32", "w8a8", "w4a8", "w2a16")
+    size, bitops = layer_costs(arch, menu, "size_bytes"), layer_costs(arch, menu, "bitops")
+    assert list(size.sum(axis=0)) == [4 * weights, weights, weights / 2, weights / 4]
+    assert list(bitops.sum(axis=0)) == [1024 * macs, 64 * macs, 32 * macs, 32 * macs]
+    assert BITS["w4a8"] == (4, 8) and BITS["w2a16"] == (2, 16) and BITS["int8"] == (8, 8) and len(BITS) == 3 + 56
+
+
+def test_simulated_allocation_over_a_size_budget(arch):
+    menu = ("fp32", "w8a8", "w4a8", "w2a8")
+    assert runtime_menu("simulated", ["w2a8", "w4a8", "fp32", "w8a8"]) == menu == runtime_menu("simulated")
+    weights = sum(op.weights for op in layer_ops(arch))
+    sens = every_layer(arch, w8a8=0.1, w4a8=0.5, w2a8=2.0)
+    loose = allocate_bits(arch, sens, 4 * weights, metric="size_bytes", runtime="simulated")
+    assert set(loose.pieces.values()) == {"fp32"} and loose.plan.simulated == frozenset()
+    floor = allocate_bits(arch, sens, weights / 4, metric="size_bytes", runtime="simulated", precisions=menu)
+    assert set(floor.pieces.values()) == {"w2a8"} and floor.budget_cost == weights / 4
+    layers = {n for _, names in arch_pieces(arch) for n in names}
+    assert floor.plan.simulated == layers and floor.plan.used(arch) == ("w2a8",)
+    # sizes are multiples of a quarter byte (2-bit weights): buckets of 0.25 make the DP exact
+    middle = allocate_bits(arch, sens, weights / 2, metric="size_bytes", runtime="simulated", precisions=menu,
+                           resolution=0.25)
+    assert middle.budget_cost <= weights / 2 and middle.optimality_gap == 0.0
+    assert middle.sensitivity <= 0.5 * len(layers)  # at most uniform w4a8's, which fits
+    assert middle.plan.simulated == {n for n in layers if middle.plan.precision_of(n) != "fp32"}
+    bitops = allocate_bits(arch, sens, 64 * sum(op.macs for op in layer_ops(arch)), metric="bitops",
+                           runtime="simulated")
+    assert set(bitops.pieces.values()) <= {"w8a8", "w4a8", "w2a8", "fp32"} and "latency_ms" not in bitops.predicted
+    with pytest.raises(HwnasError, match=f"smallest reachable is {weights / 4:.6g}"):
+        allocate_bits(arch, sens, weights / 5, metric="size_bytes", runtime="simulated")
+
+
+def test_simulated_precisions_have_no_latency_and_no_runtime(arch, tables):
+    sens = every_layer(arch, w8a8=0.1, w4a8=0.5, w2a8=2.0, int8=1.0)
+    with pytest.raises(HwnasError, match=r"latency_ms budget cannot be allocated over simulated precisions \(w8a8, "
+                                         r"w4a8, w2a8\): no runtime runs them, so they have no measured latency; "
+                                         r"allowed: a size_bytes or bitops budget .* \(ort: fp32, int8; litert"):
+        allocate_bits(arch, sens, 1.0, runtime="simulated")
+    with pytest.raises(HwnasError, match=r"simulated precision\(s\) w4a8 are not on ort's menu \(no runtime runs "
+                                         r"them\); allowed: runtime='simulated'"):
+        allocate_bits(arch, sens, 1.0, tables=tables, precisions=("fp32", "w4a8"))
+    with pytest.raises(HwnasError, match="takes no latency tables"):
+        allocate_bits(arch, sens, 1e9, metric="size_bytes", runtime="simulated", tables=tables)
+    with pytest.raises(HwnasError, match=r"int8 not on the simulated menu; allowed: fp32 and simulated w<2-8>"):
+        runtime_menu("simulated", ["fp32", "int8"])
+    with pytest.raises(HwnasError, match="runtime 'simulated' has no latency tables"):
+        runtime_tables("small", "simulated")
 
 
 # ------------------------------------------------------------------------------------- sensitivity
