@@ -4,6 +4,10 @@ A block's counts depend only on its choices, its input width and its input size,
 of those combinations (its lookup-table keys, `latency_tables.keys.SpaceIndex`). The batch path counts
 each key once (with the same trace as the single-architecture path) and then gathers and sums with numpy
 indexing.
+
+Simulated bit-widths (`w4a8`, `search_spaces.plans.simulated_bits`) are refused here, naming the layer: a `Cost`
+prices bytes at precisions a runtime runs; the size and BitOPs of a simulated plan are `nas.compress.bits`'s
+`layer_costs` (whose plans list those layers in `BitWidthPlan.simulated`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from latency_tables.cost import Cost, dtype_bytes, flops_from_macs
 from latency_tables.counting import Summary, analytic_cost, block_summary, head_summary, stem_ops, summarize
 from latency_tables.keys import LutKey, SpaceIndex
 from search_spaces import ArchConfig, SearchSpace
+from search_spaces.errors import HwnasError
+from search_spaces.plans import simulated_bits
 
 _FIELDS = ("params", "macs", "memory_access", "peak_activation")
 
@@ -43,16 +49,27 @@ def key_summary(key: LutKey) -> Summary:
     return block_summary(key.block_config(), key.in_channels, key.height)
 
 
+def _refuse_simulated(precision: Mapping[str, str]) -> None:
+    for layer, value in precision.items():
+        if simulated_bits(value) is not None:
+            raise HwnasError(f"{layer} is at simulated precision {value!r}, which no runtime runs: analytic costs "
+                             f"price fp32, fp16 and int8 only; the size and BitOPs of simulated layers come from "
+                             f"nas.compress.bits.layer_costs")
+
+
 class AnalyticCostModel:
     """Exact params, MACs, FLOPs, memory access and peak activation, priced at `dtype` for bytes."""
 
     def __init__(self, dtype: str = "fp32") -> None:
+        _refuse_simulated({"the network": dtype})
         dtype_bytes(dtype)
         self.dtype = dtype
         self._tables: dict[SearchSpace, _SpaceTables] = {}
 
     def estimate(self, arch: ArchConfig, precision: Mapping[str, str] | None = None) -> Cost:
         """The `Cost` of `arch`; `precision` (layer id -> precision) prices named layers at another precision."""
+        if isinstance(precision, Mapping):
+            _refuse_simulated(precision)
         return analytic_cost(arch, self.dtype, precision)
 
     def estimate_many(self, archs: Iterable[ArchConfig]) -> list[Cost]:

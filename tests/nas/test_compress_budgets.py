@@ -18,8 +18,11 @@ from nas.compress.allocate import (
     width_options,
 )
 from nas.compress.bits import layer_costs
+from nas.export.runtime_models import runtimes_for
+from nas.export.spec import Provenance, SubnetSpec
 from search_spaces import ArchConfig, get_space
-from search_spaces.plans import PrunePlan, channel_groups
+from search_spaces.errors import HwnasError
+from search_spaces.plans import BitWidthPlan, PrunePlan, channel_groups
 
 #: stem -> MBConv without a residual -> head (weights and MACs counted by hand below).
 TINY = "r28_i1_n10|stem_c16_k3_s2_relu|mbv2_k3_e2_c24_s1|head_c64_relu"
@@ -153,3 +156,33 @@ def test_bad_budgets_are_refused_naming_what_is_allowed(arch, table):
         prune_path(arch, scores, "bitops", -1)
     with pytest.raises(AllocationError, match="min_channels must be a whole number >= 1"):
         prune_path(arch, scores, "macs", 1.0, min_channels=0)
+
+
+# ------------------------------------------------------------------------------ simulated bit-widths
+
+
+def test_analytic_costs_refuse_simulated_precisions_naming_the_layer():
+    tiny = ArchConfig.from_str(TINY)
+    assert AnalyticCostModel("fp32").estimate(tiny, {"s0.b0.dw": "int8"}).precision["s0.b0.dw"] == "int8"
+    with pytest.raises(HwnasError, match=r"s0.b0.dw is at simulated precision 'w4a8', which no runtime runs: "
+                                         r"analytic costs price fp32, fp16 and int8 only"):
+        AnalyticCostModel("fp32").estimate(tiny, {"stem": "int8", "s0.b0.dw": "w4a8"})
+    with pytest.raises(HwnasError, match=r"the network is at simulated precision 'w2a8'"):
+        AnalyticCostModel("w2a8")
+
+
+def spec_with(arch, plan):
+    return SubnetSpec(arch, "small", 0.5, 0.25, Provenance(None, "digits", 0, 0), bitwidth_plan=plan)
+
+
+def test_export_refuses_a_plan_with_a_simulated_layer_naming_it():
+    tiny = ArchConfig.from_str(TINY)
+    plan = BitWidthPlan({"s0.b0.expand": "w4a8", "stem": "int8"})
+    assert plan.simulated == {"s0.b0.expand"}
+    for runtimes in ([("ort", "mixed")], [("litert", "mixed")], [("ort", "int8")]):
+        with pytest.raises(HwnasError, match=r"simulates layer s0.b0.expand's precision, which (ort|litert) does not "
+                                             r"run natively"):
+            runtimes_for(spec_with(tiny, plan), runtimes)
+    with pytest.raises(HwnasError, match=r"no runtime runs every precision of the bit-width plan \(fp32, int8, w4a8\)"):
+        runtimes_for(spec_with(tiny, plan), None)  # the default runtimes: refused before any layer is named
+    assert runtimes_for(spec_with(tiny, BitWidthPlan({"stem": "int8"})), [("ort", "mixed")]) == (("ort", "mixed"),)
