@@ -9,17 +9,19 @@ from typing import Any
 
 from nas.cli.common import add_command, log_for, resolve_table
 from search_spaces import HwnasError
+from search_spaces.files import atomic_write_text
 
 
-def _budget(texts: list[str] | None) -> float:
-    """The bound of the one `latency_ms<=X` constraint."""
+def _budget(texts: list[str] | None) -> tuple[str, float]:
+    """(metric, bound) of the one budget constraint, e.g. `latency_ms<=0.1` or `size_bytes<=40000`."""
+    from nas.compress.pipeline import BUDGET_METRICS
     from nas.objectives import parse_constraints
 
     constraints = parse_constraints(texts or [])
-    if len(constraints) != 1 or constraints[0].metric != "latency_ms" or constraints[0].op not in ("<=", "<"):
-        raise HwnasError(f"--constraint must be one latency budget 'latency_ms<=X'; got "
-                         f"{', '.join(texts or []) or 'none'}")
-    return float(constraints[0].bound)
+    if len(constraints) != 1 or constraints[0].metric not in BUDGET_METRICS or constraints[0].op not in ("<=", "<"):
+        raise HwnasError(f"--constraint must be one budget METRIC<=X with METRIC one of {', '.join(BUDGET_METRICS)} "
+                         f"(e.g. latency_ms<=X); got {', '.join(texts or []) or 'none'}")
+    return constraints[0].metric, float(constraints[0].bound)
 
 
 def summary_lines(path: Path, summary: dict[str, Any]) -> list[str]:
@@ -33,7 +35,8 @@ def summary_lines(path: Path, summary: dict[str, Any]) -> list[str]:
     return [f"compressed {summary['parent']} by {summary['method']} to {summary['key']} ({summary['precision']})",
             f"  accuracy {summary['accuracy_before']:.2%} -> {summary['accuracy_after']:.2%}; label loyalty "
             f"{summary['label_loyalty']:.3f}, probability loyalty {summary['probability_loyalty']:.3f}",
-            f"  latency on {summary['table']}: predicted {ms(lat['predicted_ms'])} (budget {summary['budget_ms']} ms), "
+            f"  budget {summary['metric']}<={summary['budget']:g}: predicted {summary['predicted']:.6g}",
+            f"  latency on {summary['table']}: predicted {ms(lat['predicted_ms'])}, "
             f"measured {ms(lat['measured_ms'])} (parent {ms(lat['parent_measured_ms'])}"
             + (f", {speedup:.2f}x" if speedup else "") + ")",
             f"  params {summary['params_before']} -> {summary['params_after']} ({summary['params_ratio']:.2f}x), "
@@ -42,17 +45,43 @@ def summary_lines(path: Path, summary: dict[str, Any]) -> list[str]:
             f"written to {path}"]
 
 
+def compress_picks(directories: list[Path], out_root: Path, texts: list[str], table_text: str, space: str,
+                   args: argparse.Namespace, log: Any) -> list[str]:
+    """`hwnas search --compress`: compress each exported pick in `directories` to the budget `texts` on the table
+    `table_text` into `out_root`; one summary line per pick (a pick compressed before is reused)."""
+    from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_subnet
+
+    metric, budget = _budget(texts)
+    config = CompressConfig(method=args.compress, budget=budget, metric=metric, table=resolve_table(table_text, space),
+                            epochs=args.compress_epochs, seed=args.seed)
+    lines = [f"compressed by {config.method} to {config.budget_text} into {out_root}/<key>/:"]
+    for directory in directories:
+        done = out_root / f"{directory.name}.{config.method}.json"  # which compressed export belongs to this pick
+        if done.is_file():
+            path = Path(json.loads(done.read_text(encoding="utf-8"))["path"])
+            log(f"{directory.name}: compressed before ({path.name})")
+        else:
+            path = compress_subnet(directory, out_root, config, log=log, progress=not args.no_progress)
+            atomic_write_text(done, json.dumps({"parent": directory.name, "path": str(path)}) + "\n")
+        summary = json.loads((path / COMPRESS_FILE).read_text(encoding="utf-8"))
+        lines += ["  " + line for line in summary_lines(path, summary)]
+    return lines
+
+
 def cmd_compress(args: argparse.Namespace) -> None:
     from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_subnet
     from nas.export import SubnetSpec
 
     log = log_for(args)
     spec = SubnetSpec.load(args.subnet)  # names a missing directory or spec before anything is loaded
-    config = CompressConfig(method=args.method, budget_ms=_budget(args.constraint),
+    metric, budget = _budget(args.constraint)
+    config = CompressConfig(method=args.method, budget=budget, metric=metric,
                             table=resolve_table(args.table, spec.space), criterion=args.criterion,
                             round_to=args.round_to, epochs=args.epochs, teacher=args.teacher, supernet=args.supernet,
-                            seed=args.seed, max_steps=args.max_steps, overwrite=args.overwrite,
-                            measure_keys=not args.estimate_only)
+                            alpha=0.0 if args.no_distill else args.alpha, feature_weight=args.feature_weight,
+                            qat=args.qat, tolerance=args.tolerance, strict=args.strict, candidates=args.candidates,
+                            other_runtime=not args.no_other_runtime, seed=args.seed, max_steps=args.max_steps,
+                            overwrite=args.overwrite, measure_keys=not args.estimate_only)
     out = Path(args.out) if args.out else Path(args.subnet).resolve().parent
     path = compress_subnet(args.subnet, out, config, log=log, progress=not args.no_progress)
     summary = json.loads((path / COMPRESS_FILE).read_text(encoding="utf-8"))
@@ -62,19 +91,38 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 def register(groups: Any) -> None:
     """Add the `compress` command to the top-level parser."""
-    sub = add_command(groups, "compress", cmd_compress, "prune and/or quantise an exported subnet to a latency "
-                      "budget on a table's runtime, fine-tune it with distillation, and export it as a new subnet")
+    sub = add_command(groups, "compress", cmd_compress, "prune and/or quantise an exported subnet to a budget "
+                      "(latency on a table's runtime, size, MACs or BitOPs), fine-tune it with distillation, and "
+                      "export it as a new subnet")
     sub.add_argument("subnet", help="an exported subnet directory (spec.json, model.safetensors, ...)")
-    sub.add_argument("--constraint", action="append", metavar="latency_ms<=X", required=True,
-                     help="the latency budget on --table")
+    sub.add_argument("--constraint", action="append", metavar="METRIC<=X", required=True,
+                     help="the budget: latency_ms<=X (on --table), size_bytes<=X (weights), macs<=X or bitops<=X")
     sub.add_argument("--table", required=True, metavar="RUNTIME:PRECISION|DIR",
                      help="the latency table the budget is on (its runtime gets the compressed model)")
-    sub.add_argument("--method", required=True, help="prune, quantize or sequential (prune, then quantize)")
+    sub.add_argument("--method", required=True,
+                     help="joint (pruning and per-block precision chosen together), sequential (prune, then "
+                          "quantise, then distil), prune or quantize")
     sub.add_argument("--epochs", type=int, default=1, help="fine-tune epochs (default %(default)s)")
     sub.add_argument("--max-steps", type=int, help="batches per fine-tune epoch (default: the whole split)")
     sub.add_argument("--teacher", help="'largest' (with --supernet) or an exported subnet directory (default: "
                                        "the uncompressed subnet)")
     sub.add_argument("--supernet", help="the supernet run directory of --teacher largest")
+    sub.add_argument("--alpha", type=float, default=0.9,
+                     help="weight of the teacher's soft targets (default %(default)s)")
+    sub.add_argument("--no-distill", action="store_true", help="fine-tune on labels only (no teacher)")
+    sub.add_argument("--feature-weight", type=float, default=0.0,
+                     help="weight of stage-feature distillation (default %(default)s: none)")
+    sub.add_argument("--qat", default="auto", choices=("auto", "always", "never"),
+                     help="quantisation-aware fine-tune: auto (whenever the method fine-tunes a quantised plan, and "
+                          "for quantize when post-training quantisation loses more than --tolerance), always, never")
+    sub.add_argument("--tolerance", type=float, default=0.015,
+                     help="accuracy drop (fraction) a quantised plan may cost before the guard keeps layers at fp32 "
+                          "(default %(default)s)")
+    sub.add_argument("--strict", action="store_true",
+                     help="a plan losing more than --tolerance is an error naming the layers, not raised to fp32")
+    sub.add_argument("--candidates", type=int, default=8, help="pruning points joint compares (default %(default)s)")
+    sub.add_argument("--no-other-runtime", action="store_true",
+                     help="export only the budget's runtime (default: the other runtime's model too, in fp32)")
     sub.add_argument("--criterion", default="l1", help="channel importance: l1, bn or taylor (default %(default)s)")
     sub.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of this (default %(default)s)")
     sub.add_argument("--seed", type=int, default=0, help="seed of image choice and fine-tune (default %(default)s)")

@@ -49,6 +49,10 @@ def _search(args: argparse.Namespace) -> None:
 
     log = log_for(args)
     settings = search_settings(args)  # the command line, then the tables, then the supernet: cheap checks first
+    if args.compress and not args.compress_constraint:
+        raise HwnasError("--compress needs its budget: --compress-constraint METRIC<=X (e.g. latency_ms<=0.1)")
+    if args.compress and not args.export:
+        raise HwnasError("--compress compresses the exported picks; it cannot be used with --no-export")
     space = supernet_space(args.supernet)[0]
     tables = resolve_tables(args, space.name, [m.metric for m in (*settings.objectives, *settings.constraints)])
     costs = CostEvaluator(space, tables, dtype=args.dtype)
@@ -84,6 +88,17 @@ def _search(args: argparse.Namespace) -> None:
                               settings.constraints, log)
         write_picks(Path(args.run_dir), result.picks)
         data["subnets"] = str(Path(args.run_dir) / "subnets")
+        if args.compress:
+            from nas.cli.compress import compress_picks
+            from search_spaces import ArchConfig
+
+            picked = [Path(args.run_dir) / "subnets" / ArchConfig.from_str(p["arch"]).key for p in result.picks]
+            table = args.compress_table or (args.table or [None])[0]
+            if table is None:
+                raise HwnasError("--compress needs a latency table: give --compress-table RUNTIME:PRECISION|DIR")
+            lines += compress_picks(picked, Path(args.run_dir) / "compressed", args.compress_constraint, table,
+                                    space.name, args, log)
+            data["compressed"] = str(Path(args.run_dir) / "compressed")
     print(json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines))
 
 
@@ -124,3 +139,10 @@ def register(groups: Any) -> None:
     se.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="re-measure the picks on the runtime and export them to RUN_DIR/subnets (default yes)")
     se.add_argument("--no-progress", action="store_true", help="no progress bars")
+    se.add_argument("--compress", choices=("joint", "sequential", "prune", "quantize"),
+                    help="compress each exported pick by this method (as `hwnas compress`) into RUN_DIR/compressed")
+    se.add_argument("--compress-constraint", action="append", metavar="METRIC<=X",
+                    help="the compression budget (latency_ms, size_bytes, macs or bitops); needed with --compress")
+    se.add_argument("--compress-table", metavar="RUNTIME:PRECISION|DIR",
+                    help="the table the compression budget is on (default: the first --table)")
+    se.add_argument("--compress-epochs", type=int, default=1, help="fine-tune epochs of --compress (default 1)")

@@ -1,8 +1,9 @@
 """Compression of chosen subnets: the library behind `hwnas compress` (`nas.compress.pipeline.compress_subnet`).
 
 - Structured pruning: channel importance by criterion (`channel_importance`: L1, BN scale, first-order Taylor) and a
-  NetAdapt-style greedy allocation of the channels each dependency group keeps against a latency table
-  (`allocate`, `allocate_latency`), giving a `search_spaces.plans.PrunePlan` that `nas.export.prune.prune_model`
+  NetAdapt-style greedy allocation of the channels each dependency group keeps against a latency table, model
+  size, MACs or BitOPs (`allocate_budget`, `allocate_latency`; every point of the walk: `prune_path`), giving a
+  `search_spaces.plans.PrunePlan` that `nas.export.prune.prune_model`
   replays on the parent's weights; `latency_tables.ondemand.measure_missing` measures the off-grid keys it needs.
 - Bit widths: per-layer quantisation sensitivity (`measured_sensitivity`, Hutchinson `hessian_trace`, HAWQ-V3
   `hawq_scores`) and an exact dynamic programme choosing each block's precision under a latency, size or BitOPs
@@ -21,11 +22,16 @@ from typing import TYPE_CHECKING
 
 from nas.compress.allocate import (
     METHODS,
+    PRUNE_METRICS,
     Allocation,
     AllocationError,
+    PathPoint,
     allocate,
+    allocate_budget,
     allocate_latency,
     predicted_latency,
+    prune_cost,
+    prune_path,
     width_options,
 )
 from nas.compress.bits import BitAllocation, allocate_bits, solve_chain
@@ -50,7 +56,8 @@ _HOMES = {
 }
 
 __all__ = [
-    "IMPORTANCE", "METHODS", "Allocation", "AllocationError", "BitAllocation", "FeatureDistiller", "FinetuneConfig",
+    "IMPORTANCE", "METHODS", "PRUNE_METRICS", "Allocation", "AllocationError", "PathPoint", "allocate_budget",
+    "prune_cost", "prune_path", "BitAllocation", "FeatureDistiller", "FinetuneConfig",
     "FinetuneResult", "GradualPruning", "allocate", "allocate_bits", "allocate_latency", "channel_importance",
     "finetune", "group_writers", "hawq_scores", "hessian_trace", "kd_loss", "load_teacher", "measured_sensitivity",
     "predicted_latency", "pruned_fraction", "rank_agreement", "solve_chain", "teacher_from_run", "teacher_from_subnet",

@@ -1,19 +1,42 @@
-"""`compress_subnet`: one exported subnet made smaller and faster for a latency budget on a table's runtime, by the
-library's pieces end to end, and exported as a new subnet directory.
+"""`compress_subnet`: one exported subnet made smaller and faster for a budget (latency on a table's runtime, model
+size, MACs or BitOPs), by the library's pieces end to end, and exported as a new subnet directory.
 
-- `prune`: channel scores (`channel_importance`) on a few seeded training batches, a NetAdapt-style allocation to
-  the budget on the table (`allocate_latency`), the plan replayed on the parent's weights (`prune_model`), then a
-  fine-tune with Hinton distillation (`finetune`) from the teacher named, or from the uncompressed parent itself.
-- `quantize`: measured per-layer sensitivity (each layer fake-quantised alone; KL on training images) and an exact
-  per-block precision allocation to the budget on the runtime's per-precision tables (`allocate_bits`).
-- `sequential`: prune, then quantise. The pruning budget is the budget divided by the latency share that the
-  fastest per-block precisions keep on the parent (as the tables predict), so that quantising reaches the rest.
+The methods, all on one greedy pruning path (`nas.compress.allocate.prune_path`: NetAdapt-style steps against the
+budget's metric, each step dropping the channels with the lowest importance where it pays most) and one exact
+per-block precision allocation (`nas.compress.bits.allocate_bits`, HAWQ-V3's integer program by dynamic
+programming over measured per-layer sensitivity, priced on the runtime's per-precision tables):
 
-The result is exported with `export_model` (spec with `prune_plan` / `bitwidth_plan`, the budget's runtime only)
-and described in `compress.json` beside its files: accuracy before and after on the same validation split, label
-loyalty (top-1 agreement with the parent) and probability loyalty (mean over images of 1 - sqrt(JS divergence,
-base 2) between the two output distributions), parameter and byte ratios, predicted and measured latency, speed-up.
-A bit-width plan's "after" figures are its torch simulation (`fake_quantized_layers`).
+- `prune`: the path's point where the fp32 network meets the budget (`allocate_budget`).
+- `quantize`: no pruning; the precision allocation on the parent.
+- `sequential` (prune, then quantise, then distil): the path's first point where the fastest precisions can reach
+  the budget, then the precision allocation on it.
+- `joint`: pruning and precision chosen together. Every point of the path from the sequential one to the prune-only
+  one is a candidate (up to `candidates`, evenly spaced, both ends included); each gets its own exact precision
+  allocation to the budget, and the pruned, fake-quantised network is compared with the parent on calibration
+  images (mean KL divergence of the outputs). The candidate that changes the parent least wins. The sequential
+  and prune-only plans are candidates, so joint is never worse than either on this measure before fine-tuning;
+  in the spirit of APQ (Wang et al., CVPR 2020: joint architecture, pruning and quantisation search) and
+  HALP/NetAdapt's latency-table pricing, with the precision part solved exactly instead of searched.
+
+Latency keys the tables lack (off-grid widths of a pruned network, in every precision's table) are measured on
+demand into copies under `out/.measured-tables/` (`latency_tables.ondemand`), and the choice is made again on the
+measured copies until it rests on no estimate (at most `MEASURE_ROUNDS` rounds); where this machine cannot measure,
+the estimates stay and are flagged.
+
+The chosen network is then fine-tuned with Hinton distillation (`finetune`; teacher: the frozen parent, the
+supernet's largest subnet or an exported subnet; `alpha=0`: labels only), with quantisation-aware training
+(straight-through fake quantisation) when precisions are lowered and `qat` allows it; `quantize` trains only when
+post-training quantisation loses more than `tolerance` (`qat="auto"`). A plan quantised without QAT gets empirical
+bias correction where it brings the simulation closer to the float model. The precision guard
+(`nas.compress.guard.guard_plan`) then checks the simulated plan on the validation split: a drop past `tolerance`
+raises the most sensitive layers to fp32, and a collapse it cannot repair is an error naming the layers.
+
+The result is exported with `export_model`: the budget's runtime at the plan's precisions, the other runtime's
+model in fp32 (`other_runtime`; metrics say so). `compress.json` (written with the export, so both appear or
+neither) holds accuracy before and after on the same validation split, label loyalty (top-1 agreement with the
+parent) and probability loyalty (mean over images of 1 - sqrt(JS divergence, base 2) between the two output
+distributions), parameter, MACs and byte ratios, predicted and measured latency, speed-up, and what each stage
+chose. A bit-width plan's "after" figures are its torch simulation (`fake_quantized_layers`).
 """
 
 from __future__ import annotations
@@ -24,25 +47,32 @@ import hashlib
 import json
 import math
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from latency_tables.runtimes import Protocol
+from latency_tables.keys import arch_keys
+from latency_tables.runtimes import RUNTIMES, Protocol, RuntimeMissing, get_runtime
 from latency_tables.table import LatencyTable
 from search_spaces import ArchConfig, HwnasError
-from search_spaces.files import atomic_write_text
 from search_spaces.plans import BitWidthPlan, PrunePlan
 
 #: What `compress_subnet` can do.
-METHODS = ("prune", "quantize", "sequential")
+METHODS = ("prune", "quantize", "sequential", "joint")
+#: What a budget may bound.
+BUDGET_METRICS = ("latency_ms", "size_bytes", "macs", "bitops")
+#: When the fine-tune trains with the plan's precisions fake-quantised.
+QAT_MODES = ("auto", "always", "never")
 #: The summary file written beside the exported files.
 COMPRESS_FILE = "compress.json"
+#: Rounds of "choose, measure the keys it estimated, choose again on the measured tables".
+MEASURE_ROUNDS = 5
 
 Log = Callable[[str], None]
 
@@ -52,26 +82,44 @@ class CompressConfig:
     """How a subnet is compressed.
 
     Args:
-        budget_ms: the latency budget on `table` (its runtime, precision and device).
+        method: one of `METHODS`.
+        budget: the bound on `metric` (ms for `latency_ms`, on `table`'s runtime, precision and device).
+        table: the latency table the budget is on; its runtime gets the compressed model.
         teacher: None (the parent itself), "largest" (the supernet in `supernet`'s largest subnet) or an exported
-            subnet's directory.
-        images: training images (chosen by `seed`) that score channels and measure quantisation sensitivity.
+            subnet's directory. `alpha` weighs the teacher's soft targets (0: labels only, no teacher).
+        images: training images (chosen by `seed`) that score channels, measure quantisation sensitivity and
+            compare joint candidates.
         max_steps: batches per fine-tune epoch (None: the whole training split).
+        qat: "auto" (fake-quantised fine-tune whenever precisions are lowered and the method fine-tunes; for
+            `quantize`, only when post-training quantisation loses more than `tolerance`), "always", "never".
+        tolerance: the accuracy drop (fraction) the precision guard allows a simulated plan against its float model.
+        strict: a plan that loses more than `tolerance` is an error instead of being raised to higher precision.
+        candidates: how many points of the pruning path `joint` compares.
+        other_runtime: also export the other runtime's model (fp32) when its converter is installed.
         parity_images: validation images the export's parity check uses (None: all).
     """
 
     method: str
-    budget_ms: float
+    budget: float
     table: LatencyTable
+    metric: str = "latency_ms"
     criterion: str = "l1"
     round_to: int = 8
     epochs: int = 1
     teacher: str | None = None
     supernet: str | None = None
+    alpha: float = 0.9
+    temperature: float = 4.0
+    feature_weight: float = 0.0
     seed: int = 0
     images: int = 128
     max_steps: int | None = None
     lr: float = 0.01
+    qat: str = "auto"
+    tolerance: float = 0.015
+    strict: bool = False
+    candidates: int = 8
+    other_runtime: bool = True
     protocol: Protocol | None = None
     parity_images: int | None = None
     overwrite: bool = False
@@ -81,19 +129,30 @@ class CompressConfig:
         from nas.compress.importance import IMPORTANCE
 
         checks = [("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
-                  ("budget_ms", self.budget_ms > 0 and math.isfinite(self.budget_ms), "a positive number"),
+                  ("metric", self.metric in BUDGET_METRICS, f"one of {', '.join(BUDGET_METRICS)}"),
+                  ("budget", self.budget > 0 and math.isfinite(self.budget), "a positive number"),
                   ("criterion", self.criterion in IMPORTANCE, f"one of {', '.join(IMPORTANCE)}"),
                   ("round_to", self.round_to >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
-                  ("images", self.images >= 1, ">= 1")]
+                  ("images", self.images >= 1, ">= 1"), ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
+                  ("qat", self.qat in QAT_MODES, f"one of {', '.join(QAT_MODES)}"),
+                  ("tolerance", 0.0 <= self.tolerance <= 1.0, "in [0, 1]"),
+                  ("candidates", self.candidates >= 2, ">= 2")]
         for name, ok, allowed in checks:
             if not ok:
                 raise HwnasError(f"compress {name} is {getattr(self, name)!r}; allowed: {allowed}")
         if not isinstance(self.table, LatencyTable):
             raise HwnasError(f"compress table must be a LatencyTable; got {type(self.table).__name__}")
+        if self.metric == "macs" and self.method != "prune":
+            raise HwnasError(f"a macs budget does not change with precision, so method {self.method} cannot use it; "
+                             f"allowed: method prune with macs, or a latency_ms, size_bytes or bitops budget")
 
     @property
     def runtime(self) -> str:
         return str(self.table.profile.runtime)
+
+    @property
+    def budget_text(self) -> str:
+        return f"{self.metric}<={self.budget:g}"
 
 
 def _arch(model: nn.Module) -> ArchConfig:
@@ -114,123 +173,362 @@ def _sample(data: Any, n: int, seed: int, resolution: int) -> tuple[torch.Tensor
     return x, torch.from_numpy(data.train.labels[idx])
 
 
-def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module:
-    """The teacher `config` names; by default a frozen copy of the uncompressed parent."""
+def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module | None:
+    """The teacher `config` names (None without distillation); by default a frozen copy of the parent."""
     from nas.compress.distill import frozen, load_teacher, static_arch
 
+    if config.alpha == 0:
+        return None
     if config.teacher is None:
         return frozen(copy.deepcopy(parent))
     return load_teacher(config.teacher, static_arch(parent, "student"), run_dir=config.supernet, data=data)
 
 
-#: Rounds of "allocate, measure the keys it estimated, allocate again on the measured table".
-MEASURE_ROUNDS = 5
-#: How many times `sequential` re-allocates the pruning before it gives up on the budget.
-SEQUENTIAL_TRIES = 6
+# ------------------------------------------------------------------------------------------- pricing
 
 
-def _fastest_ms(arch: ArchConfig, tables: dict[str, LatencyTable], runtime: str) -> tuple[float, float]:
-    """(fp32, fastest precision per block) latency of `arch` on `runtime` as its per-precision tables predict."""
-    from nas.compress.bits import latency_costs, runtime_menu
+@dataclass
+class _Pricing:
+    """The budget's pricing: the runtime's precision menu and (for latency) a table per precision, with keys
+    measured on demand into copies (`origin` keeps each precision's source table id for the copies' folder)."""
 
-    menu = runtime_menu(runtime)
-    costs, _ = latency_costs(arch, tables, menu)
-    return float(costs[:, menu.index("fp32")].sum()), float(costs.min(axis=1).sum())
+    config: CompressConfig
+    menu: tuple[str, ...]
+    tables: dict[str, LatencyTable]
+    origin: dict[str, str] = field(default_factory=dict)
+    measured: int = 0
+
+    @classmethod
+    def of(cls, config: CompressConfig, space: str) -> _Pricing:
+        from nas.compress.bits import runtime_menu, runtime_tables
+
+        menu = runtime_menu(config.runtime)
+        tables: dict[str, LatencyTable] = {}
+        if config.metric == "latency_ms":
+            if config.method != "prune":
+                tables = runtime_tables(space, config.runtime)
+            tables[str(config.table.profile.precision)] = config.table
+        return cls(config, menu, tables, {p: t.table_id for p, t in tables.items()})
+
+    @property
+    def path_table(self) -> LatencyTable | None:
+        """The table the pruning path walks on: the budget's own for `prune`, else the fp32 one."""
+        if self.config.metric != "latency_ms":
+            return None
+        return self.config.table if self.config.method == "prune" else self.tables["fp32"]
+
+    def costs(self, arch: ArchConfig) -> np.ndarray:
+        """(pieces x menu) cost of `arch` in the budget's metric (latency estimated where a key is missing)."""
+        from nas.compress.bits import latency_costs, layer_costs
+
+        if self.config.metric == "latency_ms":
+            return latency_costs(arch, self.tables, self.menu)[0]
+        return layer_costs(arch, self.menu, self.config.metric)
+
+    def fastest(self, arch: ArchConfig) -> float:
+        """The least cost of `arch` over per-piece precisions (ignoring switches, as the allocation's bound)."""
+        return float(self.costs(arch).min(axis=1).sum())
+
+    def missing(self, arch: ArchConfig, precisions: tuple[str, ...]) -> dict[str, int]:
+        """How many keys of `arch` each precision's table lacks."""
+        keys = arch_keys(arch)
+        found = {p: sum(k not in self.tables[p].rows for k in keys) for p in precisions if p in self.tables}
+        return {p: n for p, n in found.items() if n}
+
+    def measure(self, arch: ArchConfig, precisions: tuple[str, ...], out_root: Path, log: Log) -> bool:
+        """Measure the keys of `arch` the tables of `precisions` lack into their copies; False when this machine
+        cannot (the reason is logged)."""
+        from latency_tables.ondemand import measured_or_source
+
+        for precision, n in self.missing(arch, precisions).items():
+            source = self.tables[precision]
+            log(f"measuring {n} {precision} table key(s) the plan needs on {source.table_id}")
+            table, reason = measured_or_source(source, [arch], out_root / ".measured-tables" / self.origin[precision],
+                                               progress=False)
+            if reason:
+                log(f"table keys stay estimated: {reason}")
+                return False
+            self.measured += len(table.rows) - len(source.rows)
+            self.tables[precision] = table
+            if source is self.config.table:
+                self.config = dataclasses.replace(self.config, table=table)
+        return True
 
 
-def _allocate(arch: ArchConfig, scores: Any, config: CompressConfig, space: str) -> Any:
-    """The pruning allocation: to the budget (`prune`), or (`sequential`) to the budget divided by the latency
-    share that quantising keeps, shrunk until the fastest precisions reach the budget on the pruned network."""
-    from nas.compress.allocate import allocate_latency
-    from nas.compress.bits import runtime_tables
-
-    if config.method != "sequential":
-        return allocate_latency(arch, scores, config.table, config.budget_ms, round_to=config.round_to)
-    tables = runtime_tables(space, config.runtime)
-    fp32_ms, fastest = _fastest_ms(arch, tables, config.runtime)
-    target_ms = config.budget_ms * fp32_ms / min(fastest, fp32_ms)  # the fp32 latency quantising brings in budget
-    for _ in range(SEQUENTIAL_TRIES):
-        alloc = allocate_latency(arch, scores, config.table, target_ms, round_to=config.round_to)
-        fastest = _fastest_ms(alloc.arch, tables, config.runtime)[1]
-        if fastest <= config.budget_ms:
-            return alloc
-        target_ms *= 0.97 * config.budget_ms / fastest  # a margin: the greedy walk moves in steps
-    raise HwnasError(f"sequential: budget {config.budget_ms:.4g} ms not reached on {config.runtime} after "
-                     f"{SEQUENTIAL_TRIES} pruning allocations (the last, quantised where fastest, predicts "
-                     f"{fastest:.4g} ms); give a larger budget")
+# ------------------------------------------------------------------------------------------- choosing
 
 
-def _allocate_measured(arch: ArchConfig, scores: Any, config: CompressConfig, space: str, out_root: Path,
-                       log: Log) -> tuple[Any, CompressConfig, int]:
-    """The pruning allocation, with the off-grid keys it rests on measured on demand (`measure_missing`, into a
-    copy of the table under `out_root/.measured-tables/`, reused by later runs) and the allocation made again on
-    the measured copy, until it needs no estimate (at most `MEASURE_ROUNDS` rounds). Returns it, the config with
-    the measured table, and how many keys were measured. Where this machine cannot measure the table's keys, the
-    estimates stay (flagged) and the log says why."""
-    from latency_tables.ondemand import measured_or_source
+@dataclass
+class _Candidate:
+    """A pruning point (None: the parent) with its precision allocation (None: fp32) and how far the pruned,
+    simulated network moves from the parent on the calibration images (mean KL, nats)."""
 
-    alloc = _allocate(arch, scores, config, space)
-    if not config.measure_keys:
-        return alloc, config, 0
-    source, archs, before = config.table, [], len(config.table.rows)
+    step: int
+    plan: PrunePlan | None
+    arch: ArchConfig
+    bits: Any = None
+    damage: float | None = None
+
+    def summary(self, pricing: _Pricing) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step, "arch": self.arch.to_str(), "damage_kl": self.damage,
+                               "fp32_cost": float(pricing.costs(self.arch)[:, pricing.menu.index("fp32")].sum())}
+        if self.bits is not None:
+            out |= {"pieces": dict(self.bits.pieces), "cost": self.bits.budget_cost}
+        return out
+
+
+@torch.no_grad()
+def _log_probs(model: nn.Module, x: torch.Tensor, plan: BitWidthPlan | None = None) -> torch.Tensor:
+    """Log-softmax outputs of `model` (with `plan` fake-quantised, ranges from these images) on `x`."""
+    from nas.compress.sensitivity import fake_quantized_layers, output_ranges
+
+    model.eval()
+    if plan is None:
+        return F.log_softmax(model(x).double(), dim=1)
+    with fake_quantized_layers(model, plan.precisions(_arch(model)), output_ranges(model, x)) as simulated:
+        return F.log_softmax(simulated(x).double(), dim=1)
+
+
+def _damage(reference: torch.Tensor, model: nn.Module, x: torch.Tensor, plan: BitWidthPlan | None) -> float:
+    """Mean KL(parent || model) over the images `x` (`reference` holds the parent's log-probabilities)."""
+    out = _log_probs(model, x, plan)
+    return max(float(F.kl_div(out, reference, log_target=True, reduction="batchmean")), 0.0)
+
+
+class _Chooser:
+    """Chooses the pruning point and precisions for one method; sensitivities and pruned models are cached by
+    pruning plan across the measuring rounds."""
+
+    def __init__(self, parent: nn.Module, config: CompressConfig, x: torch.Tensor, y: torch.Tensor,
+                 scores: Mapping[str, np.ndarray] | None, log: Log) -> None:
+        self.parent, self.config, self.x, self.y, self.scores, self.log = parent, config, x, y, scores, log
+        self.arch = _arch(parent)
+        self.reference = _log_probs(parent, x)
+        self._models: dict[str, nn.Module] = {}
+        self._sensitivity: dict[str, Any] = {}
+
+    def model(self, plan: PrunePlan | None) -> nn.Module:
+        from nas.export.prune import prune_model
+
+        key = plan.key if plan is not None else ""
+        if key not in self._models:
+            self._models[key] = prune_model(self.parent, plan) if plan is not None else self.parent
+        return self._models[key]
+
+    def bits(self, candidate: _Candidate, pricing: _Pricing) -> Any:
+        """The exact precision allocation of `candidate` to the budget (`allocate_bits`)."""
+        from nas.compress.bits import allocate_bits
+        from nas.compress.sensitivity import measured_sensitivity, precision_scores
+
+        key = candidate.plan.key if candidate.plan is not None else ""
+        if key not in self._sensitivity:
+            lowered = [p for p in pricing.menu if p != "fp32"]
+            self._sensitivity[key] = precision_scores(measured_sensitivity(self.model(candidate.plan), self.x, self.y,
+                                                                           lowered))
+        return allocate_bits(candidate.arch, self._sensitivity[key], self.config.budget, metric=self.config.metric,
+                             runtime=self.config.runtime, tables=pricing.tables or None)
+
+    def path(self, pricing: _Pricing) -> list[_Candidate]:
+        from nas.compress.allocate import prune_path
+
+        assert self.scores is not None
+        points = prune_path(self.arch, self.scores, self.config.metric, self.config.budget, table=pricing.path_table,
+                            round_to=self.config.round_to)
+        return [_Candidate(p.step, p.plan if p.step else None, p.arch) for p in points]
+
+    def choose(self, pricing: _Pricing) -> tuple[_Candidate, list[_Candidate]]:
+        """The chosen candidate and every candidate compared (for the record)."""
+        method, budget = self.config.method, self.config.budget
+        if method == "prune":
+            from nas.compress.allocate import allocate_budget
+
+            assert self.scores is not None
+            alloc = allocate_budget(self.arch, self.scores, self.config.metric, budget, table=pricing.path_table,
+                                    round_to=self.config.round_to)
+            chosen = _Candidate(alloc.steps, alloc.plan if alloc.steps else None, alloc.arch)
+            return chosen, [chosen]
+        if method == "quantize":
+            chosen = _Candidate(0, None, self.arch)
+            self._reachable([chosen], pricing)
+            chosen.bits = self.bits(chosen, pricing)
+            return chosen, [chosen]
+        feasible = self._reachable(self.path(pricing), pricing)
+        if method == "sequential":
+            feasible[0].bits = self.bits(feasible[0], pricing)
+            return feasible[0], [feasible[0]]
+        spots = np.linspace(0, len(feasible) - 1, min(self.config.candidates, len(feasible)))
+        compared: list[_Candidate] = []
+        for c in (feasible[i] for i in sorted({round(float(i)) for i in spots})):
+            try:
+                c.bits = self.bits(c, pricing)
+            except HwnasError:  # the switches between precisions can put a borderline point out of reach
+                continue
+            c.damage = _damage(self.reference, self.model(c.plan), self.x, c.bits.plan)
+            compared.append(c)
+            self.log(f"joint candidate: step {c.step}, {dict(c.bits.pieces)} -> KL {c.damage:.5f}")
+        if not compared:
+            raise HwnasError(f"joint: no pruning point reaches {self.config.budget_text} with any precision "
+                             f"allocation; give a larger budget")
+        return min(compared, key=lambda c: (c.damage, -c.step)), compared
+
+    def _reachable(self, candidates: list[_Candidate], pricing: _Pricing) -> list[_Candidate]:
+        feasible = [c for c in candidates if pricing.fastest(c.arch) <= self.config.budget]
+        if not feasible:
+            smallest = min(pricing.fastest(c.arch) for c in candidates)
+            raise HwnasError(f"{self.config.method}: {self.config.budget_text} cannot be reached on "
+                             f"{self.config.runtime}: the smallest reachable "
+                             f"{'(every group at its fewest channels, ' if self.config.method != 'quantize' else '('}"
+                             f"each block at its fastest precision) is {smallest:.6g}")
+        return feasible
+
+
+def _choose_measured(chooser: _Chooser, pricing: _Pricing, out_root: Path, log: Log
+                     ) -> tuple[_Candidate, list[_Candidate]]:
+    """The choice, with the latency keys it rests on measured on demand and the choice made again on the
+    measured tables, until it needs no estimate (at most `MEASURE_ROUNDS` rounds)."""
+    chosen, compared = chooser.choose(pricing)
+    if pricing.config.metric != "latency_ms" or not pricing.config.measure_keys:
+        return chosen, compared
     for _ in range(MEASURE_ROUNDS):
-        if not alloc.estimated:
+        used = tuple(dict.fromkeys(chosen.bits.pieces.values())) if chosen.bits is not None else \
+            (str(pricing.config.table.profile.precision),)
+        if not pricing.missing(chosen.arch, used) or not pricing.measure(chosen.arch, used, out_root, log):
             break
-        archs.append(alloc.arch)
-        log(f"measuring {len(alloc.estimated_keys)} table key(s) the plan needs on {source.table_id}")
-        table, reason = measured_or_source(source, archs, out_root / ".measured-tables" / source.table_id,
-                                           progress=False)
-        if reason:
-            log(f"table keys stay estimated: {reason}")
-            break
-        config = dataclasses.replace(config, table=table)
-        alloc = _allocate(arch, scores, config, space)
-    return alloc, config, len(config.table.rows) - before
+        chooser.config = pricing.config
+        chosen, compared = chooser.choose(pricing)
+    return chosen, compared
 
 
-def _prune(model: nn.Module, data: Any, config: CompressConfig, space: str, out_root: Path, teacher: nn.Module,
-           log: Log, progress: bool) -> tuple[nn.Module, PrunePlan, dict[str, Any], CompressConfig]:
+# ------------------------------------------------------------------------------------------- training
+
+
+def _qat(config: CompressConfig, model: nn.Module, bits: BitWidthPlan | None, data: Any, x_cal: torch.Tensor,
+         tunes: bool, log: Log) -> bool:
+    """Whether the fine-tune trains with `bits` fake-quantised (see `CompressConfig.qat`)."""
+    if bits is None or not set(bits.precisions(_arch(model)).values()) - {"fp32"} or config.qat == "never":
+        return False
+    if config.qat == "always" or tunes:
+        return True
+    acc = fidelity(_outputs(model, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
+    drop = acc["accuracy_before"] - acc["accuracy_after"]
+    log(f"post-training quantisation: {acc['accuracy_before']:.2%} -> {acc['accuracy_after']:.2%}"
+        + (f"; more than {config.tolerance:.1%} lost, so quantisation-aware training" if drop > config.tolerance
+           else ""))
+    return drop > config.tolerance
+
+
+def _finetune(model: nn.Module, data: Any, config: CompressConfig, plan: PrunePlan | None, bits: BitWidthPlan | None,
+              teacher: nn.Module | None, x_cal: torch.Tensor, out_root: Path, log: Log, progress: bool
+              ) -> tuple[nn.Module, dict[str, Any]]:
     from nas.compress.finetune import FinetuneConfig, finetune
-    from nas.compress.importance import channel_importance
-    from nas.export.prune import prune_model
 
-    arch = _arch(model)
-    x, y = _sample(data, config.images, config.seed, arch.resolution)
-    batches = list(zip(x.split(32), y.split(32), strict=True))
-    scores = channel_importance(model, config.criterion, batches)
-    alloc, config, measured = _allocate_measured(arch, scores, config, space, out_root, log)
-    log(f"pruning plan: {alloc.parent_latency_ms:.4f} -> {alloc.latency_ms:.4f} ms predicted on "
-        f"{config.table.table_id} ({alloc.steps} steps{', estimated keys' if alloc.estimated else ''})")
-    pruned = prune_model(model, alloc.plan)
-    tune = FinetuneConfig(epochs=config.epochs, lr=config.lr, seed=config.seed, max_steps=config.max_steps)
+    tune = FinetuneConfig(epochs=config.epochs, lr=config.lr, seed=config.seed, max_steps=config.max_steps,
+                          alpha=config.alpha if teacher is not None else 0.0, temperature=config.temperature,
+                          feature_weight=config.feature_weight if teacher is not None else 0.0)
     # one work directory per plan, fine-tune and teacher: the same command run again resumes a cut-off fine-tune
-    run_id = hashlib.sha256(json.dumps([alloc.plan.key, tune.to_dict(), config.teacher]).encode()).hexdigest()[:12]
-    work = out_root / f".{arch.key}.{run_id}.finetune"
-    result = finetune(pruned, data, work, tune, teacher=teacher, progress=progress,
-                      log=log)
+    ident = [plan.key if plan else None, bits.key if bits else None, tune.to_dict(), config.teacher]
+    run_id = hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:12]
+    work = out_root / f".{_arch(model).key}.{run_id}.finetune"
+    result = finetune(model, data, work, tune, teacher=teacher, bits=bits, calibration=x_cal if bits else None,
+                      progress=progress, log=log)
     shutil.rmtree(work, ignore_errors=True)
-    info = {"plan_predicted_ms": alloc.latency_ms, "parent_predicted_ms": alloc.parent_latency_ms,
-            "estimated_keys": list(alloc.estimated_keys), "budget_ms": alloc.budget_ms, "criterion": config.criterion,
-            "round_to": config.round_to, "finetune": tune.to_dict(), "history": result.history,
-            "teacher": config.teacher or "parent", "measured_keys": measured}
-    return result.model, alloc.plan, info, config
+    return result.model, {"finetune": tune.to_dict(), "history": result.history, "qat": bits is not None,
+                          "teacher": (config.teacher or "parent") if teacher is not None else None}
 
 
-def _quantize(model: nn.Module, data: Any, config: CompressConfig, space: str,
-              log: Log) -> tuple[BitWidthPlan, dict[str, Any]]:
-    from nas.compress.bits import allocate_bits, latency_costs, runtime_menu, runtime_tables
-    from nas.compress.sensitivity import measured_sensitivity, precision_scores
+def _bias_corrected(model: nn.Module, bits: BitWidthPlan, x_cal: torch.Tensor, log: Log) -> tuple[nn.Module, bool]:
+    """`model` with empirical bias correction for `bits`, where that brings its simulation closer to its float
+    outputs on the calibration images."""
+    from nas.compress.guard import bias_correct
 
-    arch = _arch(model)
-    tables = runtime_tables(space, config.runtime)
-    lower = [p for p in runtime_menu(config.runtime) if p != "fp32"]
+    reference = _log_probs(model, x_cal)
+    corrected = bias_correct(model, bits, x_cal)
+    before, after = _damage(reference, model, x_cal, bits), _damage(reference, corrected, x_cal, bits)
+    log(f"bias correction: KL to float {before:.5f} -> {after:.5f}" + ("" if after < before else " (not kept)"))
+    return (corrected, True) if after < before else (model, False)
+
+
+@dataclass
+class _Result:
+    model: nn.Module
+    prune_plan: PrunePlan | None
+    bits: BitWidthPlan | None
+    info: dict[str, Any]
+    config: CompressConfig
+    predicted: float
+    predicted_ms: float | None
+
+
+def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig, out_root: Path, log: Log,
+                progress: bool) -> _Result:
+    """The compressed model, its plans, what each stage found, and the config as it ends (its table holds the
+    keys measured on demand)."""
+    from nas.compress.importance import channel_importance
+
+    torch.manual_seed(config.seed)
+    teacher = _teacher(config, parent, data)  # a teacher that does not fit is refused before any work
+    arch = _arch(parent)
     x, y = _sample(data, config.images, config.seed, arch.resolution)
-    sensitivity = precision_scores(measured_sensitivity(model, x, y, lower))
-    alloc = allocate_bits(arch, sensitivity, config.budget_ms, runtime=config.runtime, tables=tables)
-    fp32_ms = float(latency_costs(arch, tables, ("fp32",))[0].sum())
-    log(f"bit-width plan: {dict(alloc.pieces)} ({fp32_ms:.4f} -> {alloc.predicted['latency_ms']:.4f} ms predicted)")
-    return alloc.plan, {"allocation": alloc.to_dict(), "tables": {p: t.table_id for p, t in tables.items()},
-                        "parent_predicted_ms": fp32_ms}
+    scores = None
+    if config.method != "quantize":
+        scores = channel_importance(parent, config.criterion, list(zip(x.split(32), y.split(32), strict=True)))
+    pricing = _Pricing.of(config, spec.space)
+    chooser = _Chooser(parent, config, x, y, scores, log)
+    chosen, compared = _choose_measured(chooser, pricing, out_root, log)
+    config = pricing.config
+    bits = chosen.bits.plan if chosen.bits is not None else None
+    if bits is not None and not set(bits.precisions(chosen.arch).values()) - {"fp32"}:
+        bits = None  # every block stays fp32: nothing to quantise
+    fp32_cost = float(pricing.costs(chosen.arch)[:, pricing.menu.index("fp32")].sum())
+    log(f"{config.method}: step {chosen.step} of the pruning path, {config.metric} {fp32_cost:.6g} in fp32"
+        + (f", {chosen.bits.budget_cost:.6g} at {dict(chosen.bits.pieces)}" if bits is not None else "")
+        + f" (budget {config.budget:g})")
+    model = chooser.model(chosen.plan)
+    info: dict[str, Any] = {"choice": {**chosen.summary(pricing), "measured_keys": pricing.measured,
+                                       "estimated": bool(pricing.missing(chosen.arch, pricing.menu))},
+                            "candidates": [c.summary(pricing) for c in compared]}
+    tunes = chosen.plan is not None
+    qat = _qat(config, model, bits, data, x, tunes, log)
+    if tunes or qat:
+        model, info["finetune"] = _finetune(model, data, config, chosen.plan, bits if qat else None, teacher, x,
+                                            out_root, log, progress)
+    if bits is not None:
+        if not qat:
+            model, info["bias_corrected"] = _bias_corrected(model, bits, x, log)
+        bits = _guarded(model, bits, data, x, config, log, info)
+    predicted, predicted_ms = _predicted(chosen.arch, bits, pricing, config)
+    return _Result(model, chosen.plan, bits, info, config, predicted, predicted_ms)
+
+
+def _guarded(model: nn.Module, bits: BitWidthPlan, data: Any, x_cal: torch.Tensor, config: CompressConfig, log: Log,
+             info: dict[str, Any]) -> BitWidthPlan | None:
+    from nas.compress.guard import guard_plan
+
+    guard = guard_plan(model, bits, data, x_cal, tolerance=config.tolerance, strict=config.strict, log=log)
+    info["guard"] = guard.to_dict()
+    plan = guard.plan
+    return plan if set(plan.precisions(_arch(model)).values()) - {"fp32"} else None
+
+
+def _predicted(arch: ArchConfig, bits: BitWidthPlan | None, pricing: _Pricing, config: CompressConfig
+               ) -> tuple[float, float | None]:
+    """The plan's cost in the budget's metric, and its latency on the budget's table when the metric is latency.
+    A piece with any layer raised to fp32 by the guard is priced at fp32 (the conservative side)."""
+    from latency_tables.analytic import AnalyticCostModel
+    from nas.compress.bits import arch_pieces
+
+    if config.metric == "macs":
+        return float(AnalyticCostModel("fp32").estimate(arch).macs), None
+    costs = pricing.costs(arch)
+    chosen = []
+    for _, layers in arch_pieces(arch):
+        used = {bits.precision_of(n) if bits else "fp32" for n in layers}
+        chosen.append("fp32" if "fp32" in used or len(used) != 1 else used.pop())
+    total = float(sum(costs[i, pricing.menu.index(p)] for i, p in enumerate(chosen)))
+    return total, total if config.metric == "latency_ms" else None
+
+
+# ------------------------------------------------------------------------------------------- reporting
 
 
 @torch.no_grad()
@@ -266,20 +564,28 @@ def fidelity(before: torch.Tensor, after: torch.Tensor, labels: np.ndarray) -> d
 def _sizes(parent: nn.Module, model: nn.Module, plan: BitWidthPlan | None) -> dict[str, Any]:
     """Parameters, MACs and weight bytes (at each layer's precision) before and after, and their ratios."""
     from latency_tables.analytic import AnalyticCostModel
-    from nas.compress.bits import arch_pieces, layer_costs
-    from search_spaces.plans import PRECISIONS
+    from nas.compress.bits import layer_costs
 
     arch_p, arch_c = _arch(parent), _arch(model)
     macs = (AnalyticCostModel("fp32").estimate(arch_p).macs, AnalyticCostModel("fp32").estimate(arch_c).macs)
     params = (sum(p.numel() for p in parent.parameters()), sum(p.numel() for p in model.parameters()))
     bytes_before = float(layer_costs(arch_p, ("fp32",), "size_bytes").sum())
-    chosen = {name: (plan.precision_of(layers[0]) if plan else "fp32") for name, layers in arch_pieces(arch_c)}
-    menu = tuple(p for p in PRECISIONS if p in set(chosen.values()))
-    per_piece = layer_costs(arch_c, menu, "size_bytes")
-    bytes_after = float(sum(per_piece[i, menu.index(p)] for i, p in enumerate(chosen.values())))
+    if plan is None:
+        bytes_after = float(layer_costs(arch_c, ("fp32",), "size_bytes").sum())
+    else:
+        bytes_after = sum(_layer_bytes(arch_c, layer, p) for layer, p in plan.precisions(arch_c).items())
     return {"params_before": params[0], "params_after": params[1], "params_ratio": params[0] / params[1],
             "macs_before": macs[0], "macs_after": macs[1], "macs_ratio": macs[0] / macs[1],
             "bytes_before": bytes_before, "bytes_after": bytes_after, "bytes_ratio": bytes_before / bytes_after}
+
+
+def _layer_bytes(arch: ArchConfig, layer: str, precision: str) -> float:
+    """Stored weight bytes of one layer at `precision` (BatchNorm folded), as `layer_costs` counts them."""
+    from latency_tables.counting import layer_ops
+    from nas.compress.bits import BITS
+
+    op = next(o for o in layer_ops(arch) if o.name == layer)
+    return op.weights * BITS[precision][0] / 8
 
 
 def _protocol(config: CompressConfig) -> Protocol:
@@ -298,48 +604,57 @@ def _parent_measured(directory: Path, spec: Any, runtime: str, protocol: Protoco
     return float(measure(directory, spec, [(runtime, "fp32")], protocol, (), log)[label(runtime, "fp32")]["median_ms"])
 
 
-def _measured_after(final: Path, config: CompressConfig, parent_ms: float | None) -> dict[str, Any]:
-    """The compressed model's measured latency (from the export's metrics), speed-up and budget verdict."""
-    measured = json.loads((final / "metrics.json").read_text(encoding="utf-8"))["latency"]["measured"]
+def _measured_after(metrics: Mapping[str, Any], config: CompressConfig, parent_ms: float | None) -> dict[str, Any]:
+    """The compressed model's measured latency on the budget's runtime (from the export's metrics), speed-up and
+    (for a latency budget) the verdict."""
+    measured = metrics["latency"]["measured"]
     after = next((float(m["median_ms"]) for m in measured.values() if m["runtime"] == config.runtime), None)
     out: dict[str, Any] = {"measured_ms": after}
     if after and parent_ms:
         out["measured_speedup"] = parent_ms / after
-    if after is not None:
-        out["meets_budget_measured"] = bool(after <= config.budget_ms)
+    if after is not None and config.metric == "latency_ms":
+        out["meets_budget_measured"] = bool(after <= config.budget)
     return out
 
 
-def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig, out_root: Path, log: Log,
-                progress: bool) -> tuple[nn.Module, PrunePlan | None, BitWidthPlan | None, dict[str, Any],
-                                         CompressConfig]:
-    """The compressed model, its plans, what each stage found, and the config as it ends (its table holds the
-    keys measured on demand)."""
-    torch.manual_seed(config.seed)
-    model, prune_plan, bits, info = parent, None, None, {}
-    if config.method in ("prune", "sequential"):
-        teacher = _teacher(config, parent, data)  # a teacher that does not fit is refused before any work
-        model, prune_plan, info["prune"], config = _prune(parent, data, config, spec.space, out_root, teacher, log,
-                                                          progress)
-    if config.method in ("quantize", "sequential"):
-        bits, info["quantize"] = _quantize(model, data, config, spec.space, log)
-    return model, prune_plan, bits, info, config
+def _other_runtime(config: CompressConfig, log: Log) -> str | None:
+    """The other converting runtime that gets an fp32 model, when installed."""
+    if not config.other_runtime:
+        return None
+    for name, entry in RUNTIMES.items():
+        if name != config.runtime and entry.converter:
+            try:
+                get_runtime(name).version()
+            except RuntimeMissing as err:
+                log(f"no {name} model: {err}")
+                return None
+            return name
+    return None
 
 
-def _summary(parent: nn.Module, spec: Any, model: nn.Module, bits: BitWidthPlan | None, info: dict[str, Any],
-             data: Any, config: CompressConfig, parent_ms: float | None) -> dict[str, Any]:
+def _summary(parent: nn.Module, spec: Any, result: _Result, data: Any, parent_ms: float | None,
+             other: str | None) -> dict[str, Any]:
     """Everything `compress.json` says but the compressed model's measured latency."""
+    config, model, bits = result.config, result.model, result.bits
     x_cal, _ = _sample(data, config.images, config.seed, spec.arch.resolution)
     fid = fidelity(_outputs(parent, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
-    stage = info["quantize"] if bits is not None else info["prune"]
-    predicted = stage["allocation"]["predicted"]["latency_ms"] if bits is not None else stage["plan_predicted_ms"]
-    parent_predicted = info["prune" if "prune" in info else "quantize"]["parent_predicted_ms"]
-    latency: dict[str, Any] = {"predicted_ms": predicted, "parent_predicted_ms": parent_predicted,
-                               "parent_measured_ms": parent_ms, "protocol": _protocol(config).to_dict()}
-    if predicted and parent_predicted:
-        latency["predicted_speedup"] = parent_predicted / predicted
-    return {"method": config.method, "parent": spec.key, "budget_ms": config.budget_ms,
-            "table": config.table.table_id, **fid, **_sizes(parent, model, bits), "latency": latency, **info}
+    parent_cost = float(result.info["candidates"][0]["fp32_cost"]) if config.method == "quantize" else None
+    latency: dict[str, Any] = {"predicted_ms": result.predicted_ms, "parent_measured_ms": parent_ms,
+                               "protocol": _protocol(config).to_dict()}
+    if config.metric == "latency_ms":
+        parent_ms_pred = config.table.predict_arch(spec.arch, estimate_missing=True) \
+            if config.table.profile.precision == "fp32" else parent_cost
+        latency["parent_predicted_ms"] = parent_ms_pred
+        if result.predicted_ms and parent_ms_pred:
+            latency["predicted_speedup"] = parent_ms_pred / result.predicted_ms
+    models = {config.runtime: "mixed" if bits is not None and len(bits.used(_arch(model))) > 1 else
+              (bits.used(_arch(model))[0] if bits is not None else "fp32")}
+    if other:
+        models[other] = f"fp32 (the bit-width plan is {config.runtime}'s)" if bits is not None else "fp32"
+    return {"method": config.method, "parent": spec.key, "metric": config.metric, "budget": config.budget,
+            "budget_ms": config.budget if config.metric == "latency_ms" else None, "predicted": result.predicted,
+            "table": config.table.table_id, "models": models, **fid, **_sizes(parent, model, bits),
+            "latency": latency, **result.info}
 
 
 def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: CompressConfig, *, data: Any = None,
@@ -355,23 +670,29 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
     parent, spec = load_subnet(subnet_dir)
     data = load_dataset(spec.provenance.dataset, seed=spec.provenance.seed) if data is None else data
     check_data(spec.arch, data)
-    model, prune_plan, bits, info, config = _compressed(parent, spec, data, config, out_root, log, progress)
+    result = _compressed(parent, spec, data, config, out_root, log, progress)
+    config, model, bits = result.config, result.model, result.bits
     used = ("fp32",) if bits is None else bits.used(_arch(model))
     precision = used[0] if len(used) == 1 else "mixed"
+    other = _other_runtime(config, log)
     # the parent is timed first, so that metrics.json holds every figure but the new model's own measurement
     parent_ms = _parent_measured(subnet_dir, spec, config.runtime, _protocol(config), log)
-    summary = {**_summary(parent, spec, model, bits, info, data, config, parent_ms), "precision": precision}
+    summary = {**_summary(parent, spec, result, data, parent_ms, other), "precision": precision}
     provenance = dataclasses.replace(spec.provenance, dataset=data.name, seed=config.seed,
                                      table_ids=(config.table.table_id,))
     new = SubnetSpec(_arch(model), spec.space, spec.mean, spec.std,
-                     Provenance.from_dict(provenance.to_dict()), prune_plan=prune_plan, bitwidth_plan=bits)
-    like_table = precision == config.table.profile.precision  # export_model checks a budget like for like only
-    options = ExportOptions(runtimes=((config.runtime, precision),), tables=(config.table,),
-                            protocol=_protocol(config),
-                            constraint=f"latency_ms<={config.budget_ms}" if like_table else None,
-                            parity_images=config.parity_images, overwrite=config.overwrite)
-    final = export_model(model, new, data, out_root, options, extra_metrics={"compress": summary}, progress=log)
-    summary["key"] = new.key
-    summary["latency"].update(_measured_after(final, config, parent_ms))
-    atomic_write_text(final / COMPRESS_FILE, json.dumps(summary, indent=2, default=str) + "\n")
-    return final
+                     Provenance.from_dict(provenance.to_dict()), prune_plan=result.prune_plan, bitwidth_plan=bits)
+    like_table = config.metric == "latency_ms" and precision == config.table.profile.precision
+    runtimes = ((config.runtime, precision),) + (((other, "fp32"),) if other else ())
+    options = ExportOptions(runtimes=runtimes, tables=(config.table,), protocol=_protocol(config),
+                            constraint=config.budget_text if like_table else None,
+                            parity_images=config.parity_images, overwrite=config.overwrite,
+                            float_runtimes=(other,) if other and bits is not None else ())
+
+    def compress_file(metrics: dict[str, Any]) -> dict[str, str]:
+        summary["key"] = new.key
+        summary["latency"].update(_measured_after(metrics, config, parent_ms))
+        return {COMPRESS_FILE: json.dumps(summary, indent=2, default=str) + "\n"}
+
+    return export_model(model, new, data, out_root, options, extra_metrics={"compress": summary}, progress=log,
+                        extra_files=compress_file)

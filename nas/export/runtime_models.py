@@ -43,13 +43,21 @@ def check_runtimes(runtimes: Sequence[tuple[str, str]]) -> tuple[tuple[str, str]
     return pairs
 
 
-def runtimes_for(spec: SubnetSpec, runtimes: Sequence[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+def runtimes_for(spec: SubnetSpec, runtimes: Sequence[tuple[str, str]] | None,
+                 float_runtimes: Sequence[str] = ()) -> tuple[tuple[str, str], ...]:
     """The runtime models to write (`runtimes`; None: `DEFAULT_RUNTIMES`, with a uniform bit-width plan every
     runtime that exports the plan's precision, and with a plan that mixes precisions a `mixed` model for every
     runtime that runs each of its layers' precisions), checked against the spec's bit-width plan: a model at one
     precision needs every layer at that precision; a `mixed` model needs a runtime that runs each layer's
-    precision; no runtime runs a simulated layer. A refusal names the layer and the runtime."""
+    precision; no runtime runs a simulated layer. A refusal names the layer and the runtime. A runtime in
+    `float_runtimes` may be asked for at fp32 beside a plan: the plan is another runtime's, and this one runs the
+    same (pruned) network in float."""
     plan = spec.bitwidth_plan
+    simulated = sorted(plan.simulated_in(spec.arch)) if plan is not None else []
+    if simulated and runtimes is None:
+        raise HwnasError(f"the bit-width plan simulates layer {simulated[0]}'s precision "
+                         f"({plan.precision_of(simulated[0]) if plan else ''}), which no runtime runs natively: a "
+                         f"simulated plan gives accuracy, size and BitOPs figures and is not exported as deployable")
     if runtimes is not None:
         models = check_runtimes(runtimes)
     elif plan is not None and len(plan.used(spec.arch)) == 1:
@@ -66,7 +74,13 @@ def runtimes_for(spec: SubnetSpec, runtimes: Sequence[tuple[str, str]] | None) -
                              f"one model; the precisions per layer each runs: {menus}")
     else:
         models = DEFAULT_RUNTIMES
+    unknown = sorted(set(float_runtimes) - {r for r, p in models if p == "fp32"})
+    if unknown:
+        raise HwnasError(f"float_runtimes names {', '.join(unknown)}, which is not exported at fp32; allowed: the "
+                         f"runtimes asked for at fp32")
     for runtime, precision in models:
+        if runtime in float_runtimes:
+            continue
         _check_plan(spec, runtime, precision)
     return models
 
@@ -78,8 +92,9 @@ def _check_plan(spec: SubnetSpec, runtime: str, precision: str) -> None:
             raise HwnasError(f"the {runtime} {MIXED} model runs each layer at its bit-width plan's precision; the spec "
                              f"has no bit-width plan")
         return
-    if plan.simulated:
-        layer = sorted(plan.simulated)[0]
+    simulated = sorted(plan.simulated_in(spec.arch))
+    if simulated:
+        layer = simulated[0]
         raise HwnasError(f"the bit-width plan simulates layer {layer}'s precision, which {runtime} does not run "
                          f"natively; {runtime} exports only layers at a precision it runs")
     precisions = plan.precisions(spec.arch)

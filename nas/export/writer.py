@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from nas.export.runtime_models import (
     runtimes_for,
 )
 from nas.export.spec import (
+    METRICS_FILE,
     METRICS_FORMAT,
     SPEC_FORMAT,
     WEIGHTS_FILE,
@@ -63,6 +64,7 @@ class ExportOptions:
         protocol: how runtime models are timed (default: each matching table's protocol).
         parity_images: validation images parity is checked on (None: all).
         calibration_images: training images (chosen by the spec's seed) that calibrate int8 models.
+        float_runtimes: runtimes exported at fp32 beside a bit-width plan that another runtime's model runs.
     """
 
     runtimes: tuple[tuple[str, str], ...] | None = None
@@ -75,6 +77,9 @@ class ExportOptions:
     calibration_images: int = 64
     threads: int = 1
     overwrite: bool = False
+    #: Runtimes whose model stays fp32 although the spec has a bit-width plan (the plan is another runtime's; this
+    #: one runs the same pruned network in float). metrics.json says so per model.
+    float_runtimes: tuple[str, ...] = ()
 
 
 def _hwnas_version() -> str:
@@ -88,7 +93,7 @@ def _hwnas_version() -> str:
 
 def _check_request(spec: SubnetSpec, data: Dataset, out_root: Path, options: ExportOptions) -> None:
     """Everything that can be refused before any work: runtimes, plan, data, tables, constraint, target."""
-    models = runtimes_for(spec, options.runtimes)
+    models = runtimes_for(spec, options.runtimes, options.float_runtimes)
     check_data(spec.arch, data)
     for table in options.tables:
         table.check(space=spec.space)
@@ -155,7 +160,8 @@ def _first_metrics(model: nn.Module, spec: SubnetSpec, data: Dataset, options: E
 
 def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: str | Path,
                  options: ExportOptions = ExportOptions(), *, accuracy: float | None = None,
-                 extra_metrics: Mapping[str, Any] | None = None, progress: Progress | None = None) -> Path:
+                 extra_metrics: Mapping[str, Any] | None = None, progress: Progress | None = None,
+                 extra_files: Callable[[dict[str, Any]], Mapping[str, str]] | None = None) -> Path:
     """Export the static model `model` of `spec.arch` (its weights as they are: trained, pruned, recalibrated) to
     `out_root/<spec.key>/` and return that path (see `nas.export`).
 
@@ -163,13 +169,15 @@ def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: st
     on the validation split by its precision's criterion (`nas.export.parity.PARITY`), and timed. When parity
     fails and `options.require_parity` is set, nothing is published: the finished directory is kept as
     `<key>.parity-failed/` and a `ParityError` says what differs. An existing export is replaced only with
-    `options.overwrite`, and is kept until the new one is in place."""
+    `options.overwrite`, and is kept until the new one is in place. `extra_files`, given the finished metrics,
+    returns more text files (name -> text) to write beside them, so that they appear with the export or not at
+    all."""
     out_root = Path(out_root)
     if getattr(model, "arch", None) != spec.arch:
         raise HwnasError(f"export_model takes the static model of the spec's architecture {spec.arch.key} "
                          f"(build_model / Supernet.materialize); got a {type(model).__name__}")
     _check_request(spec, data, out_root, options)
-    models = runtimes_for(spec, options.runtimes)
+    models = runtimes_for(spec, options.runtimes, options.float_runtimes)
     key = spec.key
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=out_root))
@@ -192,6 +200,10 @@ def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: st
         metrics["latency"] = latency_report(spec.arch, measured, options.tables,
                                             latency_constraint(options.constraint))
         write_metrics(tmp, metrics)
+        for name, text in (extra_files(metrics) if extra_files is not None else {}).items():
+            if Path(name).name != name or name in (spec.files or {}) or name == METRICS_FILE:
+                raise HwnasError(f"extra file name {name!r} must be a plain file name other than the export's own")
+            (tmp / name).write_text(text, encoding="utf-8")
         final = publish(tmp, out_root / key)
         shutil.rmtree(out_root / f"{key}.parity-failed", ignore_errors=True)
     finally:

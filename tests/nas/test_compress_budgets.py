@@ -183,6 +183,7 @@ def test_export_refuses_a_plan_with_a_simulated_layer_naming_it():
         with pytest.raises(HwnasError, match=r"simulates layer s0.b0.expand's precision, which (ort|litert) does not "
                                              r"run natively"):
             runtimes_for(spec_with(tiny, plan), runtimes)
-    with pytest.raises(HwnasError, match=r"no runtime runs every precision of the bit-width plan \(fp32, int8, w4a8\)"):
-        runtimes_for(spec_with(tiny, plan), None)  # the default runtimes: refused before any layer is named
+    with pytest.raises(HwnasError, match=r"simulates layer s0.b0.expand's precision \(w4a8\), which no runtime runs "
+                                         r"natively"):
+        runtimes_for(spec_with(tiny, plan), None)  # the default runtimes: the simulated layer is named first
     assert runtimes_for(spec_with(tiny, BitWidthPlan({"stem": "int8"})), [("ort", "mixed")]) == (("ort", "mixed"),)

@@ -61,7 +61,7 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     before_ms, _ = predicted_latency(table, spec.arch)
     budget = round(0.8 * before_ms, 4)
     assert cli(parent_dir, "--constraint", f"latency_ms<={budget}", "--table", "ort:fp32", "--method", "prune",
-               "--epochs", 1, "--max-steps", 3, "--out", tmp_path, "--json") == 0
+               "--epochs", 1, "--max-steps", 3, "--out", tmp_path, "--no-other-runtime", "--json") == 0
     out = json.loads(capsys.readouterr().out)
     path = tmp_path / out["key"]
     saved = json.loads((path / "spec.json").read_text())
@@ -81,7 +81,7 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     recorded = metrics["extra"]["compress"]  # metrics.json holds all but the new model's own measurement
     assert recorded["accuracy_after"] == summary["accuracy_after"] and recorded["params_after"] == out["params_after"]
     assert recorded["latency"]["parent_measured_ms"] == latency["parent_measured_ms"]
-    assert recorded["prune"]["plan_predicted_ms"] == latency["predicted_ms"]
+    assert recorded["predicted"] == latency["predicted_ms"] and recorded["choice"]["step"] > 0
     text = "\n".join(summary_lines(path, summary))
     assert f"compressed {spec.key} by prune to {path.name} (fp32)" in text and f"written to {path}" in text
     assert f"measured {latency['measured_ms']:.4f} ms (parent {latency['parent_measured_ms']:.4f} ms" in text
@@ -90,23 +90,29 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     # the keys the plan rests on were measured into a copy of the table beside the output, kept for later runs
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".measured-tables"]
     measured = LatencyTable.load(tmp_path / ".measured-tables" / table.table_id)
-    assert summary["prune"]["measured_keys"] == len(on_demand_keys(measured)) > 0
+    assert summary["choice"]["measured_keys"] == len(on_demand_keys(measured)) > 0
+    assert summary["choice"]["estimated"] is False
     assert len(measured.rows) == len(table.rows) + summary["prune"]["measured_keys"]
 
 
 @pytest.mark.runtime
 def test_bad_input_exits_2_with_one_line(parent_dir, tmp_path, capsys):
     common = ["--table", "ort:fp32", "--out", tmp_path]
-    assert cli(parent_dir, "--constraint", "latency_ms<=1", "--method", "joint", *common) == 2
+    assert cli(parent_dir, "--constraint", "latency_ms<=1", "--method", "fold", *common) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "method is 'joint'; allowed: one of prune, quantize, sequential" in err
+    assert err.count("\n") == 0 and "method is 'fold'; allowed: one of prune, quantize, sequential, joint" in err
     assert cli(parent_dir, "--constraint", "latency_ms<=0.001", "--method", "prune", *common) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cannot be met" in err and "smallest latency reachable" in err
     assert cli(tmp_path / "nowhere", "--constraint", "latency_ms<=1", "--method", "prune", *common) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert cli(parent_dir, "--constraint", "macs<=1", "--method", "prune", *common) == 2
-    assert "latency_ms<=X" in capsys.readouterr().err
+    assert cli(parent_dir, "--constraint", "params<=1", "--method", "prune", *common) == 2
+    assert "one budget METRIC<=X with METRIC one of latency_ms, size_bytes, macs, bitops" in capsys.readouterr().err
+    assert cli(parent_dir, "--constraint", "macs<=1e6", "--method", "joint", *common) == 2
+    assert "a macs budget does not change with precision" in capsys.readouterr().err
+    assert cli(parent_dir, "--constraint", "latency_ms<=0.001", "--method", "joint", *common) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot be reached" in err and "the smallest reachable" in err
     assert cli(parent_dir, "--constraint", "latency_ms<=1", "--method", "prune", "--teacher", "largest", *common) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "teacher 'largest' is the supernet's largest subnet" in err
@@ -117,33 +123,42 @@ def test_config_refuses_bad_settings():
     table = find_table("small", "ort", "fp32")
     with pytest.raises(HwnasError, match="criterion is 'size'; allowed: one of l1, bn, taylor"):
         CompressConfig("prune", 1.0, table, criterion="size")
-    with pytest.raises(HwnasError, match="budget_ms is -1"):
+    with pytest.raises(HwnasError, match="budget is -1"):
         CompressConfig("prune", -1.0, table)
     with pytest.raises(HwnasError, match="is not a directory"):
         compress_subnet("/nonexistent/subnet", "/nonexistent/out", CompressConfig("prune", 1.0, table))
 
 
+def _int8_budget(arch):
+    """A latency budget halfway between the parent's fp32 and its fastest per-block precisions on ORT."""
+    from nas.compress.bits import latency_costs, runtime_tables
+
+    costs, _ = latency_costs(arch, runtime_tables("small", "ort"), ("fp32", "int8"))
+    return float(costs[:, 0].sum() + costs.min(axis=1).sum()) / 2
+
+
 @pytest.mark.runtime
 @pytest.mark.parametrize("method", ["quantize", "sequential"])
 def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_dir, tmp_path, method):
-    from nas.compress.bits import latency_costs, runtime_tables
-
     _, spec = load_subnet(parent_dir)
-    costs, _ = latency_costs(spec.arch, runtime_tables("small", "ort"), ("fp32", "int8"))
-    budget = float(costs[:, 0].sum() + costs.min(axis=1).sum()) / 2  # int8 somewhere is needed (or pruning)
+    budget = _int8_budget(spec.arch)  # int8 somewhere is needed (or pruning)
     teacher = str(parent_dir) if method == "sequential" else None  # an exported subnet named as the teacher
     config = CompressConfig(method, budget, find_table("small", "ort", "fp32"), max_steps=3, protocol=FAST,
-                            teacher=teacher)
+                            teacher=teacher, other_runtime=False, parity_images=300)
     path = compress_subnet(parent_dir, tmp_path, config, log=str)
     summary = json.loads((path / COMPRESS_FILE).read_text())
     _, got = load_subnet(path)
     assert got.key == summary["key"] == path.name and summary["method"] == method
     assert (got.prune_plan is not None) == (method == "sequential")
-    if method == "sequential":
-        assert summary["prune"]["teacher"] == teacher and summary["prune"]["history"][0]["epoch"] == 1
-    alloc = summary["quantize"]["allocation"]
-    assert alloc["budget_cost"] <= budget * (1 + 1e-9)
-    assert summary["latency"]["predicted_ms"] == alloc["predicted"]["latency_ms"]
+    if method == "sequential":  # prune, quantise, then distil: the fine-tune is quantisation-aware
+        assert summary["finetune"]["teacher"] == teacher and summary["finetune"]["history"][0]["epoch"] == 1
+        assert summary["finetune"]["qat"] is True
+    assert summary["choice"]["cost"] <= budget * (1 + 1e-9) and len(summary["candidates"]) == 1
+    guard = summary["guard"]
+    assert guard["accuracy_guarded"] >= guard["accuracy_float"] - guard["tolerance"] - 1e-12
+    if not guard["raised"]:
+        assert summary["latency"]["predicted_ms"] == pytest.approx(summary["choice"]["cost"])
+    assert summary["latency"]["predicted_ms"] == summary["predicted"]
     if method == "quantize":
         assert got.bitwidth_plan is not None and "int8" in got.bitwidth_plan.used(got.arch)
         assert got.models == (("ort", "mixed"),) and summary["precision"] == "mixed"
@@ -152,11 +167,66 @@ def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_d
 
 
 @pytest.mark.runtime
+def test_joint_chooses_pruning_and_precision_together_and_is_never_worse_than_sequential(parent_dir, tmp_path):
+    _, spec = load_subnet(parent_dir)
+    table = find_table("small", "ort", "fp32")
+    budget = _int8_budget(spec.arch) * 0.9  # neither precision alone nor a light pruning reaches it
+    config = CompressConfig("joint", budget, table, max_steps=3, protocol=FAST, candidates=4, parity_images=300,
+                            measure_keys=False)
+    path = compress_subnet(parent_dir, tmp_path, config, log=str)
+    summary = json.loads((path / COMPRESS_FILE).read_text())
+    candidates = summary["candidates"]
+    assert 2 <= len(candidates) <= 4 and [c["step"] for c in candidates] == sorted(c["step"] for c in candidates)
+    assert all(c["cost"] <= budget * (1 + 1e-9) for c in candidates)
+    chosen = summary["choice"]
+    assert chosen["damage_kl"] == min(c["damage_kl"] for c in candidates)
+    # the sequential plan is the first candidate (the path's first point whose fastest precisions reach the budget)
+    seq = CompressConfig("sequential", budget, table, max_steps=3, protocol=FAST, parity_images=300,
+                         measure_keys=False, other_runtime=False)
+    seq_path = compress_subnet(parent_dir, tmp_path / "seq", seq, log=str)
+    seq_summary = json.loads((seq_path / COMPRESS_FILE).read_text())
+    assert seq_summary["choice"]["step"] == candidates[0]["step"] and seq_summary["choice"]["arch"] == \
+        candidates[0]["arch"]
+    assert chosen["damage_kl"] <= candidates[0]["damage_kl"]
+    # the budget's runtime runs the plan; the other runtime gets the same pruned network in fp32, and says so
+    _, got = load_subnet(path)
+    assert got.prune_plan is not None and got.bitwidth_plan is not None
+    assert dict(got.models) == {"ort": summary["precision"], "litert": "fp32"}
+    assert summary["models"]["litert"].startswith("fp32 (the bit-width plan is ort's")
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["parity"]["passed"] and set(metrics["latency"]["measured"]) == {f"ort-{summary['precision']}",
+                                                                                   "litert-fp32"}
+    assert summary["latency"]["measured_ms"] == metrics["latency"]["measured"][f"ort-{summary['precision']}"][
+        "median_ms"]
+
+
+@pytest.mark.runtime
+def test_a_size_budget_quantises_and_a_macs_budget_prunes(parent_dir, tmp_path):
+    from latency_tables.analytic import AnalyticCostModel
+    from nas.compress.bits import layer_costs
+
+    _, spec = load_subnet(parent_dir)
+    table = find_table("small", "ort", "fp32")
+    fp32_bytes = float(layer_costs(spec.arch, ("fp32",), "size_bytes").sum())
+    config = CompressConfig("quantize", 0.6 * fp32_bytes, table, metric="size_bytes", protocol=FAST,
+                            other_runtime=False, parity_images=200, max_steps=2)
+    summary = json.loads((compress_subnet(parent_dir, tmp_path, config, log=str) / COMPRESS_FILE).read_text())
+    assert summary["metric"] == "size_bytes" and summary["bytes_after"] <= 0.6 * fp32_bytes
+    assert summary["bytes_before"] == fp32_bytes and summary["budget_ms"] is None
+    macs = AnalyticCostModel("fp32").estimate(spec.arch).macs
+    config = CompressConfig("prune", 0.7 * macs, table, metric="macs", protocol=FAST, other_runtime=False,
+                            parity_images=200, max_steps=2)
+    summary = json.loads((compress_subnet(parent_dir, tmp_path, config, log=str) / COMPRESS_FILE).read_text())
+    assert summary["macs_after"] <= 0.7 * macs < summary["macs_before"] == macs
+    assert summary["predicted"] == summary["macs_after"] and "meets_budget_measured" not in summary["latency"]
+
+
+@pytest.mark.runtime
 def test_the_supernets_largest_subnet_teaches_when_named(parent_dir, trained_supernet, tmp_path):
     _, spec = load_subnet(parent_dir)
     table = find_table("small", "ort", "fp32")
     budget = 0.8 * predicted_latency(table, spec.arch)[0]
     config = CompressConfig("prune", budget, table, max_steps=2, protocol=FAST, teacher="largest",
-                            supernet=str(trained_supernet))
+                            supernet=str(trained_supernet), other_runtime=False)
     summary = json.loads((compress_subnet(parent_dir, tmp_path, config, log=str) / COMPRESS_FILE).read_text())
-    assert summary["prune"]["teacher"] == "largest" and summary["latency"]["predicted_ms"] <= budget
+    assert summary["finetune"]["teacher"] == "largest" and summary["latency"]["predicted_ms"] <= budget
