@@ -130,7 +130,7 @@ class _Quantization:
     def simulated(self, model: nn.Module) -> Any:
         """A context running `model` with its plan fake-quantised, ranges calibrated on the current weights."""
         with torch.no_grad():
-            ranges = output_ranges(model, self.calibration)
+            ranges = output_ranges(model, self.calibration, runtime=True)
         return fake_quantized_layers(model, self.bits.precisions(static_arch(model, "student")), ranges)
 
 

@@ -10,7 +10,9 @@
   calibration images, as the runtimes calibrate) against the float model. Past the tolerance the quantised layers
   are ranked by their measured sensitivity at their planned precision (`measured_sensitivity`: each quantised
   alone on the calibration images, accuracy drop against the float model's own predictions, then KL) and raised
-  to fp32 one at a time, most sensitive first, until the plan is within tolerance. A plan that collapses (near
+  to fp32 one at a time, most sensitive first, until the plan is within tolerance; then each raised layer the plan
+  stays within tolerance without is lowered again. Simulation and sensitivity quantise what the runtime quantises
+  (`output_ranges(..., runtime=True)`: a layer's input tensor too). A plan that collapses (near
   chance while the float model is not, or past the tolerance) with `strict`, or that raising `max_raised` layers
   cannot save, is a `PrecisionCollapse` naming the layers responsible: collapse is an error, never an export.
 """
@@ -95,7 +97,7 @@ def bias_correct(model: nn.Module, plan: BitWidthPlan, calibration: torch.Tensor
         if bias is None:
             continue
         with torch.no_grad():
-            ranges = output_ranges(corrected, calibration)
+            ranges = output_ranges(corrected, calibration, runtime=True)
         with fake_quantized_layers(corrected, precisions, ranges):
             simulated = _channel_means(corrected, [name], calibration)[name]
         with torch.no_grad():
@@ -135,7 +137,7 @@ class _Simulator:
         self.model, self.images, self.labels = model, images, labels
         self.arch = static_arch(model, "model")
         with torch.no_grad():
-            self.ranges = output_ranges(model, calibration)
+            self.ranges = output_ranges(model, calibration, runtime=True)
 
     @torch.no_grad()
     def _top1(self) -> float:
@@ -163,7 +165,7 @@ def _ranked(model: nn.Module, precisions: Mapping[str, str], calibration: torch.
     scores: dict[str, tuple[float, float]] = {}
     for precision in sorted(set(precisions.values()) - {"fp32"}):
         layers = [name for name, p in precisions.items() if p == precision]
-        found = measured_sensitivity(model, calibration, labels, (precision,), layers=layers)
+        found = measured_sensitivity(model, calibration, labels, (precision,), layers=layers, runtime=True)
         scores |= {name: (per[precision].accuracy_drop, per[precision].kl) for name, per in found.items()}
     order = list(precisions)  # ties: network order
     return sorted(scores, key=lambda name: (-scores[name][0], -scores[name][1], order.index(name)))
@@ -222,12 +224,29 @@ def guard_plan(model: nn.Module, plan: BitWidthPlan, data: Dataset, calibration:
         guarded = _raised(plan, raised)
         acc = sim.accuracy(guarded)
         log(f"guard: {layer} ({precisions[layer]}) raised to fp32: top-1 {acc:.2%}")
+    if not fails(acc):
+        raised, acc = _needed(plan, raised, sim, fails, acc, log)
+        guarded = _raised(plan, raised)
     result = GuardResult(guarded, tuple(raised), acc_float, acc_planned, acc, collapsed, tolerance, chance, n,
                          tuple(ranking))
     if fails(acc):
         raise PrecisionCollapse(_collapse_message(plan, result, ranking, precisions,
                                                   f"{len(raised)} layer(s) raised to fp32 did not save it"))
     return result
+
+
+def _needed(plan: BitWidthPlan, raised: list[str], sim: _Simulator, fails: Callable[[float], bool], acc: float,
+            log: Callable[[str], None]) -> tuple[list[str], float]:
+    """`raised` without the layers the plan stays within tolerance without (tried last raised first, the last
+    one kept: it brought the plan within), and the accuracy then."""
+    kept = list(raised)
+    for layer in reversed(raised[:-1]):
+        trial = [name for name in kept if name != layer]
+        trial_acc = sim.accuracy(_raised(plan, trial))
+        if not fails(trial_acc):
+            kept, acc = trial, trial_acc
+            log(f"guard: {layer} lowered again (not needed): top-1 {acc:.2%}")
+    return kept, acc
 
 
 def _collapse_message(plan: BitWidthPlan, result: GuardResult, ranking: list[str], precisions: Mapping[str, str],

@@ -10,6 +10,13 @@
   through where it lies in the range and is zero where the range clips it (as torch's FakeQuantize). `int16` is
   16x8 (int16 activations, int8 weights, as LiteRT and ORT run it); `fp16` rounds weights and outputs through
   half precision; `w<b>a<b>` (e.g. `w4a8`) are simulated integer bit-widths for accelerators hwnas cannot run.
+- Runtime tensors (`output_ranges(..., runtime=True)`): ONNX Runtime's QDQ graphs and LiteRT's int8 models
+  quantise every tensor a quantised layer reads, not only layer outputs (the network input, residual sums,
+  concatenations, pooled and squeeze-excited tensors), and, where the activation is not fused into the convolution
+  (hard-swish, SiLU, hard-sigmoid; ReLU and ReLU6 are fused), the convolution's pre-activation output. With those
+  ranges (keys `<layer id>` + `IN` and + `PRE`) `fake_quantized_layers` quantises them too (a layer's input at 8
+  bits, 16 under 16x8; a pre-activation at the layer's activation bits): the simulation runtime parity is judged
+  against.
 - Hessian trace (`hessian_trace`): HAWQ-V2 (Dong et al., "HAWQ-V2: Hessian Aware trace-Weighted Quantization of
   Neural Networks", NeurIPS 2020). Hutchinson's estimator Tr(H) = E[v^T H v] over Rademacher vectors v, the
   Hessian-vector product taken by differentiating the gradient a second time; one vector over all layers' weights
@@ -40,6 +47,12 @@ NAMED_SPECS: dict[str, tuple[int, int] | None] = {"int8": (8, 8), "int16": (8, 1
 _SIMULATED = re.compile(r"w([2-8])a([2-8]|16)")
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Range keys of the tensors a runtime quantises beside layer outputs (`output_ranges(..., runtime=True)`): a
+#: layer's input (layer id + IN), and its pre-activation output (layer id + PRE) where its activation is not fused.
+IN, PRE = "#in", "#pre"
+#: Activations a runtime fuses into the convolution before quantising its output.
+FUSED_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 
 
 def quant_bits(precision: str) -> tuple[int, int] | None:
@@ -115,12 +128,23 @@ def _layer(model: nn.Module, layer_id: str) -> nn.Module:
     return layers[layer_id]
 
 
+def _unfused(module: nn.Module) -> nn.Module | None:
+    """A conv+BN unit's BatchNorm when an activation the runtime does not fuse follows it, else None."""
+    if isinstance(module, ConvBNAct) and len(module) > 2 and not isinstance(module[2], FUSED_ACTIVATIONS):
+        return module[1]
+    return None
+
+
 @contextmanager
 def fake_quantized(model: nn.Module, layer_id: str, precision: str,
-                   output_range: tuple[float, float] | None = None) -> Iterator[nn.Module]:
+                   output_range: tuple[float, float] | None = None, *,
+                   pre_range: tuple[float, float] | None = None,
+                   input_range: tuple[float, float] | None = None) -> Iterator[nn.Module]:
     """`model` with layer `layer_id` fake-quantised at `precision` (weights and output), restored on exit.
 
-    `output_range` is the calibrated (min, max) of the layer's float output; needed for integer activations."""
+    `output_range` is the calibrated (min, max) of the layer's float output; needed for integer activations.
+    `pre_range` (its pre-activation output) and `input_range` (its input tensor) quantise those too, at integer
+    precisions, as a runtime does (see the module docstring)."""
     bits = quant_bits(precision)
     module = _layer(model, layer_id)
     if bits is not None and output_range is None:
@@ -134,11 +158,21 @@ def fake_quantized(model: nn.Module, layer_id: str, precision: str,
         assert output_range is not None
         return quantize_activation(out, output_range[0], output_range[1], bits[1])
 
-    handle = module.register_forward_hook(quantize_output)
+    handles = [module.register_forward_hook(quantize_output)]
+    norm = _unfused(module)
+    if bits is not None and pre_range is not None and norm is not None:
+        low, high = pre_range
+        handles.append(norm.register_forward_hook(lambda _, __, out: quantize_activation(out, low, high, bits[1])))
+    if bits is not None and input_range is not None:
+        low_in, high_in = input_range
+        input_bits = max(8, bits[1])  # the tensor a layer reads is 8-bit (16 under 16x8), as runtimes store it
+        handles.append(module.register_forward_pre_hook(
+            lambda _, args: (quantize_activation(args[0], low_in, high_in, input_bits), *args[1:])))
     try:
         yield model
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         parametrize.remove_parametrizations(target, "weight", leave_parametrized=False)
 
 
@@ -151,12 +185,16 @@ def fake_quantized_layers(model: nn.Module, layers: Mapping[str, str],
     with ExitStack() as stack:
         for layer_id, precision in layers.items():
             if precision != "fp32":
-                stack.enter_context(fake_quantized(model, layer_id, precision, ranges.get(layer_id)))
+                stack.enter_context(fake_quantized(model, layer_id, precision, ranges.get(layer_id),
+                                                   pre_range=ranges.get(layer_id + PRE),
+                                                   input_range=ranges.get(layer_id + IN)))
         yield model
 
 
-def output_ranges(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> dict[str, tuple[float, float]]:
-    """(min, max) of every layer's float output over `images` (MinMax calibration)."""
+def output_ranges(model: nn.Module, images: torch.Tensor, batch_size: int = 64, *,
+                  runtime: bool = False) -> dict[str, tuple[float, float]]:
+    """(min, max) of every layer's float output over `images` (MinMax calibration); with `runtime`, also of the
+    input of every layer (layer id + `IN`) and of each pre-activation output a runtime quantises (+ `PRE`)."""
     ranges: dict[str, tuple[float, float]] = {}
 
     def record(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
@@ -167,6 +205,11 @@ def output_ranges(model: nn.Module, images: torch.Tensor, batch_size: int = 64) 
         return hook
 
     handles = [module.register_forward_hook(record(name)) for name, module in layer_modules(model)]
+    if runtime:
+        handles += [module.register_forward_pre_hook(lambda m, args, name=name: record(name + IN)(m, None, args[0]))
+                    for name, module in layer_modules(model)]
+        handles += [norm.register_forward_hook(record(name + PRE)) for name, module in layer_modules(model)
+                    if (norm := _unfused(module)) is not None]
     try:
         _logits(model, images, batch_size)
     finally:
@@ -203,17 +246,19 @@ class LayerSensitivity:
 
 def measured_sensitivity(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                          precisions: Sequence[str] = ("int8",), *, layers: Sequence[str] | None = None,
-                         batch_size: int = 64) -> dict[str, dict[str, LayerSensitivity]]:
-    """Layer id -> precision -> `LayerSensitivity`, each layer fake-quantised alone (`fake_quantized`)."""
-    ranges = output_ranges(model, images, batch_size)
+                         batch_size: int = 64, runtime: bool = False) -> dict[str, dict[str, LayerSensitivity]]:
+    """Layer id -> precision -> `LayerSensitivity`, each layer fake-quantised alone (`fake_quantized`); with
+    `runtime`, with the tensors a runtime quantises for it too (its input and unfused pre-activation)."""
+    ranges = output_ranges(model, images, batch_size, runtime=runtime)
     reference = _logits(model, images, batch_size)
     log_p = F.log_softmax(reference.double(), dim=1)  # float64: small KLs are not lost in rounding
     accuracy = float((reference.argmax(1) == labels).float().mean())
     found: dict[str, dict[str, LayerSensitivity]] = {}
-    for layer_id in layers if layers is not None else list(ranges):
+    for layer_id in layers if layers is not None else [name for name, _ in layer_modules(model)]:
         found[layer_id] = {}
         for precision in precisions:
-            with fake_quantized(model, layer_id, precision, ranges.get(layer_id)):
+            with fake_quantized(model, layer_id, precision, ranges.get(layer_id), pre_range=ranges.get(layer_id + PRE),
+                                input_range=ranges.get(layer_id + IN)):
                 logits = _logits(model, images, batch_size)
             kl = F.kl_div(F.log_softmax(logits.double(), dim=1), log_p, log_target=True, reduction="batchmean")
             drop = accuracy - float((logits.argmax(1) == labels).float().mean())

@@ -316,7 +316,7 @@ def simulated_accuracy(model, data, bits, calibration) -> float:
     from nas.compress.sensitivity import fake_quantized_layers, output_ranges
     from supernets.evaluation import accuracy
 
-    ranges = output_ranges(model, calibration)
+    ranges = output_ranges(model, calibration, runtime=True)
     with fake_quantized_layers(model, bits.precisions(model.arch), ranges), torch.no_grad():
         return accuracy(model, data.val, model.arch.resolution, data.mean, data.std)
 
@@ -332,13 +332,13 @@ def test_qat_at_w3a3_beats_ptq_of_the_same_weights(tmp_path):
     bits, calibration = BitWidthPlan(default="w3a3"), recalibration_images(data, 16, 128, 0)
     float_top1, ptq = accuracy(trained, data.val, 16, data.mean, data.std), simulated_accuracy(trained, data, bits,
                                                                                                 calibration)
-    assert float_top1 > 0.9 and ptq < float_top1 - 0.3  # measured: 0.93 float, 0.52 simulated w3a3
+    assert float_top1 > 0.9 and ptq < float_top1 - 0.3  # measured: 0.93 float, 0.53 simulated w3a3
     config = FinetuneConfig(epochs=6, lr=0.01, batch_size=32)
     qat = finetune(trained, data, tmp_path / "qat", config, bits=bits, calibration=calibration, log=quiet)
     ft = finetune(trained, data, tmp_path / "ft", config, log=quiet).model  # the same fine-tune, no simulation
     assert qat.val_accuracy == pytest.approx(simulated_accuracy(qat.model, data, bits, calibration))
     assert qat.val_accuracy == pytest.approx(qat.history[-1]["val_accuracy"])
-    # measured: QAT 0.75 simulated; PTQ 0.52 of the trained weights, 0.53 of the float fine-tune's
+    # measured: QAT 0.76 simulated; PTQ 0.53 of the trained weights, 0.59 of the float fine-tune's
     assert qat.val_accuracy >= ptq + 0.15
     assert qat.val_accuracy >= simulated_accuracy(ft, data, bits, calibration) + 0.15
     assert qat.history[-1]["val_accuracy_float"] == pytest.approx(accuracy(qat.model, data.val, 16, data.mean,
