@@ -182,7 +182,8 @@ def run_cell(cell: Cell, table: Any, args: argparse.Namespace, data: Any, log: L
     started = time.perf_counter()
     try:
         config = CompressConfig(cell.method, cell.budget * parent_ms, table, epochs=args.epochs,
-                                max_steps=args.max_steps, parity_images=args.parity_images)
+                                max_steps=args.max_steps, parity_images=args.parity_images,
+                                measure_keys=not args.estimate_only)
         if not cell.distill:  # alpha 0: labels only, no teacher
             config = dataclasses.replace(config, alpha=0.0)
         compress_subnet(cell.subject.directory, out_root, config, data=data, log=lambda m: log(f"  {m}"))
@@ -501,6 +502,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None, help="batches per fine-tune epoch (default all)")
     parser.add_argument("--parity-images", type=int, default=None, help="validation images of the parity checks")
     parser.add_argument("--simulated", default="w4a8", help="the simulated precision the sensitivity ranks at")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="price off-grid table keys with the tables' estimates instead of measuring them")
     parser.add_argument("--quick", action="store_true",
                         help="one pick, the middle budget, 1 epoch of 10 steps: a check that it all runs")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
