@@ -81,6 +81,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
                             alpha=0.0 if args.no_distill else args.alpha, feature_weight=args.feature_weight,
                             qat=args.qat, tolerance=args.tolerance, strict=args.strict, candidates=args.candidates,
                             other_runtime=not args.no_other_runtime, seed=args.seed, max_steps=args.max_steps,
+                            simulated=tuple(p for p in (args.simulated or "").split(",") if p),
                             overwrite=args.overwrite, measure_keys=not args.estimate_only)
     out = Path(args.out) if args.out else Path(args.subnet).resolve().parent
     path = compress_subnet(args.subnet, out, config, log=log, progress=not args.no_progress)
@@ -121,6 +122,10 @@ def register(groups: Any) -> None:
     sub.add_argument("--strict", action="store_true",
                      help="a plan losing more than --tolerance is an error naming the layers, not raised to fp32")
     sub.add_argument("--candidates", type=int, default=8, help="pruning points joint compares (default %(default)s)")
+    sub.add_argument("--simulated", metavar="w8a8,w4a8,...",
+                     help="choose among these simulated integer bit-widths (w<2-8>a<2-8|16>) instead of the runtime's "
+                          "precisions, for a size_bytes or bitops budget of an accelerator hwnas cannot run: the "
+                          "result is labelled simulated and no runtime model is written")
     sub.add_argument("--no-other-runtime", action="store_true",
                      help="export only the budget's runtime (default: the other runtime's model too, in fp32)")
     sub.add_argument("--criterion", default="l1", help="channel importance: l1, bn or taylor (default %(default)s)")

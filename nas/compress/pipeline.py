@@ -96,6 +96,9 @@ class CompressConfig:
         strict: a plan that loses more than `tolerance` is an error instead of being raised to higher precision.
         candidates: how many points of the pruning path `joint` compares.
         other_runtime: also export the other runtime's model (fp32) when its converter is installed.
+        simulated: simulated integer bit-widths (e.g. ("w8a8", "w4a8")) for accelerators hwnas cannot run, instead
+            of the runtime's menu: for size_bytes or bitops budgets; the result is labelled simulated and no
+            runtime model is written (its spec and weights are, with the simulated plan).
         parity_images: validation images the export's parity check uses (None: all).
     """
 
@@ -120,6 +123,7 @@ class CompressConfig:
     strict: bool = False
     candidates: int = 8
     other_runtime: bool = True
+    simulated: tuple[str, ...] = ()
     protocol: Protocol | None = None
     parity_images: int | None = None
     overwrite: bool = False
@@ -135,13 +139,17 @@ class CompressConfig:
                   ("round_to", self.round_to >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
                   ("images", self.images >= 1, ">= 1"), ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
                   ("qat", self.qat in QAT_MODES, f"one of {', '.join(QAT_MODES)}"),
-                  ("tolerance", 0.0 <= self.tolerance <= 1.0, "in [0, 1]"),
+                  ("tolerance", 0.0 <= self.tolerance < 1.0, "in [0, 1)"),
                   ("candidates", self.candidates >= 2, ">= 2")]
         for name, ok, allowed in checks:
             if not ok:
                 raise HwnasError(f"compress {name} is {getattr(self, name)!r}; allowed: {allowed}")
         if not isinstance(self.table, LatencyTable):
             raise HwnasError(f"compress table must be a LatencyTable; got {type(self.table).__name__}")
+        if self.simulated and (self.metric not in ("size_bytes", "bitops") or self.method == "prune"):
+            raise HwnasError(f"simulated bit-widths ({', '.join(self.simulated)}) have no measured latency: they take "
+                             f"a size_bytes or bitops budget and a method that quantises; got {self.metric} with "
+                             f"{self.method}")
         if self.metric == "macs" and self.method != "prune":
             raise HwnasError(f"a macs budget does not change with precision, so method {self.method} cannot use it; "
                              f"allowed: method prune with macs, or a latency_ms, size_bytes or bitops budget")
@@ -149,6 +157,13 @@ class CompressConfig:
     @property
     def runtime(self) -> str:
         return str(self.table.profile.runtime)
+
+    @property
+    def menu_runtime(self) -> str:
+        """Whose precision menu the allocation chooses from: the runtime's, or `simulated`."""
+        from nas.compress.bits import SIMULATED_RUNTIME
+
+        return SIMULATED_RUNTIME if self.simulated else self.runtime
 
     @property
     def budget_text(self) -> str:
@@ -190,25 +205,37 @@ def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module 
 @dataclass
 class _Pricing:
     """The budget's pricing: the runtime's precision menu and (for latency) a table per precision, with keys
-    measured on demand into copies (`origin` keeps each precision's source table id for the copies' folder)."""
+    measured on demand into copies of the source tables (`sources`; the architectures measured so far in
+    `measured_archs`, so that each copy holds them all)."""
 
     config: CompressConfig
     menu: tuple[str, ...]
     tables: dict[str, LatencyTable]
-    origin: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, LatencyTable] = field(default_factory=dict)
+    measured_archs: dict[str, list[ArchConfig]] = field(default_factory=dict)
     measured: int = 0
 
     @classmethod
     def of(cls, config: CompressConfig, space: str) -> _Pricing:
         from nas.compress.bits import runtime_menu, runtime_tables
 
-        menu = runtime_menu(config.runtime)
+        menu = runtime_menu(config.menu_runtime, ("fp32", *config.simulated) if config.simulated else None)
+        if config.method == "prune":  # one precision: the budget table's
+            menu = (str(config.table.profile.precision),) if config.metric == "latency_ms" else ("fp32",)
         tables: dict[str, LatencyTable] = {}
         if config.metric == "latency_ms":
             if config.method != "prune":
                 tables = runtime_tables(space, config.runtime)
             tables[str(config.table.profile.precision)] = config.table
-        return cls(config, menu, tables, {p: t.table_id for p, t in tables.items()})
+        return cls(config, menu, tables, dict(tables))
+
+    @property
+    def base(self) -> str:
+        """The precision of the unquantised network: the budget table's for `prune`, else fp32."""
+        return self.menu[0] if self.config.method == "prune" else "fp32"
+
+    def base_cost(self, arch: ArchConfig) -> float:
+        return float(self.costs(arch)[:, self.menu.index(self.base)].sum())
 
     @property
     def path_table(self) -> LatencyTable | None:
@@ -241,16 +268,18 @@ class _Pricing:
         from latency_tables.ondemand import measured_or_source
 
         for precision, n in self.missing(arch, precisions).items():
-            source = self.tables[precision]
+            source, before = self.sources[precision], self.tables[precision]
+            archs = self.measured_archs.setdefault(precision, [])
+            archs.append(arch)
             log(f"measuring {n} {precision} table key(s) the plan needs on {source.table_id}")
-            table, reason = measured_or_source(source, [arch], out_root / ".measured-tables" / self.origin[precision],
+            table, reason = measured_or_source(source, archs, out_root / ".measured-tables" / source.table_id,
                                                progress=False)
             if reason:
                 log(f"table keys stay estimated: {reason}")
                 return False
-            self.measured += len(table.rows) - len(source.rows)
+            self.measured += len(table.rows) - len(before.rows)
             self.tables[precision] = table
-            if source is self.config.table:
+            if before is self.config.table:
                 self.config = dataclasses.replace(self.config, table=table)
         return True
 
@@ -271,7 +300,7 @@ class _Candidate:
 
     def summary(self, pricing: _Pricing) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, "arch": self.arch.to_str(), "damage_kl": self.damage,
-                               "fp32_cost": float(pricing.costs(self.arch)[:, pricing.menu.index("fp32")].sum())}
+                               "unquantised_cost": pricing.base_cost(self.arch)}
         if self.bits is not None:
             out |= {"pieces": dict(self.bits.pieces), "cost": self.bits.budget_cost}
         return out
@@ -285,7 +314,8 @@ def _log_probs(model: nn.Module, x: torch.Tensor, plan: BitWidthPlan | None = No
     model.eval()
     if plan is None:
         return F.log_softmax(model(x).double(), dim=1)
-    with fake_quantized_layers(model, plan.precisions(_arch(model)), output_ranges(model, x)) as simulated:
+    ranges = output_ranges(model, x, runtime=True)  # the tensors a runtime quantises, as it calibrates them
+    with fake_quantized_layers(model, plan.precisions(_arch(model)), ranges) as simulated:
         return F.log_softmax(simulated(x).double(), dim=1)
 
 
@@ -324,9 +354,10 @@ class _Chooser:
         if key not in self._sensitivity:
             lowered = [p for p in pricing.menu if p != "fp32"]
             self._sensitivity[key] = precision_scores(measured_sensitivity(self.model(candidate.plan), self.x, self.y,
-                                                                           lowered))
+                                                                           lowered, runtime=True))
         return allocate_bits(candidate.arch, self._sensitivity[key], self.config.budget, metric=self.config.metric,
-                             runtime=self.config.runtime, tables=pricing.tables or None)
+                             runtime=self.config.menu_runtime, tables=pricing.tables or None,
+                             precisions=pricing.menu if self.config.simulated else None)
 
     def path(self, pricing: _Pricing) -> list[_Candidate]:
         from nas.compress.allocate import prune_path
@@ -479,8 +510,8 @@ def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig,
     bits = chosen.bits.plan if chosen.bits is not None else None
     if bits is not None and not set(bits.precisions(chosen.arch).values()) - {"fp32"}:
         bits = None  # every block stays fp32: nothing to quantise
-    fp32_cost = float(pricing.costs(chosen.arch)[:, pricing.menu.index("fp32")].sum())
-    log(f"{config.method}: step {chosen.step} of the pruning path, {config.metric} {fp32_cost:.6g} in fp32"
+    log(f"{config.method}: step {chosen.step} of the pruning path, {config.metric} "
+        f"{pricing.base_cost(chosen.arch):.6g} in {pricing.base}"
         + (f", {chosen.bits.budget_cost:.6g} at {dict(chosen.bits.pieces)}" if bits is not None else "")
         + f" (budget {config.budget:g})")
     model = chooser.model(chosen.plan)
@@ -523,7 +554,7 @@ def _predicted(arch: ArchConfig, bits: BitWidthPlan | None, pricing: _Pricing, c
     chosen = []
     for _, layers in arch_pieces(arch):
         used = {bits.precision_of(n) if bits else "fp32" for n in layers}
-        chosen.append("fp32" if "fp32" in used or len(used) != 1 else used.pop())
+        chosen.append(pricing.base if "fp32" in used or len(used) != 1 else used.pop())
     total = float(sum(costs[i, pricing.menu.index(p)] for i, p in enumerate(chosen)))
     return total, total if config.metric == "latency_ms" else None
 
@@ -541,7 +572,7 @@ def _outputs(model: nn.Module, data: Any, plan: BitWidthPlan | None, x_cal: torc
     x = to_tensor(data.val.images, _arch(model).resolution, data.mean, data.std)
     if plan is None:
         return torch.softmax(model(x).double(), dim=1)
-    ranges = output_ranges(model, x_cal)
+    ranges = output_ranges(model, x_cal, runtime=True)
     with fake_quantized_layers(model, plan.precisions(_arch(model)), ranges) as simulated:
         return torch.softmax(simulated(x).double(), dim=1)
 
@@ -638,7 +669,7 @@ def _summary(parent: nn.Module, spec: Any, result: _Result, data: Any, parent_ms
     config, model, bits = result.config, result.model, result.bits
     x_cal, _ = _sample(data, config.images, config.seed, spec.arch.resolution)
     fid = fidelity(_outputs(parent, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
-    parent_cost = float(result.info["candidates"][0]["fp32_cost"]) if config.method == "quantize" else None
+    parent_cost = float(result.info["candidates"][0]["unquantised_cost"]) if config.method == "quantize" else None
     latency: dict[str, Any] = {"predicted_ms": result.predicted_ms, "parent_measured_ms": parent_ms,
                                "protocol": _protocol(config).to_dict()}
     if config.metric == "latency_ms":
@@ -673,17 +704,22 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
     result = _compressed(parent, spec, data, config, out_root, log, progress)
     config, model, bits = result.config, result.model, result.bits
     used = ("fp32",) if bits is None else bits.used(_arch(model))
-    precision = used[0] if len(used) == 1 else "mixed"
-    other = _other_runtime(config, log)
+    simulated = bits is not None and bool(bits.simulated_in(_arch(model)))
+    precision = "simulated" if simulated else used[0] if len(used) == 1 else "mixed"
+    other = None if simulated else _other_runtime(config, log)
     # the parent is timed first, so that metrics.json holds every figure but the new model's own measurement
-    parent_ms = _parent_measured(subnet_dir, spec, config.runtime, _protocol(config), log)
-    summary = {**_summary(parent, spec, result, data, parent_ms, other), "precision": precision}
+    parent_ms = None if simulated else _parent_measured(subnet_dir, spec, config.runtime, _protocol(config), log)
+    summary = {**_summary(parent, spec, result, data, parent_ms, other), "precision": precision,
+               "simulated": simulated}
+    if simulated:  # accuracy, size and BitOPs of a plan no runtime runs: no runtime model is written
+        summary["models"] = {}
+        log("the plan uses simulated bit-widths: its figures are simulated and no runtime model is written")
     provenance = dataclasses.replace(spec.provenance, dataset=data.name, seed=config.seed,
                                      table_ids=(config.table.table_id,))
     new = SubnetSpec(_arch(model), spec.space, spec.mean, spec.std,
                      Provenance.from_dict(provenance.to_dict()), prune_plan=result.prune_plan, bitwidth_plan=bits)
     like_table = config.metric == "latency_ms" and precision == config.table.profile.precision
-    runtimes = ((config.runtime, precision),) + (((other, "fp32"),) if other else ())
+    runtimes = () if simulated else ((config.runtime, precision),) + (((other, "fp32"),) if other else ())
     options = ExportOptions(runtimes=runtimes, tables=(config.table,), protocol=_protocol(config),
                             constraint=config.budget_text if like_table else None,
                             parity_images=config.parity_images, overwrite=config.overwrite,

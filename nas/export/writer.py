@@ -144,6 +144,8 @@ def _first_metrics(model: nn.Module, spec: SubnetSpec, data: Dataset, options: E
     from supernets.evaluation import accuracy as top1
 
     plan = spec.bitwidth_plan
+    if plan is not None and plan.simulated_in(spec.arch):
+        plan = None  # runtimes run the float network; the simulated plan's sizes are its compression's figures
     cost = AnalyticCostModel(plan.default if plan else "fp32").estimate(spec.arch, dict(plan.layers) if plan else None)
     metrics: dict[str, Any] = {
         "format": METRICS_FORMAT, "key": spec.key, "arch": spec.arch.to_str(),

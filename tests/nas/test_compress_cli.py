@@ -4,6 +4,7 @@ fine-tuned with the parent as teacher, exported with its plan and measured; bad 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     measured = LatencyTable.load(tmp_path / ".measured-tables" / table.table_id)
     assert summary["choice"]["measured_keys"] == len(on_demand_keys(measured)) > 0
     assert summary["choice"]["estimated"] is False
-    assert len(measured.rows) == len(table.rows) + summary["prune"]["measured_keys"]
+    assert len(measured.rows) == len(table.rows) + summary["choice"]["measured_keys"]
 
 
 @pytest.mark.runtime
@@ -129,6 +130,13 @@ def test_config_refuses_bad_settings():
         compress_subnet("/nonexistent/subnet", "/nonexistent/out", CompressConfig("prune", 1.0, table))
 
 
+def _fastest(arch):
+    """The parent's latency on ORT with every block at its fastest precision."""
+    from nas.compress.bits import latency_costs, runtime_tables
+
+    return float(latency_costs(arch, runtime_tables("small", "ort"), ("fp32", "int8"))[0].min(axis=1).sum())
+
+
 def _int8_budget(arch):
     """A latency budget halfway between the parent's fp32 and its fastest per-block precisions on ORT."""
     from nas.compress.bits import latency_costs, runtime_tables
@@ -141,7 +149,8 @@ def _int8_budget(arch):
 @pytest.mark.parametrize("method", ["quantize", "sequential"])
 def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_dir, tmp_path, method):
     _, spec = load_subnet(parent_dir)
-    budget = _int8_budget(spec.arch)  # int8 somewhere is needed (or pruning)
+    # quantize: int8 somewhere is needed; sequential: below what quantising alone reaches, so it prunes first
+    budget = _int8_budget(spec.arch) if method == "quantize" else 0.9 * _fastest(spec.arch)
     teacher = str(parent_dir) if method == "sequential" else None  # an exported subnet named as the teacher
     config = CompressConfig(method, budget, find_table("small", "ort", "fp32"), max_steps=3, protocol=FAST,
                             teacher=teacher, other_runtime=False, parity_images=300)
@@ -170,7 +179,7 @@ def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_d
 def test_joint_chooses_pruning_and_precision_together_and_is_never_worse_than_sequential(parent_dir, tmp_path):
     _, spec = load_subnet(parent_dir)
     table = find_table("small", "ort", "fp32")
-    budget = _int8_budget(spec.arch) * 0.9  # neither precision alone nor a light pruning reaches it
+    budget = 0.9 * _fastest(spec.arch)  # quantising alone does not reach it
     config = CompressConfig("joint", budget, table, max_steps=3, protocol=FAST, candidates=4, parity_images=300,
                             measure_keys=False)
     path = compress_subnet(parent_dir, tmp_path, config, log=str)
@@ -230,3 +239,44 @@ def test_the_supernets_largest_subnet_teaches_when_named(parent_dir, trained_sup
                             supernet=str(trained_supernet), other_runtime=False)
     summary = json.loads((compress_subnet(parent_dir, tmp_path, config, log=str) / COMPRESS_FILE).read_text())
     assert summary["finetune"]["teacher"] == "largest" and summary["latency"]["predicted_ms"] <= budget
+
+
+@pytest.mark.runtime
+def test_simulated_bit_widths_are_labelled_and_never_exported_as_runtime_models(parent_dir, tmp_path):
+    from nas.compress.bits import layer_costs
+
+    _, spec = load_subnet(parent_dir)
+    fp32_bytes = float(layer_costs(spec.arch, ("fp32",), "size_bytes").sum())
+    table = find_table("small", "ort", "fp32")
+    with pytest.raises(HwnasError, match="simulated bit-widths \\(w4a8\\) have no measured latency"):
+        CompressConfig("quantize", 0.1, table, simulated=("w4a8",))
+    config = CompressConfig("quantize", fp32_bytes / 6, table, metric="size_bytes", simulated=("w8a8", "w4a8"),
+                            protocol=FAST, max_steps=2, tolerance=0.99)
+    path = compress_subnet(parent_dir, tmp_path, config, log=str)
+    summary = json.loads((path / COMPRESS_FILE).read_text())
+    _, got = load_subnet(path)
+    assert summary["simulated"] is True and summary["precision"] == "simulated" and summary["models"] == {}
+    assert got.models == () and not list(path.glob("model*.onnx")) and not list(path.glob("model*.tflite"))
+    assert got.bitwidth_plan is not None and "w4a8" in got.bitwidth_plan.used(got.arch)
+    assert got.bitwidth_plan.simulated_in(got.arch)  # every simulated layer is named so
+    assert summary["bytes_after"] <= fp32_bytes / 6 and summary["bytes_ratio"] >= 6
+
+
+@pytest.mark.runtime
+def test_search_compress_compresses_each_pick_once(parent_dir, tmp_path):
+    import argparse
+
+    from nas.cli.compress import compress_picks
+
+    _, spec = load_subnet(parent_dir)
+    budget = 0.85 * predicted_latency(find_table("small", "ort", "fp32"), spec.arch)[0]
+    args = argparse.Namespace(compress="prune", compress_epochs=1, seed=0, no_progress=True)
+    logged: list[str] = []
+    lines = compress_picks([parent_dir], tmp_path, [f"latency_ms<={budget}"], "ort:fp32", "small", args,
+                           logged.append)
+    record = json.loads((tmp_path / f"{parent_dir.name}.prune.json").read_text())
+    assert record["parent"] == parent_dir.name and (tmp_path / Path(record["path"]).name / COMPRESS_FILE).is_file()
+    assert lines[0].startswith("compressed by prune to latency_ms<=") and f"compressed {spec.key} by prune" in lines[1]
+    again = compress_picks([parent_dir], tmp_path, [f"latency_ms<={budget}"], "ort:fp32", "small", args,
+                           logged.append)
+    assert again == lines and f"{parent_dir.name}: compressed before" in logged[-1]

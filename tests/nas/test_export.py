@@ -535,7 +535,8 @@ def test_a_bitwidth_plan_a_runtime_cannot_run_is_refused_naming_the_layer_and_ru
     with pytest.raises(HwnasError, match=r"layer s0.b0.dw at fp16 cannot run on ort: .* one of fp32, int8"):
         export_model(seeded(build_model(arch)), with_fp16, data, tmp_path, ExportOptions(runtimes=(("ort", "mixed"),)))
     simulated = dataclasses.replace(spec, bitwidth_plan=BitWidthPlan(default="int8", simulated={"s0.b0.dw"}))
-    with pytest.raises(HwnasError, match=r"simulates layer s0.b0.dw's precision, which ort does not run natively"):
+    with pytest.raises(HwnasError, match=r"simulates layer s0.b0.dw's precision \(int8\), which no runtime runs "
+                                         r"natively"):
         export_model(seeded(build_model(arch)), simulated, data, tmp_path)
     with pytest.raises(HwnasError, match=r"the ort mixed model runs each layer at its bit-width plan's precision; the "
                                          r"spec has no bit-width plan"):
