@@ -37,6 +37,8 @@ from common import pin_one_core, write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 #: Latency budgets as fractions of the subject's predicted fp32 latency on the table (1.5x needs <= 0.67).
 BUDGETS = (0.8, 0.65, 0.5)
+#: The headline runs' second bound: weight bytes as a fraction of the subject's fp32 weights (>= 4x smaller files).
+HEADLINE_SIZE = 0.2
 #: Reference networks and (stages kept, blocks kept per stage): cut to ~0.1 ms at 32 px, 1 channel, 10 classes.
 REFERENCE_LIKE = {"mobilenet_v2": (4, 2), "shufflenet_v2_x0_5": (3, 3)}
 SPACE = "small"
@@ -60,10 +62,13 @@ class Cell:
     method: str
     budget: float
     distill: bool
+    size: float | None = None
 
     @property
     def cell_id(self) -> str:
-        return f"{self.subject.name}/{self.runtime}-{self.method}-b{self.budget:g}-{'kd' if self.distill else 'nokd'}"
+        size = f"-s{self.size:g}" if self.size is not None else ""
+        return (f"{self.subject.name}/{self.runtime}-{self.method}-b{self.budget:g}{size}-"
+                f"{'kd' if self.distill else 'nokd'}")
 
 
 # ------------------------------------------------------------------------------------------------- subjects
@@ -144,18 +149,21 @@ def subject_table(subject: Subject, table: Any, work: Path, log: Log) -> Any:
 
 
 def grid(subjects: list[Subject], methods: tuple[str, ...], quick: bool, litert: bool) -> list[Cell]:
-    """The acceptance table's runs: every method at every budget with distillation, the middle budget without
-    (prune and the methods that fine-tune), and on LiteRT the first pick's methods at the middle budget."""
-    middle = BUDGETS[1]
-    tuned = [m for m in methods if m != "quantize"]
+    """The acceptance table's runs: every subject by `joint` at the middle budget with the size bound (the headline);
+    on the first subject `joint` and `sequential` at every budget, `joint` without distillation at the middle one;
+    `prune` at the middle budget for the Torch-Pruning comparison (first subject and the ShuffleNet-like one); on
+    LiteRT the first pick's headline run."""
+    middle, first = BUDGETS[1], subjects[0]
     if quick:
-        first = subjects[0]
-        return [Cell(first, "ort", m, middle, True) for m in methods] + [Cell(first, "ort", "prune", middle, False)]
-    cells = [Cell(s, "ort", m, b, True) for s in subjects for m in methods for b in BUDGETS]
-    cells += [Cell(s, "ort", m, middle, False) for s in subjects for m in tuned]
+        return [Cell(first, "ort", "joint", middle, True, HEADLINE_SIZE),
+                Cell(first, "ort", "sequential", middle, True)]
+    cells = [Cell(s, "ort", "joint", middle, True, HEADLINE_SIZE) for s in subjects]
+    cells += [Cell(first, "ort", m, b, True) for b in BUDGETS for m in ("joint", "sequential") if m in methods]
+    cells += [Cell(first, "ort", "joint", middle, False)]
+    cells += [Cell(s, "ort", "prune", middle, True) for s in subjects if s is first or "shufflenet" in s.name]
     first_pick = next((s for s in subjects if s.name.startswith("pick-")), None)
     if litert and first_pick is not None:
-        cells += [Cell(first_pick, "litert", m, middle, True) for m in methods]
+        cells += [Cell(first_pick, "litert", "joint", middle, True, HEADLINE_SIZE)]
     return cells
 
 
@@ -181,9 +189,14 @@ def run_cell(cell: Cell, table: Any, args: argparse.Namespace, data: Any, log: L
     parent_ms = float(table.predict_arch(_spec(cell.subject).arch, estimate_missing=True))
     started = time.perf_counter()
     try:
+        size = None
+        if cell.size is not None:
+            from nas.compress.bits import layer_costs
+
+            size = cell.size * float(layer_costs(_spec(cell.subject).arch, ("fp32",), "size_bytes").sum())
         config = CompressConfig(cell.method, cell.budget * parent_ms, table, epochs=args.epochs,
                                 max_steps=args.max_steps, parity_images=args.parity_images,
-                                measure_keys=not args.estimate_only)
+                                measure_keys=not args.estimate_only, size_budget=size)
         if not cell.distill:  # alpha 0: labels only, no teacher
             config = dataclasses.replace(config, alpha=0.0)
         compress_subnet(cell.subject.directory, out_root, config, data=data, log=lambda m: log(f"  {m}"))
@@ -203,7 +216,8 @@ def _spec(subject: Subject) -> Any:
 
 def cell_row(cell: Cell, r: dict[str, Any]) -> str:
     distill = "yes" if cell.distill else "no"
-    head = f"| {cell.subject.name} | {cell.runtime} | {cell.method} | {cell.budget:g} | {distill}"
+    size = f" + size {cell.size:g}" if cell.size is not None else ""
+    head = f"| {cell.subject.name} | {cell.runtime} | {cell.method} | {cell.budget:g}{size} | {distill}"
     if "error" in r:
         return f"{head} | failed: {r['error']} ||||||||"
     lat = r["latency"]
@@ -211,8 +225,16 @@ def cell_row(cell: Cell, r: dict[str, Any]) -> str:
     measured, parent = lat.get("measured_ms"), lat.get("parent_measured_ms")
     speedup = lat.get("measured_speedup")
     return (f"{head} | {r['budget']:.4f} | {100 * r['accuracy_before']:.1f} | {100 * r['accuracy_after']:.1f} "
-            f"| {drop:+.1f} | {r['label_loyalty']:.3f} | {r['bytes_ratio']:.2f}x | {r.get('precision', '')} "
+            f"| {drop:+.1f} | {r['label_loyalty']:.3f} | {r['bytes_ratio']:.2f}x / {_file_ratio(r):.2f}x "
+            f"| {r.get('precision', '')} "
             f"| {_ms(parent)} -> {_ms(measured)} | {f'{speedup:.2f}x' if speedup else 'n/a'} |")
+
+
+def _file_ratio(r: dict[str, Any]) -> float:
+    """The budget runtime's model file against the parent's fp32 file of that runtime (0 when unknown)."""
+    found = [f["ratio"] for name, f in r.get("files", {}).items() if name.startswith(f"{r['runtime']}-")
+             and f.get("ratio")]
+    return float(found[0]) if found else 0.0
 
 
 def _ms(value: float | None) -> str:
@@ -242,14 +264,15 @@ def headline(results: dict[Cell, dict[str, Any]], runtime: str) -> list[str]:
         def score(item: tuple[Cell, dict[str, Any]]) -> float:
             r = item[1]
             faithful = _drop(r) <= 1.0 and r["label_loyalty"] >= 0.98
-            return faithful * 10 + min(r["bytes_ratio"] / 4, 1) + min(r["latency"].get("measured_speedup") or 0, 1.5)
+            return faithful * 10 + min(_file_ratio(r) / 4, 1) + min(r["latency"].get("measured_speedup") or 0, 1.5)
 
         cell, r = max(runs, key=score)
         speedup = r["latency"].get("measured_speedup") or 0.0
-        met = _drop(r) <= 1.0 and r["label_loyalty"] >= 0.98 and r["bytes_ratio"] >= 4 and speedup >= 1.5
+        met = _drop(r) <= 1.0 and r["label_loyalty"] >= 0.98 and _file_ratio(r) >= 4 and speedup >= 1.5
         lines.append(f"- {subject.name} ({runtime}): **{'met' if met else 'not met'}** by {cell.method} at budget "
                      f"{cell.budget:g}: drop {_drop(r):+.1f} points, loyalty {r['label_loyalty']:.3f}, "
-                     f"{r['bytes_ratio']:.2f}x smaller, {speedup:.2f}x measured")
+                     f"model file {_file_ratio(r):.2f}x smaller (weights {r['bytes_ratio']:.2f}x), {speedup:.2f}x "
+                     f"measured")
     return lines
 
 
@@ -449,7 +472,7 @@ measured latency is the exported model re-measured on its runtime by the table's
 ### Runs
 
 | subject | runtime | method | budget | distill | budget ms | top-1 before | after | drop (points) | label loyalty \
-| smaller (bytes) | precision | measured ms (parent -> compressed) | speed-up |
+| smaller (weights / file) | precision | measured ms (parent -> compressed) | speed-up |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(cell_row(c, r) for c, r in results.items())}
 

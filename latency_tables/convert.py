@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,34 @@ class _Reader:
         return next(self._items, None)
 
 
+class _PreprocessingAdvice(logging.Filter):
+    """Drops onnxruntime.quantization's advice to pre-process the model (logged on the root logger at every call)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Warnings silenced and the pre-processing advice dropped while ORT quantizes; both restored on exit."""
+    advice = _PreprocessingAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(advice)
+
+
 def quantize_onnx(fp32_path: Path, path: Path, calibration: Sequence[np.ndarray]) -> Path:
     """Static int8 QDQ model: per-channel int8 weights, uint8 activations, calibrated by min/max."""
     try:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     except ImportError:
         raise RuntimeMissing("int8 ONNX needs onnxruntime; install it with `pip install -e '.[runtimes]'`") from None
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with atomic_path(path) as tmp, _quiet_quantizer():
         quantize_static(str(fp32_path), str(tmp), _Reader("input", calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return Path(path)
@@ -165,8 +186,7 @@ def quantize_onnx_layers(fp32_path: Path, path: Path, calibration: Sequence[np.n
     _check_layers_found("ONNX model", {n.name for n in graph.node}, layers)
     nodes = [(n.name if n.name in layers else None, list(n.input), list(n.output)) for n in graph.node]
     exclude = [n.name for n, p in zip(graph.node, node_precisions(nodes, layers), strict=True) if p == "fp32"]
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with atomic_path(path) as tmp, _quiet_quantizer():
         quantize_static(str(fp32_path), str(tmp), _Reader("input", calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude)

@@ -12,16 +12,29 @@ from search_spaces import HwnasError
 from search_spaces.files import atomic_write_text
 
 
-def _budget(texts: list[str] | None) -> tuple[str, float]:
-    """(metric, bound) of the one budget constraint, e.g. `latency_ms<=0.1` or `size_bytes<=40000`."""
-    from nas.compress.pipeline import BUDGET_METRICS
-    from nas.objectives import parse_constraints
+def _budget(texts: list[str] | None) -> tuple[str, float, float | None]:
+    """(metric, bound, size bound) of the budget: one constraint, e.g. `latency_ms<=0.1` or `size_bytes<=40000`, or
+    a latency budget with a second `size_bytes<=` bound."""
+    import re
 
-    constraints = parse_constraints(texts or [])
-    if len(constraints) != 1 or constraints[0].metric not in BUDGET_METRICS or constraints[0].op not in ("<=", "<"):
+    from nas.compress.pipeline import BUDGET_METRICS
+
+    bounds: dict[str, float] = {}
+    for text in texts or []:
+        match = re.fullmatch(r"\s*([a-z_]+)\s*<=?\s*([0-9.eE+-]+)\s*", text)
+        bound = float(match.group(2)) if match and re.fullmatch(r"[0-9.]+([eE][+-]?[0-9]+)?", match.group(2)) else None
+        if match is None or match.group(1) not in BUDGET_METRICS or match.group(1) in bounds or bound is None:
+            bounds = {}
+            break
+        bounds[match.group(1)] = bound
+    if len(bounds) != 1 and sorted(bounds) != ["latency_ms", "size_bytes"]:
         raise HwnasError(f"--constraint must be one budget METRIC<=X with METRIC one of {', '.join(BUDGET_METRICS)} "
-                         f"(e.g. latency_ms<=X); got {', '.join(texts or []) or 'none'}")
-    return constraints[0].metric, float(constraints[0].bound)
+                         f"(e.g. latency_ms<=X), or latency_ms<=X with size_bytes<=Y; got "
+                         f"{', '.join(texts or []) or 'none'}")
+    if len(bounds) == 2:
+        return "latency_ms", bounds["latency_ms"], bounds["size_bytes"]
+    ((metric, bound),) = bounds.items()
+    return metric, bound, None
 
 
 def summary_lines(path: Path, summary: dict[str, Any]) -> list[str]:
@@ -35,7 +48,9 @@ def summary_lines(path: Path, summary: dict[str, Any]) -> list[str]:
     return [f"compressed {summary['parent']} by {summary['method']} to {summary['key']} ({summary['precision']})",
             f"  accuracy {summary['accuracy_before']:.2%} -> {summary['accuracy_after']:.2%}; label loyalty "
             f"{summary['label_loyalty']:.3f}, probability loyalty {summary['probability_loyalty']:.3f}",
-            f"  budget {summary['metric']}<={summary['budget']:g}: predicted {summary['predicted']:.6g}",
+            f"  budget {summary['metric']}<={summary['budget']:g}: predicted {summary['predicted']:.6g}"
+            + (f"; size_bytes<={summary['size_budget']:g}: {summary['bytes_after']:.0f}"
+               if summary.get("size_budget") is not None else ""),
             f"  latency on {summary['table']}: predicted {ms(lat['predicted_ms'])}, "
             f"measured {ms(lat['measured_ms'])} (parent {ms(lat['parent_measured_ms'])}"
             + (f", {speedup:.2f}x" if speedup else "") + ")",
@@ -51,8 +66,9 @@ def compress_picks(directories: list[Path], out_root: Path, texts: list[str], ta
     `table_text` into `out_root`; one summary line per pick (a pick compressed before is reused)."""
     from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_subnet
 
-    metric, budget = _budget(texts)
-    config = CompressConfig(method=args.compress, budget=budget, metric=metric, table=resolve_table(table_text, space),
+    metric, budget, size = _budget(texts)
+    config = CompressConfig(method=args.compress, budget=budget, metric=metric, size_budget=size,
+                            table=resolve_table(table_text, space),
                             epochs=args.compress_epochs, seed=args.seed)
     lines = [f"compressed by {config.method} to {config.budget_text} into {out_root}/<key>/:"]
     for directory in directories:
@@ -74,8 +90,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
     log = log_for(args)
     spec = SubnetSpec.load(args.subnet)  # names a missing directory or spec before anything is loaded
-    metric, budget = _budget(args.constraint)
-    config = CompressConfig(method=args.method, budget=budget, metric=metric,
+    metric, budget, size = _budget(args.constraint)
+    config = CompressConfig(method=args.method, budget=budget, metric=metric, size_budget=size,
                             table=resolve_table(args.table, spec.space), criterion=args.criterion,
                             round_to=args.round_to, epochs=args.epochs, teacher=args.teacher, supernet=args.supernet,
                             alpha=0.0 if args.no_distill else args.alpha, feature_weight=args.feature_weight,
@@ -97,7 +113,8 @@ def register(groups: Any) -> None:
                       "export it as a new subnet")
     sub.add_argument("subnet", help="an exported subnet directory (spec.json, model.safetensors, ...)")
     sub.add_argument("--constraint", action="append", metavar="METRIC<=X", required=True,
-                     help="the budget: latency_ms<=X (on --table), size_bytes<=X (weights), macs<=X or bitops<=X")
+                     help="the budget: latency_ms<=X (on --table), size_bytes<=X (weights), macs<=X or bitops<=X; "
+                          "or latency_ms<=X and size_bytes<=Y together (two --constraint)")
     sub.add_argument("--table", required=True, metavar="RUNTIME:PRECISION|DIR",
                      help="the latency table the budget is on (its runtime gets the compressed model)")
     sub.add_argument("--method", required=True,

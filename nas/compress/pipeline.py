@@ -96,6 +96,9 @@ class CompressConfig:
         strict: a plan that loses more than `tolerance` is an error instead of being raised to higher precision.
         candidates: how many points of the pruning path `joint` compares.
         other_runtime: also export the other runtime's model (fp32) when its converter is installed.
+        size_budget: a second bound, on weight bytes (`size_bytes<=`), beside a latency budget: the precision
+            allocation then minimises sensitivity + lambda x bytes under the latency budget, with the least lambda
+            (bisection) that brings the size within it (Lagrangian relaxation; each step solved exactly).
         simulated: simulated integer bit-widths (e.g. ("w8a8", "w4a8")) for accelerators hwnas cannot run, instead
             of the runtime's menu: for size_bytes or bitops budgets; the result is labelled simulated and no
             runtime model is written (its spec and weights are, with the simulated plan).
@@ -124,6 +127,7 @@ class CompressConfig:
     candidates: int = 8
     other_runtime: bool = True
     simulated: tuple[str, ...] = ()
+    size_budget: float | None = None
     protocol: Protocol | None = None
     parity_images: int | None = None
     overwrite: bool = False
@@ -150,6 +154,11 @@ class CompressConfig:
             raise HwnasError(f"simulated bit-widths ({', '.join(self.simulated)}) have no measured latency: they take "
                              f"a size_bytes or bitops budget and a method that quantises; got {self.metric} with "
                              f"{self.method}")
+        if self.size_budget is not None and (self.metric != "latency_ms" or self.method == "prune"
+                                             or not self.size_budget > 0 or not math.isfinite(self.size_budget)):
+            raise HwnasError(f"a second budget size_bytes<={self.size_budget} goes with a latency_ms budget and a "
+                             f"method that quantises (quantize, sequential, joint) and must be a positive number; "
+                             f"got {self.metric} with {self.method}")
         if self.metric == "macs" and self.method != "prune":
             raise HwnasError(f"a macs budget does not change with precision, so method {self.method} cannot use it; "
                              f"allowed: method prune with macs, or a latency_ms, size_bytes or bitops budget")
@@ -167,7 +176,8 @@ class CompressConfig:
 
     @property
     def budget_text(self) -> str:
-        return f"{self.metric}<={self.budget:g}"
+        size = f" and size_bytes<={self.size_budget:g}" if self.size_budget is not None else ""
+        return f"{self.metric}<={self.budget:g}{size}"
 
 
 def _arch(model: nn.Module) -> ArchConfig:
@@ -306,6 +316,31 @@ class _Candidate:
         return out
 
 
+def _weight_bits(precision: str) -> int:
+    """Weight bits of a precision."""
+    from nas.compress.bits import BITS
+
+    return BITS[precision][0]
+
+
+def _weight_bytes(arch: ArchConfig, precision: str) -> float:
+    """Weight bytes of `arch` with every layer at `precision`."""
+    from nas.compress.bits import layer_costs
+
+    return float(layer_costs(arch, (precision,), "size_bytes").sum())
+
+
+def _size_weighted(arch: ArchConfig, sensitivity: Mapping[str, Mapping[str, float]], menu: tuple[str, ...],
+                   weight: float) -> dict[str, dict[str, float]]:
+    """`sensitivity` + `weight` x each layer's weight bytes at each precision (the Lagrangian of a size bound)."""
+    from latency_tables.counting import layer_ops
+    from nas.compress.bits import BITS
+
+    weights = {op.name: op.weights for op in layer_ops(arch)}
+    return {layer: {p: float(sensitivity.get(layer, {}).get(p, 0.0)) + weight * weights[layer] * BITS[p][0] / 8
+                    for p in menu} for layer in weights}
+
+
 @torch.no_grad()
 def _log_probs(model: nn.Module, x: torch.Tensor, plan: BitWidthPlan | None = None) -> torch.Tensor:
     """Log-softmax outputs of `model` (with `plan` fake-quantised, ranges from these images) on `x`."""
@@ -355,17 +390,52 @@ class _Chooser:
             lowered = [p for p in pricing.menu if p != "fp32"]
             self._sensitivity[key] = precision_scores(measured_sensitivity(self.model(candidate.plan), self.x, self.y,
                                                                            lowered, runtime=True))
-        return allocate_bits(candidate.arch, self._sensitivity[key], self.config.budget, metric=self.config.metric,
-                             runtime=self.config.menu_runtime, tables=pricing.tables or None,
-                             precisions=pricing.menu if self.config.simulated else None)
+        sensitivity = self._sensitivity[key]
+
+        def solve(weight: float) -> Any:
+            scores = sensitivity if weight == 0 else _size_weighted(candidate.arch, sensitivity, pricing.menu, weight)
+            return allocate_bits(candidate.arch, scores, self.config.budget, metric=self.config.metric,
+                                 runtime=self.config.menu_runtime, tables=pricing.tables or None,
+                                 precisions=pricing.menu if self.config.simulated else None)
+
+        alloc = solve(0.0)
+        size = self.config.size_budget
+        if size is None or alloc.predicted["size_bytes"] <= size:
+            return alloc
+        low, high = 0.0, 1e-6
+        while solve(high).predicted["size_bytes"] > size:
+            high *= 10
+            if high > 1e6:  # size outweighs every sensitivity and still does not fit
+                raise HwnasError(f"step {candidate.step}: size_bytes<={size:g} cannot be met within "
+                                 f"{self.config.metric}<={self.config.budget:g}")
+        for _ in range(30):  # the least weight on size that fits it
+            mid = (low + high) / 2
+            low, high = (low, mid) if solve(mid).predicted["size_bytes"] <= size else (mid, high)
+        return solve(high)
 
     def path(self, pricing: _Pricing) -> list[_Candidate]:
         from nas.compress.allocate import prune_path
 
         assert self.scores is not None
-        points = prune_path(self.arch, self.scores, self.config.metric, self.config.budget, table=pricing.path_table,
+        # with a size bound the walk may need to go past the point where fp32 meets the latency budget
+        until = self.config.budget if self.config.size_budget is None else 1e-12
+        points = prune_path(self.arch, self.scores, self.config.metric, until, table=pricing.path_table,
                             round_to=self.config.round_to)
-        return [_Candidate(p.step, p.plan if p.step else None, p.arch) for p in points]
+        path = [_Candidate(p.step, p.plan if p.step else None, p.arch) for p in points]
+        for i, c in enumerate(path):  # past the first point that meets every bound at the least-sensitive
+            if self._settled(c, pricing):  # precisions that meet them, pruning more only loses accuracy
+                return path[:i + 1]
+        return path
+
+    def _settled(self, c: _Candidate, pricing: _Pricing) -> bool:
+        """Whether `c` meets the budget in fp32 (no size bound), or with every piece at its smallest precision
+        meets both the latency and the size bound."""
+        costs = pricing.costs(c.arch)
+        if self.config.size_budget is None:
+            return float(costs[:, pricing.menu.index(pricing.base)].sum()) <= self.config.budget
+        least = min(pricing.menu, key=_weight_bits)
+        return float(costs[:, pricing.menu.index(least)].sum()) <= self.config.budget and \
+            _weight_bytes(c.arch, least) <= self.config.size_budget
 
     def choose(self, pricing: _Pricing) -> tuple[_Candidate, list[_Candidate]]:
         """The chosen candidate and every candidate compared (for the record)."""
@@ -384,9 +454,14 @@ class _Chooser:
             chosen.bits = self.bits(chosen, pricing)
             return chosen, [chosen]
         feasible = self._reachable(self.path(pricing), pricing)
-        if method == "sequential":
-            feasible[0].bits = self.bits(feasible[0], pricing)
-            return feasible[0], [feasible[0]]
+        if method == "sequential":  # the least pruning whose allocation meets the budget(s)
+            for c in feasible:
+                try:
+                    c.bits = self.bits(c, pricing)
+                except HwnasError:
+                    continue
+                return c, [c]
+            raise HwnasError(f"sequential: no pruning point reaches {self.config.budget_text}; give a larger budget")
         spots = np.linspace(0, len(feasible) - 1, min(self.config.candidates, len(feasible)))
         compared: list[_Candidate] = []
         for c in (feasible[i] for i in sorted({round(float(i)) for i in spots})):
@@ -403,7 +478,10 @@ class _Chooser:
         return min(compared, key=lambda c: (c.damage, -c.step)), compared
 
     def _reachable(self, candidates: list[_Candidate], pricing: _Pricing) -> list[_Candidate]:
-        feasible = [c for c in candidates if pricing.fastest(c.arch) <= self.config.budget]
+        size = self.config.size_budget
+        least = min(pricing.menu, key=_weight_bits)
+        feasible = [c for c in candidates if pricing.fastest(c.arch) <= self.config.budget
+                    and (size is None or _weight_bytes(c.arch, least) <= size)]
         if not feasible:
             smallest = min(pricing.fastest(c.arch) for c in candidates)
             raise HwnasError(f"{self.config.method}: {self.config.budget_text} cannot be reached on "
@@ -423,10 +501,15 @@ def _choose_measured(chooser: _Chooser, pricing: _Pricing, out_root: Path, log: 
     for _ in range(MEASURE_ROUNDS):
         used = tuple(dict.fromkeys(chosen.bits.pieces.values())) if chosen.bits is not None else \
             (str(pricing.config.table.profile.precision),)
-        if not pricing.missing(chosen.arch, used) or not pricing.measure(chosen.arch, used, out_root, log):
+        if not pricing.missing(chosen.arch, used):
             break
-        chooser.config = pricing.config
-        chosen, compared = chooser.choose(pricing)
+        before = pricing.measured
+        complete = pricing.measure(chosen.arch, used, out_root, log)
+        if pricing.measured > before:  # some keys were measured: choose again on them
+            chooser.config = pricing.config
+            chosen, compared = chooser.choose(pricing)
+        if not complete:
+            break
     return chosen, compared
 
 
@@ -648,6 +731,21 @@ def _measured_after(metrics: Mapping[str, Any], config: CompressConfig, parent_m
     return out
 
 
+def _file_sizes(parent_dir: Path, spec: Any, directory: Path, runtimes: tuple[tuple[str, str], ...]
+                ) -> dict[str, Any]:
+    """Bytes of each runtime model file written, beside the parent's fp32 file of that runtime, and their ratio."""
+    from nas.export.spec import model_file
+
+    sizes: dict[str, Any] = {}
+    for runtime, precision in runtimes:
+        after = (directory / model_file(runtime, precision)).stat().st_size
+        before_path = parent_dir / model_file(runtime, "fp32")
+        before = before_path.stat().st_size if (runtime, "fp32") in spec.models and before_path.is_file() else None
+        sizes[f"{runtime}-{precision}"] = {"file": model_file(runtime, precision), "bytes": after,
+                                           "parent_bytes": before, "ratio": before / after if before else None}
+    return sizes
+
+
 def _other_runtime(config: CompressConfig, log: Log) -> str | None:
     """The other converting runtime that gets an fp32 model, when installed."""
     if not config.other_runtime:
@@ -683,6 +781,7 @@ def _summary(parent: nn.Module, spec: Any, result: _Result, data: Any, parent_ms
     if other:
         models[other] = f"fp32 (the bit-width plan is {config.runtime}'s)" if bits is not None else "fp32"
     return {"method": config.method, "parent": spec.key, "metric": config.metric, "budget": config.budget,
+            "size_budget": config.size_budget, "runtime": config.runtime,
             "budget_ms": config.budget if config.metric == "latency_ms" else None, "predicted": result.predicted,
             "table": config.table.table_id, "models": models, **fid, **_sizes(parent, model, bits),
             "latency": latency, **result.info}
@@ -725,9 +824,10 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
                             parity_images=config.parity_images, overwrite=config.overwrite,
                             float_runtimes=(other,) if other and bits is not None else ())
 
-    def compress_file(metrics: dict[str, Any]) -> dict[str, str]:
+    def compress_file(metrics: dict[str, Any], directory: Path) -> dict[str, str]:
         summary["key"] = new.key
         summary["latency"].update(_measured_after(metrics, config, parent_ms))
+        summary["files"] = _file_sizes(subnet_dir, spec, directory, runtimes)
         return {COMPRESS_FILE: json.dumps(summary, indent=2, default=str) + "\n"}
 
     return export_model(model, new, data, out_root, options, extra_metrics={"compress": summary}, progress=log,

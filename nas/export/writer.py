@@ -163,7 +163,7 @@ def _first_metrics(model: nn.Module, spec: SubnetSpec, data: Dataset, options: E
 def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: str | Path,
                  options: ExportOptions = ExportOptions(), *, accuracy: float | None = None,
                  extra_metrics: Mapping[str, Any] | None = None, progress: Progress | None = None,
-                 extra_files: Callable[[dict[str, Any]], Mapping[str, str]] | None = None) -> Path:
+                 extra_files: Callable[[dict[str, Any], Path], Mapping[str, str]] | None = None) -> Path:
     """Export the static model `model` of `spec.arch` (its weights as they are: trained, pruned, recalibrated) to
     `out_root/<spec.key>/` and return that path (see `nas.export`).
 
@@ -171,9 +171,9 @@ def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: st
     on the validation split by its precision's criterion (`nas.export.parity.PARITY`), and timed. When parity
     fails and `options.require_parity` is set, nothing is published: the finished directory is kept as
     `<key>.parity-failed/` and a `ParityError` says what differs. An existing export is replaced only with
-    `options.overwrite`, and is kept until the new one is in place. `extra_files`, given the finished metrics,
-    returns more text files (name -> text) to write beside them, so that they appear with the export or not at
-    all."""
+    `options.overwrite`, and is kept until the new one is in place. `extra_files`, given the finished metrics and
+    the directory being written, returns more text files (name -> text) to write beside them, so that they appear
+    with the export or not at all."""
     out_root = Path(out_root)
     if getattr(model, "arch", None) != spec.arch:
         raise HwnasError(f"export_model takes the static model of the spec's architecture {spec.arch.key} "
@@ -202,7 +202,7 @@ def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: st
         metrics["latency"] = latency_report(spec.arch, measured, options.tables,
                                             latency_constraint(options.constraint))
         write_metrics(tmp, metrics)
-        for name, text in (extra_files(metrics) if extra_files is not None else {}).items():
+        for name, text in (extra_files(metrics, tmp) if extra_files is not None else {}).items():
             if Path(name).name != name or name in (spec.files or {}) or name == METRICS_FILE:
                 raise HwnasError(f"extra file name {name!r} must be a plain file name other than the export's own")
             (tmp / name).write_text(text, encoding="utf-8")

@@ -207,6 +207,11 @@ def test_joint_chooses_pruning_and_precision_together_and_is_never_worse_than_se
                                                                                    "litert-fp32"}
     assert summary["latency"]["measured_ms"] == metrics["latency"]["measured"][f"ort-{summary['precision']}"][
         "median_ms"]
+    files = summary["files"][f"ort-{summary['precision']}"]
+    assert files["bytes"] == (path / files["file"]).stat().st_size
+    assert files["parent_bytes"] == (parent_dir / "model.onnx").stat().st_size
+    assert files["ratio"] == pytest.approx(files["parent_bytes"] / files["bytes"]) and files["ratio"] > 1
+    assert summary["files"]["litert-fp32"]["parent_bytes"] is None  # the parent was exported for ORT only
 
 
 @pytest.mark.runtime
