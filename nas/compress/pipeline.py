@@ -72,7 +72,7 @@ QAT_MODES = ("auto", "always", "never")
 #: The summary file written beside the exported files.
 COMPRESS_FILE = "compress.json"
 #: Rounds of "choose, measure the keys it estimated, choose again on the measured tables".
-MEASURE_ROUNDS = 5
+MEASURE_ROUNDS = 8
 
 Log = Callable[[str], None]
 
@@ -89,6 +89,9 @@ class CompressConfig:
             subnet's directory. `alpha` weighs the teacher's soft targets (0: labels only, no teacher).
         images: training images (chosen by `seed`) that score channels, measure quantisation sensitivity and
             compare joint candidates.
+        recal_images: other training images on which each pruned candidate's BatchNorm statistics are
+            recalibrated before it is measured (a pruned network's outputs are meaningless without; Li et al.,
+            "EagleEye: Fast Sub-net Evaluation for Efficient Neural Network Pruning", ECCV 2020).
         max_steps: batches per fine-tune epoch (None: the whole training split).
         qat: "auto" (fake-quantised fine-tune whenever precisions are lowered and the method fine-tunes; for
             `quantize`, only when post-training quantisation loses more than `tolerance`), "always", "never".
@@ -119,6 +122,7 @@ class CompressConfig:
     feature_weight: float = 0.0
     seed: int = 0
     images: int = 128
+    recal_images: int = 500
     max_steps: int | None = None
     lr: float = 0.01
     qat: str = "auto"
@@ -141,7 +145,8 @@ class CompressConfig:
                   ("budget", self.budget > 0 and math.isfinite(self.budget), "a positive number"),
                   ("criterion", self.criterion in IMPORTANCE, f"one of {', '.join(IMPORTANCE)}"),
                   ("round_to", self.round_to >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
-                  ("images", self.images >= 1, ">= 1"), ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
+                  ("images", self.images >= 1, ">= 1"), ("recal_images", self.recal_images >= 1, ">= 1"),
+                  ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
                   ("qat", self.qat in QAT_MODES, f"one of {', '.join(QAT_MODES)}"),
                   ("tolerance", 0.0 <= self.tolerance < 1.0, "in [0, 1)"),
                   ("candidates", self.candidates >= 2, ">= 2")]
@@ -224,6 +229,26 @@ class _Pricing:
     sources: dict[str, LatencyTable] = field(default_factory=dict)
     measured_archs: dict[str, list[ArchConfig]] = field(default_factory=dict)
     measured: int = 0
+    switch: Any = None  # nas.compress.switch.SwitchCost, fitted on the parent (latency budgets that mix precisions)
+    switch_source: Any = None  # (parent, images, out_root, log) to fit it from, until it is fitted
+
+    def fit_switch(self, parent: nn.Module, x: torch.Tensor, out_root: Path, log: Log) -> None:
+        """Measure what a change of precision costs on the runtime (`fit_switch_cost`), where the menu mixes."""
+        from nas.compress.switch import fit_switch_cost
+
+        if self.config.metric != "latency_ms" or not {"fp32", "int8"} <= set(self.tables):
+            return
+        calibration = [x[i:i + 1].numpy() for i in range(min(64, len(x)))]
+        self.switch = fit_switch_cost(parent, calibration, self.config.runtime, self.tables, _protocol(self.config),
+                                      out_root / ".measured-tables", log=log)
+
+    def switch_cost(self, arch: ArchConfig) -> Any:
+        """`allocate_bits`'s switch_cost for `arch` (0 where nothing mixes); fitted on first use, so that a budget
+        refused before any allocation leaves nothing written."""
+        if self.switch_source is not None:
+            source, self.switch_source = self.switch_source, None
+            self.fit_switch(*source)
+        return self.switch.for_arch(arch) if self.switch is not None else 0.0
 
     @classmethod
     def of(cls, config: CompressConfig, space: str) -> _Pricing:
@@ -365,8 +390,9 @@ class _Chooser:
     pruning plan across the measuring rounds."""
 
     def __init__(self, parent: nn.Module, config: CompressConfig, x: torch.Tensor, y: torch.Tensor,
-                 scores: Mapping[str, np.ndarray] | None, log: Log) -> None:
+                 recal: torch.Tensor, scores: Mapping[str, np.ndarray] | None, log: Log) -> None:
         self.parent, self.config, self.x, self.y, self.scores, self.log = parent, config, x, y, scores, log
+        self.recal = recal
         self.arch = _arch(parent)
         self.reference = _log_probs(parent, x)
         self._models: dict[str, nn.Module] = {}
@@ -374,10 +400,13 @@ class _Chooser:
 
     def model(self, plan: PrunePlan | None) -> nn.Module:
         from nas.export.prune import prune_model
+        from supernets.evaluation import recalibrate_bn
 
         key = plan.key if plan is not None else ""
-        if key not in self._models:
-            self._models[key] = prune_model(self.parent, plan) if plan is not None else self.parent
+        if key not in self._models:  # a pruned network's BatchNorm statistics are its own (EagleEye's adaptive BN)
+            with torch.no_grad():
+                self._models[key] = recalibrate_bn(prune_model(self.parent, plan), self.recal) if plan is not None \
+                    else self.parent
         return self._models[key]
 
     def bits(self, candidate: _Candidate, pricing: _Pricing) -> Any:
@@ -396,7 +425,8 @@ class _Chooser:
             scores = sensitivity if weight == 0 else _size_weighted(candidate.arch, sensitivity, pricing.menu, weight)
             return allocate_bits(candidate.arch, scores, self.config.budget, metric=self.config.metric,
                                  runtime=self.config.menu_runtime, tables=pricing.tables or None,
-                                 precisions=pricing.menu if self.config.simulated else None)
+                                 precisions=pricing.menu if self.config.simulated else None,
+                                 switch_cost=pricing.switch_cost(candidate.arch))
 
         alloc = solve(0.0)
         size = self.config.size_budget
@@ -454,20 +484,18 @@ class _Chooser:
             chosen.bits = self.bits(chosen, pricing)
             return chosen, [chosen]
         feasible = self._reachable(self.path(pricing), pricing)
-        if method == "sequential":  # the least pruning whose allocation meets the budget(s)
-            for c in feasible:
-                try:
-                    c.bits = self.bits(c, pricing)
-                except HwnasError:
-                    continue
-                return c, [c]
-            raise HwnasError(f"sequential: no pruning point reaches {self.config.budget_text}; give a larger budget")
-        spots = np.linspace(0, len(feasible) - 1, min(self.config.candidates, len(feasible)))
+        # sequential: the least pruning whose allocation meets the budget(s); joint starts there
+        first = self._first_allocated(feasible, pricing)
+        if first is None:
+            raise HwnasError(f"{method}: no pruning point reaches {self.config.budget_text} with any precision "
+                             f"allocation (the changes of precision included); give a larger budget")
+        if method == "sequential":
+            return feasible[first], [feasible[first]]
+        rest = feasible[first:]
+        spots = np.linspace(0, len(rest) - 1, min(self.config.candidates, len(rest)))
         compared: list[_Candidate] = []
-        for c in (feasible[i] for i in sorted({round(float(i)) for i in spots})):
-            try:
-                c.bits = self.bits(c, pricing)
-            except HwnasError:  # the switches between precisions can put a borderline point out of reach
+        for c in (rest[i] for i in sorted({round(float(i)) for i in spots})):
+            if c.bits is None and not self._allocated(c, pricing):
                 continue
             c.damage = _damage(self.reference, self.model(c.plan), self.x, c.bits.plan)
             compared.append(c)
@@ -476,6 +504,34 @@ class _Chooser:
             raise HwnasError(f"joint: no pruning point reaches {self.config.budget_text} with any precision "
                              f"allocation; give a larger budget")
         return min(compared, key=lambda c: (c.damage, -c.step)), compared
+
+    def _first_allocated(self, path: list[_Candidate], pricing: _Pricing) -> int | None:
+        """The first point of `path` with an allocation that meets the budget(s): galloping, then bisection (the
+        points further down the path are cheaper, so feasibility holds from some point on)."""
+        if self._allocated(path[0], pricing):
+            return 0
+        low, probe = 0, 1
+        while True:
+            probe = min(probe, len(path) - 1)
+            if self._allocated(path[probe], pricing):
+                break
+            if probe == len(path) - 1:
+                return None
+            low, probe = probe, probe * 2
+        high = probe
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (low, mid) if self._allocated(path[mid], pricing) else (mid, high)
+        return high
+
+    def _allocated(self, c: _Candidate, pricing: _Pricing) -> bool:
+        """Give `c` its precision allocation; False when none meets the budget(s) (switches included)."""
+        try:
+            c.bits = self.bits(c, pricing)
+        except HwnasError as err:
+            self.log(f"step {c.step} of the pruning path cannot meet {self.config.budget_text} ({err})")
+            return False
+        return True
 
     def _reachable(self, candidates: list[_Candidate], pricing: _Pricing) -> list[_Candidate]:
         size = self.config.size_budget
@@ -498,18 +554,23 @@ def _choose_measured(chooser: _Chooser, pricing: _Pricing, out_root: Path, log: 
     chosen, compared = chooser.choose(pricing)
     if pricing.config.metric != "latency_ms" or not pricing.config.measure_keys:
         return chosen, compared
-    for _ in range(MEASURE_ROUNDS):
-        used = tuple(dict.fromkeys(chosen.bits.pieces.values())) if chosen.bits is not None else \
+    def used(c: _Candidate) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.bits.pieces.values())) if c.bits is not None else \
             (str(pricing.config.table.profile.precision),)
-        if not pricing.missing(chosen.arch, used):
-            break
+
+    for _ in range(MEASURE_ROUNDS):
+        if not pricing.missing(chosen.arch, used(chosen)):
+            return chosen, compared
         before = pricing.measured
-        complete = pricing.measure(chosen.arch, used, out_root, log)
+        complete = pricing.measure(chosen.arch, used(chosen), out_root, log)
         if pricing.measured > before:  # some keys were measured: choose again on them
             chooser.config = pricing.config
             chosen, compared = chooser.choose(pricing)
         if not complete:
-            break
+            return chosen, compared
+    # the last choice's keys are measured too, so that its prediction (and the verdict on it) rests on measurements
+    pricing.measure(chosen.arch, used(chosen), out_root, log)
+    chooser.config = pricing.config
     return chosen, compared
 
 
@@ -587,7 +648,9 @@ def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig,
     if config.method != "quantize":
         scores = channel_importance(parent, config.criterion, list(zip(x.split(32), y.split(32), strict=True)))
     pricing = _Pricing.of(config, spec.space)
-    chooser = _Chooser(parent, config, x, y, scores, log)
+    pricing.switch_source = (parent, x, out_root, log)  # fitted when the first allocation needs it
+    recal, _ = _sample(data, config.recal_images, config.seed + 1, arch.resolution)
+    chooser = _Chooser(parent, config, x, y, recal, scores, log)
     chosen, compared = _choose_measured(chooser, pricing, out_root, log)
     config = pricing.config
     bits = chosen.bits.plan if chosen.bits is not None else None
@@ -598,7 +661,8 @@ def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig,
         + (f", {chosen.bits.budget_cost:.6g} at {dict(chosen.bits.pieces)}" if bits is not None else "")
         + f" (budget {config.budget:g})")
     model = chooser.model(chosen.plan)
-    info: dict[str, Any] = {"choice": {**chosen.summary(pricing), "measured_keys": pricing.measured,
+    info: dict[str, Any] = {"switch_cost": pricing.switch.to_dict() if pricing.switch is not None else None,
+                            "choice": {**chosen.summary(pricing), "measured_keys": pricing.measured,
                                        "estimated": bool(pricing.missing(chosen.arch, pricing.menu))},
                             "candidates": [c.summary(pricing) for c in compared]}
     tunes = chosen.plan is not None
@@ -639,6 +703,8 @@ def _predicted(arch: ArchConfig, bits: BitWidthPlan | None, pricing: _Pricing, c
         used = {bits.precision_of(n) if bits else "fp32" for n in layers}
         chosen.append(pricing.base if "fp32" in used or len(used) != 1 else used.pop())
     total = float(sum(costs[i, pricing.menu.index(p)] for i, p in enumerate(chosen)))
+    if config.metric == "latency_ms" and pricing.switch is not None:
+        total += pricing.switch.total(arch, chosen)
     return total, total if config.metric == "latency_ms" else None
 
 

@@ -4,6 +4,7 @@ fine-tuned with the parent as teacher, exported with its plan and measured; bad 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def parent_dir(tmp_path_factory):
     torch.manual_seed(0)
     data = load_dataset("digits", seed=0)  # what `hwnas compress` loads by the provenance's name
     root = tmp_path_factory.mktemp("subnets")
-    trained = finetune(build_model(arch), data, root / "train", FinetuneConfig(epochs=1, lr=0.05), log=str).model
+    trained = finetune(build_model(arch), data, root / "train", FinetuneConfig(epochs=3, lr=0.05), log=str).model
     spec = SubnetSpec(arch, "small", data.mean, data.std, Provenance(None, data.name, 0, 0))
     options = ExportOptions(runtimes=(("ort", "fp32"),), protocol=FAST)
     return export_model(trained, spec, data, root / "subnets", options)
@@ -137,20 +138,41 @@ def _fastest(arch):
     return float(latency_costs(arch, runtime_tables("small", "ort"), ("fp32", "int8"))[0].min(axis=1).sum())
 
 
-def _int8_budget(arch):
-    """A latency budget halfway between the parent's fp32 and its fastest per-block precisions on ORT."""
+def _int8_budget(model, out_root):
+    """A latency budget halfway between the parent's fp32 and its cheapest plan on ORT, the changes of precision
+    measured as `compress_subnet` measures them (into the cache it reuses under `out_root`)."""
+    from nas.compress.bits import allocate_bits, arch_pieces, runtime_tables
+    from nas.compress.pipeline import _sample
+    from nas.compress.switch import fit_switch_cost
+
+    arch, tables = model.arch, runtime_tables("small", "ort")
+    x, _ = _sample(load_dataset("digits", seed=0), 128, 0, arch.resolution)
+    fitted = fit_switch_cost(model, [x[i:i + 1].numpy() for i in range(64)], "ort", tables, FAST,
+                             out_root / ".measured-tables", log=str)
+    zero = {layer: {"fp32": 0.0, "int8": 0.0} for _, layers in arch_pieces(arch) for layer in layers}
+    cheapest = allocate_bits(arch, zero, 10.0, tables=tables, switch_cost=fitted.for_arch(arch)).budget_cost
+    fp32 = _fp32(arch)
+    return (fp32 + cheapest) / 2 if cheapest < fp32 else None
+
+
+def _fp32(arch):
     from nas.compress.bits import latency_costs, runtime_tables
 
-    costs, _ = latency_costs(arch, runtime_tables("small", "ort"), ("fp32", "int8"))
-    return float(costs[:, 0].sum() + costs.min(axis=1).sum()) / 2
+    return float(latency_costs(arch, runtime_tables("small", "ort"), ("fp32",))[0].sum())
 
 
 @pytest.mark.runtime
 @pytest.mark.parametrize("method", ["quantize", "sequential"])
 def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_dir, tmp_path, method):
-    _, spec = load_subnet(parent_dir)
-    # quantize: int8 somewhere is needed; sequential: below what quantising alone reaches, so it prunes first
-    budget = _int8_budget(spec.arch) if method == "quantize" else 0.9 * _fastest(spec.arch)
+    model, spec = load_subnet(parent_dir)
+    # quantize: between fp32 and the cheapest plan (switches included); sequential: below what quantising alone
+    # reaches, so it prunes first
+    budget = _int8_budget(model, tmp_path) if method == "quantize" else 0.9 * _fastest(spec.arch)
+    if budget is None:  # int8 does not pay anywhere in this network here: quantize names what it can reach
+        with pytest.raises(HwnasError, match="cannot be reached; the smallest reachable is"):
+            compress_subnet(parent_dir, tmp_path, CompressConfig(method, 0.99 * _fp32(spec.arch),
+                                                                 find_table("small", "ort", "fp32")), log=str)
+        return
     teacher = str(parent_dir) if method == "sequential" else None  # an exported subnet named as the teacher
     config = CompressConfig(method, budget, find_table("small", "ort", "fp32"), max_steps=3, protocol=FAST,
                             teacher=teacher, other_runtime=False, parity_images=300)
@@ -159,39 +181,46 @@ def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_d
     _, got = load_subnet(path)
     assert got.key == summary["key"] == path.name and summary["method"] == method
     assert (got.prune_plan is not None) == (method == "sequential")
-    if method == "sequential":  # prune, quantise, then distil: the fine-tune is quantisation-aware
+    if method == "sequential":  # prune, quantise, then distil: quantisation-aware where a precision is lowered
         assert summary["finetune"]["teacher"] == teacher and summary["finetune"]["history"][0]["epoch"] == 1
-        assert summary["finetune"]["qat"] is True
+        assert summary["finetune"]["qat"] is (got.bitwidth_plan is not None)
     assert summary["choice"]["cost"] <= budget * (1 + 1e-9) and len(summary["candidates"]) == 1
-    guard = summary["guard"]
-    assert guard["accuracy_guarded"] >= guard["accuracy_float"] - guard["tolerance"] - 1e-12
-    if not guard["raised"]:
+    guard = summary.get("guard")
+    assert (guard is not None) == (got.bitwidth_plan is not None)
+    if guard is not None:
+        assert guard["accuracy_guarded"] >= guard["accuracy_float"] - guard["tolerance"] - 1e-12
+    if not (guard or {}).get("raised"):  # the prediction is the allocation's (switches included)
         assert summary["latency"]["predicted_ms"] == pytest.approx(summary["choice"]["cost"])
     assert summary["latency"]["predicted_ms"] == summary["predicted"]
     if method == "quantize":
         assert got.bitwidth_plan is not None and "int8" in got.bitwidth_plan.used(got.arch)
         assert got.models == (("ort", "mixed"),) and summary["precision"] == "mixed"
         assert summary["bytes_ratio"] > 1.0 and summary["params_ratio"] == 1.0
+    assert summary["accuracy_before"] > 0.9  # a trained parent
     assert summary["latency"]["measured_ms"] > 0 and summary["label_loyalty"] > 0.5
 
 
 @pytest.mark.runtime
 def test_joint_chooses_pruning_and_precision_together_and_is_never_worse_than_sequential(parent_dir, tmp_path):
+    from nas.compress.bits import layer_costs
+
     _, spec = load_subnet(parent_dir)
     table = find_table("small", "ort", "fp32")
     budget = 0.9 * _fastest(spec.arch)  # quantising alone does not reach it
+    size = 0.3 * float(layer_costs(spec.arch, ("fp32",), "size_bytes").sum())  # nor int8 alone: both are needed
     config = CompressConfig("joint", budget, table, max_steps=3, protocol=FAST, candidates=4, parity_images=300,
-                            measure_keys=False)
+                            measure_keys=False, size_budget=size)
     path = compress_subnet(parent_dir, tmp_path, config, log=str)
     summary = json.loads((path / COMPRESS_FILE).read_text())
     candidates = summary["candidates"]
     assert 2 <= len(candidates) <= 4 and [c["step"] for c in candidates] == sorted(c["step"] for c in candidates)
-    assert all(c["cost"] <= budget * (1 + 1e-9) for c in candidates)
+    assert all(c["cost"] <= budget * (1 + 1e-9) for c in candidates) and summary["bytes_after"] <= size
     chosen = summary["choice"]
     assert chosen["damage_kl"] == min(c["damage_kl"] for c in candidates)
     # the sequential plan is the first candidate (the path's first point whose fastest precisions reach the budget)
     seq = CompressConfig("sequential", budget, table, max_steps=3, protocol=FAST, parity_images=300,
-                         measure_keys=False, other_runtime=False)
+                         measure_keys=False, other_runtime=False, size_budget=size)
+    shutil.copytree(tmp_path / ".measured-tables", tmp_path / "seq" / ".measured-tables")  # the same switch costs
     seq_path = compress_subnet(parent_dir, tmp_path / "seq", seq, log=str)
     seq_summary = json.loads((seq_path / COMPRESS_FILE).read_text())
     assert seq_summary["choice"]["step"] == candidates[0]["step"] and seq_summary["choice"]["arch"] == \
@@ -285,3 +314,30 @@ def test_search_compress_compresses_each_pick_once(parent_dir, tmp_path):
     again = compress_picks([parent_dir], tmp_path, [f"latency_ms<={budget}"], "ort:fp32", "small", args,
                            logged.append)
     assert again == lines and f"{parent_dir.name}: compressed before" in logged[-1]
+
+
+@pytest.mark.runtime
+def test_the_cost_of_a_change_of_precision_is_measured_and_charged(parent_dir, tmp_path):
+    from nas.compress.bits import allocate_bits, arch_pieces, latency_costs, runtime_tables
+    from nas.compress.switch import fit_switch_cost
+    from nas.export.runtime_models import calibration_inputs
+
+    model, spec = load_subnet(parent_dir)
+    tables = runtime_tables("small", "ort")
+    calibration = calibration_inputs(load_dataset("digits", seed=0), spec.arch, 16, 0)
+    logged: list[str] = []
+    fitted = fit_switch_cost(model, calibration, "ort", tables, FAST, tmp_path, log=logged.append)
+    assert len(fitted.samples) == 5 and fitted.per_switch_ms >= 0 and fitted.per_element_ms >= 0
+    assert fitted.per_switch_ms + fitted.per_element_ms > 0 and "measuring the cost" in logged[0]
+    again = fit_switch_cost(model, calibration, "ort", tables, FAST, tmp_path, log=logged.append)
+    assert again == fitted and len(logged) == 2  # reused from the cache: nothing measured
+    # allocate_bits charges it at every change of precision, the fp32 input and output included
+    costs, _ = latency_costs(spec.arch, tables, ("fp32", "int8"))
+    names = [n for n, _ in arch_pieces(spec.arch)]
+    sensitivity = {layer: {"fp32": 0.0, "int8": 1.0 if i % 2 else 0.0} for i, (_, layers) in
+                   enumerate(arch_pieces(spec.arch)) for layer in layers}
+    alloc = allocate_bits(spec.arch, sensitivity, 10.0, tables=tables, switch_cost=fitted.for_arch(spec.arch))
+    chosen = [alloc.pieces[n] for n in names]
+    pieces = sum(costs[i, ("fp32", "int8").index(p)] for i, p in enumerate(chosen))
+    assert alloc.budget_cost == pytest.approx(pieces + fitted.total(spec.arch, chosen))
+    assert set(chosen) == {"fp32", "int8"} and fitted.total(spec.arch, chosen) > 0

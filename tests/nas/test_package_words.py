@@ -17,12 +17,12 @@ def test_supernets_exports_the_supernet_and_its_loaders():
     assert "arrive" not in (supernets.__doc__ or "")
 
 
-def test_readme_links_stay_in_the_repository_and_claim_no_joint_compression_yet():
+def test_readme_links_stay_in_the_repository_and_name_the_joint_compression():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "../shared" not in text and "DESIGN.md" not in text
     for target in re.findall(r"\]\(([^)#]+)\)", text):
         assert (ROOT / target).exists(), target
-    assert "pruned, quantised" not in text and "the joint method and the compression benchmark do not exist yet" in text
+    assert "do not exist yet" not in text and "--method joint" in text and "bench_compress.py" in text
 
 
 def test_library_modules_hold_no_argparse():
