@@ -98,6 +98,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
                             qat=args.qat, tolerance=args.tolerance, strict=args.strict, candidates=args.candidates,
                             other_runtime=not args.no_other_runtime, seed=args.seed, max_steps=args.max_steps,
                             simulated=tuple(p for p in (args.simulated or "").split(",") if p),
+                            gradual=args.gradual, min_accuracy=args.min_accuracy,
                             overwrite=args.overwrite, measure_keys=not args.estimate_only)
     out = Path(args.out) if args.out else Path(args.subnet).resolve().parent
     path = compress_subnet(args.subnet, out, config, log=log, progress=not args.no_progress)
@@ -122,8 +123,12 @@ def register(groups: Any) -> None:
                           "quantise, then distil), prune or quantize")
     sub.add_argument("--epochs", type=int, default=1, help="fine-tune epochs (default %(default)s)")
     sub.add_argument("--max-steps", type=int, help="batches per fine-tune epoch (default: the whole split)")
-    sub.add_argument("--teacher", help="'largest' (with --supernet) or an exported subnet directory (default: "
-                                       "the uncompressed subnet)")
+    sub.add_argument("--teacher", help="'largest' (with --supernet) or an exported subnet directory (default: the "
+                                       "supernet's largest subnet with --supernet, else the uncompressed subnet)")
+    sub.add_argument("--gradual", type=int, default=0, metavar="K",
+                     help="ramp the pruned share from 0 to the plan over K fine-tune epochs (default 0: at once)")
+    sub.add_argument("--min-accuracy", type=float, metavar="FRACTION",
+                     help="accuracy floor: below it (validation top-1) the result is an error and nothing is written")
     sub.add_argument("--supernet", help="the supernet run directory of --teacher largest")
     sub.add_argument("--alpha", type=float, default=0.9,
                      help="weight of the teacher's soft targets (default %(default)s)")

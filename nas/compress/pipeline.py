@@ -102,6 +102,9 @@ class CompressConfig:
         size_budget: a second bound, on weight bytes (`size_bytes<=`), beside a latency budget: the precision
             allocation then minimises sensitivity + lambda x bytes under the latency budget, with the least lambda
             (bisection) that brings the size within it (Lagrangian relaxation; each step solved exactly).
+        gradual: epochs over which the pruned share ramps from 0 to the plan (cubic; 0: pruned from the start).
+        min_accuracy: the accuracy floor: a result below it (validation top-1, simulated for a bit-width plan) is
+            an error and nothing is exported.
         simulated: simulated integer bit-widths (e.g. ("w8a8", "w4a8")) for accelerators hwnas cannot run, instead
             of the runtime's menu: for size_bytes or bitops budgets; the result is labelled simulated and no
             runtime model is written (its spec and weights are, with the simulated plan).
@@ -132,6 +135,8 @@ class CompressConfig:
     other_runtime: bool = True
     simulated: tuple[str, ...] = ()
     size_budget: float | None = None
+    gradual: int = 0
+    min_accuracy: float | None = None
     protocol: Protocol | None = None
     parity_images: int | None = None
     overwrite: bool = False
@@ -149,7 +154,9 @@ class CompressConfig:
                   ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
                   ("qat", self.qat in QAT_MODES, f"one of {', '.join(QAT_MODES)}"),
                   ("tolerance", 0.0 <= self.tolerance < 1.0, "in [0, 1)"),
-                  ("candidates", self.candidates >= 2, ">= 2")]
+                  ("candidates", self.candidates >= 2, ">= 2"),
+                  ("gradual", 0 <= self.gradual <= self.epochs, f"0 to epochs ({self.epochs})"),
+                  ("min_accuracy", self.min_accuracy is None or 0 <= self.min_accuracy <= 1, "None or in [0, 1]")]
         for name, ok, allowed in checks:
             if not ok:
                 raise HwnasError(f"compress {name} is {getattr(self, name)!r}; allowed: {allowed}")
@@ -204,14 +211,16 @@ def _sample(data: Any, n: int, seed: int, resolution: int) -> tuple[torch.Tensor
 
 
 def _teacher(config: CompressConfig, parent: nn.Module, data: Any) -> nn.Module | None:
-    """The teacher `config` names (None without distillation); by default a frozen copy of the parent."""
-    from nas.compress.distill import frozen, load_teacher, static_arch
+    """The teacher `config` names (None without distillation); by default the supernet's largest subnet (BN
+    recalibrated) when `config.supernet` is given, else a frozen copy of the parent."""
+    from nas.compress.distill import LARGEST, frozen, load_teacher, static_arch
 
     if config.alpha == 0:
         return None
-    if config.teacher is None:
+    teacher = config.teacher or (LARGEST if config.supernet else None)
+    if teacher is None:
         return frozen(copy.deepcopy(parent))
-    return load_teacher(config.teacher, static_arch(parent, "student"), run_dir=config.supernet, data=data)
+    return load_teacher(teacher, static_arch(parent, "student"), run_dir=config.supernet, data=data)
 
 
 # ------------------------------------------------------------------------------------------- pricing
@@ -593,22 +602,26 @@ def _qat(config: CompressConfig, model: nn.Module, bits: BitWidthPlan | None, da
 
 
 def _finetune(model: nn.Module, data: Any, config: CompressConfig, plan: PrunePlan | None, bits: BitWidthPlan | None,
-              teacher: nn.Module | None, x_cal: torch.Tensor, out_root: Path, log: Log, progress: bool
-              ) -> tuple[nn.Module, dict[str, Any]]:
+              teacher: nn.Module | None, x_cal: torch.Tensor, out_root: Path, log: Log, progress: bool,
+              scores: Mapping[str, np.ndarray] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune `model` (the pruned network; with `scores`, the unpruned parent, masked gradually towards `plan`
+    over `config.gradual` epochs and pruned at the end)."""
     from nas.compress.finetune import FinetuneConfig, finetune
 
     tune = FinetuneConfig(epochs=config.epochs, lr=config.lr, seed=config.seed, max_steps=config.max_steps,
                           alpha=config.alpha if teacher is not None else 0.0, temperature=config.temperature,
-                          feature_weight=config.feature_weight if teacher is not None else 0.0)
+                          feature_weight=config.feature_weight if teacher is not None else 0.0,
+                          prune_epochs=config.gradual if scores is not None else 0)
     # one work directory per plan, fine-tune and teacher: the same command run again resumes a cut-off fine-tune
     ident = [plan.key if plan else None, bits.key if bits else None, tune.to_dict(), config.teacher]
     run_id = hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:12]
     work = out_root / f".{_arch(model).key}.{run_id}.finetune"
     result = finetune(model, data, work, tune, teacher=teacher, bits=bits, calibration=x_cal if bits else None,
-                      progress=progress, log=log)
+                      plan=plan if scores is not None else None, scores=scores, progress=progress, log=log)
     shutil.rmtree(work, ignore_errors=True)
     return result.model, {"finetune": tune.to_dict(), "history": result.history, "qat": bits is not None,
-                          "teacher": (config.teacher or "parent") if teacher is not None else None}
+                          "teacher": (config.teacher or ("largest" if config.supernet else "parent"))
+                          if teacher is not None else None, "gradual": tune.prune_epochs}
 
 
 def _bias_corrected(model: nn.Module, bits: BitWidthPlan, x_cal: torch.Tensor, log: Log) -> tuple[nn.Module, bool]:
@@ -668,8 +681,10 @@ def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig,
     tunes = chosen.plan is not None
     qat = _qat(config, model, bits, data, x, tunes, log)
     if tunes or qat:
-        model, info["finetune"] = _finetune(model, data, config, chosen.plan, bits if qat else None, teacher, x,
-                                            out_root, log, progress)
+        gradual = config.gradual > 0 and chosen.plan is not None
+        model, info["finetune"] = _finetune(parent if gradual else model, data, config, chosen.plan,
+                                            bits if qat else None, teacher, x, out_root, log, progress,
+                                            scores if gradual else None)
     if bits is not None:
         if not qat:
             model, info["bias_corrected"] = _bias_corrected(model, bits, x, log)
@@ -876,6 +891,11 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
     parent_ms = None if simulated else _parent_measured(subnet_dir, spec, config.runtime, _protocol(config), log)
     summary = {**_summary(parent, spec, result, data, parent_ms, other), "precision": precision,
                "simulated": simulated}
+    if config.min_accuracy is not None and summary["accuracy_after"] < config.min_accuracy:
+        raise HwnasError(f"the compressed subnet reaches {summary['accuracy_after']:.2%} on the validation split, "
+                         f"below the accuracy floor {config.min_accuracy:.2%} (parent "
+                         f"{summary['accuracy_before']:.2%}); nothing was exported: give a larger budget, more "
+                         f"--epochs, or a lower floor")
     if simulated:  # accuracy, size and BitOPs of a plan no runtime runs: no runtime model is written
         summary["models"] = {}
         log("the plan uses simulated bit-widths: its figures are simulated and no runtime model is written")

@@ -3,6 +3,7 @@ fine-tuned with the parent as teacher, exported with its plan and measured; bad 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -341,3 +342,21 @@ def test_the_cost_of_a_change_of_precision_is_measured_and_charged(parent_dir, t
     pieces = sum(costs[i, ("fp32", "int8").index(p)] for i, p in enumerate(chosen))
     assert alloc.budget_cost == pytest.approx(pieces + fitted.total(spec.arch, chosen))
     assert set(chosen) == {"fp32", "int8"} and fitted.total(spec.arch, chosen) > 0
+
+
+@pytest.mark.runtime
+def test_gradual_pruning_ramps_the_plan_and_an_accuracy_floor_refuses_a_worse_result(parent_dir, tmp_path):
+    _, spec = load_subnet(parent_dir)
+    table = find_table("small", "ort", "fp32")
+    budget = 0.8 * predicted_latency(table, spec.arch)[0]
+    config = CompressConfig("prune", budget, table, epochs=2, gradual=2, max_steps=3, protocol=FAST,
+                            other_runtime=False, parity_images=200, measure_keys=False)
+    summary = json.loads((compress_subnet(parent_dir, tmp_path / "a", config, log=str) / COMPRESS_FILE).read_text())
+    shares = [row["pruned_share"] for row in summary["finetune"]["history"]]
+    assert summary["finetune"]["gradual"] == 2 and 0 < shares[0] < shares[1] == pytest.approx(1.0)
+    floor = dataclasses.replace(config, gradual=0, min_accuracy=0.9999)
+    with pytest.raises(HwnasError, match="below the accuracy floor 99.99%.*nothing was exported"):
+        compress_subnet(parent_dir, tmp_path / "b", floor, log=str)
+    assert not [p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")]
+    with pytest.raises(HwnasError, match="gradual is 3; allowed: 0 to epochs \\(2\\)"):
+        dataclasses.replace(config, gradual=3)
