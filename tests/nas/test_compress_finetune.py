@@ -270,24 +270,30 @@ def test_gradual_pruning_masks_lowest_scored_channels_first():
 # ------------------------------------------------------------------------------------------------ resume
 
 
+def stop_after_first(line: str) -> None:
+    if "epoch 1/2" in line:
+        raise KeyboardInterrupt
+
+
+def whole_and_resumed(model, data, tmp_path, config, kwargs):
+    """A fine-tune run whole, and the same cut after its first epoch (KeyboardInterrupt) then run again: both
+    results and the lines the resumed run logged."""
+    whole = finetune(model, data, tmp_path / "whole", config, log=quiet, **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, data, tmp_path / "cut", config, log=stop_after_first, **kwargs)
+    lines: list[str] = []
+    return whole, finetune(model, data, tmp_path / "cut", config, log=lines.append, **kwargs), lines
+
+
 def test_an_interrupted_finetune_resumes_bit_for_bit(tmp_path):
     data = tiny_digits()
     model, teacher = seeded_model(TINY, 0), seeded_model(WIDE, 1).eval()
     plan = half_plan(model)
     config = FinetuneConfig(epochs=2, prune_epochs=2, feature_weight=0.1, augment_shift=1, **FAST)
     kwargs = dict(teacher=teacher, plan=plan)
-    whole = finetune(model, data, tmp_path / "whole", config, log=quiet, **kwargs)
-
-    def stop_after_first(line: str) -> None:
-        if "epoch 1/2" in line:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(model, data, tmp_path / "cut", config, log=stop_after_first, **kwargs)
-    assert json.loads((tmp_path / "cut" / "checkpoint" / "supernet.json").read_text())["epoch"] == 1
-    lines: list[str] = []
-    resumed = finetune(model, data, tmp_path / "cut", config, log=lines.append, **kwargs)
-    assert lines[0].startswith("resumed fine-tune") and len(resumed.history) == 2
+    whole, resumed, lines = whole_and_resumed(model, data, tmp_path, config, kwargs)
+    assert lines[0].startswith("resumed fine-tune") and "after epoch 1 of 2" in lines[0]  # the cut's checkpoint
+    assert len(resumed.history) == 2
     assert resumed.history == whole.history
     assert resumed.model.state_dict().keys() == whole.model.state_dict().keys()
     assert all(torch.equal(v, whole.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
@@ -382,15 +388,7 @@ def test_an_interrupted_qat_resumes_bit_for_bit_and_refuses_a_float_checkpoint(t
     kwargs = dict(teacher=teacher, plan=half_plan(model), bits=BitWidthPlan(default="int8"),
                   calibration=recalibration_images(data, 16, 64, 0))
     config = FinetuneConfig(epochs=2, prune_epochs=2, augment_shift=1, **FAST)
-    whole = finetune(model, data, tmp_path / "whole", config, log=quiet, **kwargs)
-
-    def stop_after_first(line: str) -> None:
-        if "epoch 1/2" in line:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(model, data, tmp_path / "cut", config, log=stop_after_first, **kwargs)
-    resumed = finetune(model, data, tmp_path / "cut", config, log=quiet, **kwargs)
+    whole, resumed, _ = whole_and_resumed(model, data, tmp_path, config, kwargs)
     assert resumed.history == whole.history and resumed.val_accuracy == whole.val_accuracy
     assert all(torch.equal(v, whole.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
     with pytest.raises(HwnasError, match="made with another bits"):
