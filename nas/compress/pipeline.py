@@ -73,6 +73,8 @@ QAT_MODES = ("auto", "always", "never")
 COMPRESS_FILE = "compress.json"
 #: Rounds of "choose, measure the keys it estimated, choose again on the measured tables".
 MEASURE_ROUNDS = 8
+#: Tries at measuring keys when the table's drift check finds this machine busy.
+MEASURE_ATTEMPTS = 3
 
 Log = Callable[[str], None]
 
@@ -316,8 +318,12 @@ class _Pricing:
             archs = self.measured_archs.setdefault(precision, [])
             archs.append(arch)
             log(f"measuring {n} {precision} table key(s) the plan needs on {source.table_id}")
-            table, reason = measured_or_source(source, archs, out_root / ".measured-tables" / source.table_id,
-                                               progress=False)
+            for attempt in range(MEASURE_ATTEMPTS):  # a busy moment fails the drift check; the next may pass
+                table, reason = measured_or_source(source, archs, out_root / ".measured-tables" / source.table_id,
+                                                   progress=False)
+                if not reason or "now measure" not in reason:
+                    break
+                log(f"attempt {attempt + 1} of {MEASURE_ATTEMPTS}: {reason.split(':')[0]}")
             if reason:
                 log(f"table keys stay estimated: {reason}")
                 return False
