@@ -44,7 +44,7 @@ def summary_lines(path: Path, summary: dict[str, Any]) -> list[str]:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f} ms"
 
-    speedup = lat.get("measured_speedup")
+    speedup = lat.get("side_by_side", {}).get("speedup") or lat.get("measured_speedup")
     return [f"compressed {summary['parent']} by {summary['method']} to {summary['key']} ({summary['precision']})",
             f"  accuracy {summary['accuracy_before']:.2%} -> {summary['accuracy_after']:.2%}; label loyalty "
             f"{summary['label_loyalty']:.3f}, probability loyalty {summary['probability_loyalty']:.3f}",
@@ -53,7 +53,7 @@ def summary_lines(path: Path, summary: dict[str, Any]) -> list[str]:
                if summary.get("size_budget") is not None else ""),
             f"  latency on {summary['table']}: predicted {ms(lat['predicted_ms'])}, "
             f"measured {ms(lat['measured_ms'])} (parent {ms(lat['parent_measured_ms'])}"
-            + (f", {speedup:.2f}x" if speedup else "") + ")",
+            + (f", {speedup:.2f}x side by side" if speedup else "") + ")",
             f"  params {summary['params_before']} -> {summary['params_after']} ({summary['params_ratio']:.2f}x), "
             f"weights {summary['bytes_before']:.0f} -> {summary['bytes_after']:.0f} bytes "
             f"({summary['bytes_ratio']:.2f}x)",

@@ -818,6 +818,21 @@ def _measured_after(metrics: Mapping[str, Any], config: CompressConfig, parent_m
     return out
 
 
+def side_by_side(parent_dir: Path, directory: Path, model: tuple[str, str], protocol: Protocol) -> dict[str, Any]:
+    """The parent's fp32 model and the compressed `model` (runtime, precision) timed round-robin in one run (each
+    repeat runs both), so that the speed-up is a ratio measured side by side on this shared, noisy machine."""
+    from nas.export.spec import model_file
+    from search_spaces.files import pinned_to_cpu
+
+    runtime, precision = model
+    rt = get_runtime(runtime)
+    with pinned_to_cpu(protocol.pin_cpu):
+        before, after = rt.measure_many([parent_dir / model_file(runtime, "fp32"),
+                                         directory / model_file(runtime, precision)], protocol)
+    return {"parent_ms": before.median_ms, "compressed_ms": after.median_ms,
+            "speedup": before.median_ms / after.median_ms}
+
+
 def _file_sizes(parent_dir: Path, spec: Any, directory: Path, runtimes: tuple[tuple[str, str], ...]
                 ) -> dict[str, Any]:
     """Bytes of each runtime model file written, beside the parent's fp32 file of that runtime, and their ratio."""
@@ -920,6 +935,8 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
         summary["key"] = new.key
         summary["latency"].update(_measured_after(metrics, config, parent_ms))
         summary["files"] = _file_sizes(subnet_dir, spec, directory, runtimes)
+        if runtimes and parent_ms is not None:
+            summary["latency"]["side_by_side"] = side_by_side(subnet_dir, directory, runtimes[0], _protocol(config))
         return {COMPRESS_FILE: json.dumps(summary, indent=2, default=str) + "\n"}
 
     return export_model(model, new, data, out_root, options, extra_metrics={"compress": summary}, progress=log,

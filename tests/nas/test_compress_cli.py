@@ -80,6 +80,8 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     latency = summary["latency"]
     assert latency["predicted_ms"] <= budget < latency["parent_predicted_ms"] == pytest.approx(before_ms)
     assert latency["measured_ms"] > 0 and latency["parent_measured_ms"] > 0 and latency["measured_speedup"] > 0
+    both = latency["side_by_side"]  # the two models timed round-robin in one run: the speed-up people read
+    assert both["speedup"] == pytest.approx(both["parent_ms"] / both["compressed_ms"]) and both["compressed_ms"] > 0
     metrics = json.loads((path / "metrics.json").read_text())
     recorded = metrics["extra"]["compress"]  # metrics.json holds all but the new model's own measurement
     assert recorded["accuracy_after"] == summary["accuracy_after"] and recorded["params_after"] == out["params_after"]
@@ -87,7 +89,8 @@ def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latenc
     assert recorded["predicted"] == latency["predicted_ms"] and recorded["choice"]["step"] > 0
     text = "\n".join(summary_lines(path, summary))
     assert f"compressed {spec.key} by prune to {path.name} (fp32)" in text and f"written to {path}" in text
-    assert f"measured {latency['measured_ms']:.4f} ms (parent {latency['parent_measured_ms']:.4f} ms" in text
+    assert f"measured {latency['measured_ms']:.4f} ms (parent {latency['parent_measured_ms']:.4f} ms, " \
+        f"{both['speedup']:.2f}x side by side)" in text
     assert metrics["latency"]["measured"]["ort-fp32"]["median_ms"] == latency["measured_ms"]
     assert metrics["accuracy"]["top1"] == pytest.approx(summary["accuracy_after"])  # the same validation split
     # the keys the plan rests on were measured into a copy of the table beside the output, kept for later runs
