@@ -242,6 +242,7 @@ class _Pricing:
     measured: int = 0
     switch: Any = None  # nas.compress.switch.SwitchCost, fitted on the parent (latency budgets that mix precisions)
     switch_source: Any = None  # (parent, images, out_root, log) to fit it from, until it is fitted
+    repriced: bool = False  # keys were measured after the last choice: its prediction differs from its allocation's
 
     def fit_switch(self, parent: nn.Module, x: torch.Tensor, out_root: Path, log: Log) -> None:
         """Measure what a change of precision costs on the runtime (`fit_switch_cost`), where the menu mixes."""
@@ -584,8 +585,10 @@ def _choose_measured(chooser: _Chooser, pricing: _Pricing, out_root: Path, log: 
         if not complete:
             return chosen, compared
     # the last choice's keys are measured too, so that its prediction (and the verdict on it) rests on measurements
+    before = pricing.measured
     pricing.measure(chosen.arch, used(chosen), out_root, log)
     chooser.config = pricing.config
+    pricing.repriced = pricing.measured > before
     return chosen, compared
 
 
@@ -682,7 +685,8 @@ def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig,
     model = chooser.model(chosen.plan)
     info: dict[str, Any] = {"switch_cost": pricing.switch.to_dict() if pricing.switch is not None else None,
                             "choice": {**chosen.summary(pricing), "measured_keys": pricing.measured,
-                                       "estimated": bool(pricing.missing(chosen.arch, pricing.menu))},
+                                       "estimated": bool(pricing.missing(chosen.arch, pricing.menu)),
+                                       "repriced": pricing.repriced},
                             "candidates": [c.summary(pricing) for c in compared]}
     tunes = chosen.plan is not None
     qat = _qat(config, model, bits, data, x, tunes, log)
@@ -885,6 +889,7 @@ def _summary(parent: nn.Module, spec: Any, result: _Result, data: Any, parent_ms
     return {"method": config.method, "parent": spec.key, "metric": config.metric, "budget": config.budget,
             "size_budget": config.size_budget, "runtime": config.runtime,
             "budget_ms": config.budget if config.metric == "latency_ms" else None, "predicted": result.predicted,
+            "meets_budget_predicted": bool(result.predicted <= config.budget * (1 + 1e-9)),
             "table": config.table.table_id, "models": models, **fid, **_sizes(parent, model, bits),
             "latency": latency, **result.info}
 
