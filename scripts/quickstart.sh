@@ -7,7 +7,8 @@
 # it for the most accurate subnet under a latency budget on this machine's shipped ONNX Runtime table (100
 # measured subnets, every one a trial of runs/quickstart-search/study.db: `bash scripts/dashboard.sh` with
 # RUN=runs/quickstart-search shows it), re-measure the picks on ONNX Runtime and export them (ONNX + TFLite,
-# parity-checked) to runs/quickstart-search/subnets/.
+# parity-checked) to runs/quickstart-search/subnets/; then compress the best pick (joint pruning, per-block
+# precision and distillation under a latency and a size budget) to runs/quickstart-search/compressed/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/hwnas ]; then
@@ -37,8 +38,19 @@ $hwnas supernet eval runs/quickstart-supernet --random 3
 echo; echo "== search: evolution, accuracy under latency_ms<=0.15 (ort fp32 table) -> runs/quickstart-search"
 $hwnas search --supernet runs/quickstart-supernet --strategy evolution --option population=40 --budget 100 \
   --batch 20 --constraint "latency_ms<=0.15" --table ort:fp32 --picks 3 --run-dir runs/quickstart-search
+echo; echo "== compression: the best pick pruned, quantised per block and distilled jointly (ORT table), to 0.67 x its"
+echo "   predicted latency and a fifth of its fp32 weights -> runs/quickstart-search/compressed"
+read -r best budget size < <(.venv/bin/python -c "
+import csv; p = next(csv.DictReader(open('runs/quickstart-search/search/picks.csv')))
+print(p['key'], round(0.67 * float(p['latency_ms']), 4), int(0.2 * 4 * int(p['params'])))")
+if ! ls runs/quickstart-search/compressed/*/compress.json > /dev/null 2>&1; then
+  $hwnas compress "runs/quickstart-search/subnets/$best" --method joint --table ort:fp32 --epochs 2 \
+    --constraint "latency_ms<=$budget" --constraint "size_bytes<=$size" --supernet runs/quickstart-supernet \
+    --out runs/quickstart-search/compressed --no-progress
+fi
 echo; echo "== summary"
 echo "supernet:  runs/quickstart-supernet (train_log.jsonl, checkpoint/)"
 echo "study:     runs/quickstart-search/study.db (RUN=runs/quickstart-search bash scripts/dashboard.sh)"
 echo "picks:     runs/quickstart-search/search/picks.csv"
 echo "subnets:   $(ls -d runs/quickstart-search/subnets/*/ | tr '\n' ' ')"
+echo "compressed: $(ls -d runs/quickstart-search/compressed/*/ | tr '\n' ' ') (compress.json: accuracy, loyalty, sizes, latency)"
