@@ -1,9 +1,12 @@
 """Compression acceptance figures (issue 15), on ONNX Runtime (and LiteRT for one pick) on this machine, 1 thread:
 
-1. `compress_subnet` per subject, method (every one in `nas.compress.pipeline.METHODS`) and latency budget (a
-   fraction of the subject's predicted fp32 latency on the table), with distillation from the frozen parent and,
-   at the middle budget, without (`CompressConfig(alpha=0)`: labels only, no teacher); each result directory is
-   cached in the work directory by (subject, runtime, method, budget, distill), so a rerun skips finished ones;
+1. `compress_subnet` runs (`grid`), each cached in the work directory by (subject, runtime, method, budget, size
+   bound, distillation) so a rerun skips finished ones: every subject by `joint` at 0.65 x its predicted fp32
+   latency with weights <= 0.2 x fp32 (the headline); on the first subject `joint` and `sequential` at 0.8, 0.65
+   and 0.5, `joint` without distillation (`CompressConfig(alpha=0)`), `prune` for the Torch-Pruning comparison
+   (also on the ShuffleNet-like subject), and the headline run on LiteRT; every speed-up is the parent and the
+   compressed model timed round-robin in one run (`compress.json` `latency.side_by_side`, re-measured here for
+   runs that lack it);
 2. every subject's uniform int8 export (PyTorch fp32 top-1 against the runtime's int8 top-1);
 3. Torch-Pruning side by side with hwnas's pruning (`torch_pruning_side`): same subnet, same MACs, same fine-tune,
    both ONNX models timed round-robin with the parent by the table's protocol;
