@@ -374,12 +374,16 @@ def _weight_bytes(arch: ArchConfig, precision: str) -> float:
 def _size_weighted(arch: ArchConfig, sensitivity: Mapping[str, Mapping[str, float]], menu: tuple[str, ...],
                    weight: float) -> dict[str, dict[str, float]]:
     """`sensitivity` + `weight` x each layer's weight bytes at each precision (the Lagrangian of a size bound)."""
-    from latency_tables.counting import layer_ops
-    from nas.compress.bits import BITS
+    weights = _layer_weights(arch)
+    return {layer: {p: float(sensitivity.get(layer, {}).get(p, 0.0)) + weight * n * _weight_bits(p) / 8
+                    for p in menu} for layer, n in weights.items()}
 
-    weights = {op.name: op.weights for op in layer_ops(arch)}
-    return {layer: {p: float(sensitivity.get(layer, {}).get(p, 0.0)) + weight * weights[layer] * BITS[p][0] / 8
-                    for p in menu} for layer in weights}
+
+def _layer_weights(arch: ArchConfig) -> dict[str, int]:
+    """Stored weights of each layer (BatchNorm folded), as `layer_costs` counts them."""
+    from latency_tables.counting import layer_ops
+
+    return {op.name: op.weights for op in layer_ops(arch)}
 
 
 @torch.no_grad()
@@ -526,14 +530,14 @@ class _Chooser:
         points further down the path are cheaper, so feasibility holds from some point on)."""
         if self._allocated(path[0], pricing):
             return 0
-        low, probe = 0, 1
-        while True:
-            probe = min(probe, len(path) - 1)
+        probes = sorted({min(2**k, len(path) - 1) for k in range(len(path).bit_length() + 1)} - {0})  # 1, 2, .., end
+        low = 0
+        for probe in probes:
             if self._allocated(path[probe], pricing):
                 break
-            if probe == len(path) - 1:
-                return None
-            low, probe = probe, probe * 2
+            low = probe
+        else:
+            return None
         high = probe
         while high - low > 1:
             mid = (low + high) // 2
@@ -654,6 +658,7 @@ class _Result:
     config: CompressConfig
     predicted: float
     predicted_ms: float | None
+    images: torch.Tensor  # the calibration images every stage used
 
 
 def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig, out_root: Path, log: Log,
@@ -700,7 +705,7 @@ def _compressed(parent: nn.Module, spec: Any, data: Any, config: CompressConfig,
             model, info["bias_corrected"] = _bias_corrected(model, bits, x, log)
         bits = _guarded(model, bits, data, x, config, log, info)
     predicted, predicted_ms = _predicted(chosen.arch, bits, pricing, config)
-    return _Result(model, chosen.plan, bits, info, config, predicted, predicted_ms)
+    return _Result(model, chosen.plan, bits, info, config, predicted, predicted_ms, x)
 
 
 def _guarded(model: nn.Module, bits: BitWidthPlan, data: Any, x_cal: torch.Tensor, config: CompressConfig, log: Log,
@@ -778,19 +783,11 @@ def _sizes(parent: nn.Module, model: nn.Module, plan: BitWidthPlan | None) -> di
     if plan is None:
         bytes_after = float(layer_costs(arch_c, ("fp32",), "size_bytes").sum())
     else:
-        bytes_after = sum(_layer_bytes(arch_c, layer, p) for layer, p in plan.precisions(arch_c).items())
+        weights = _layer_weights(arch_c)
+        bytes_after = sum(weights[layer] * _weight_bits(p) / 8 for layer, p in plan.precisions(arch_c).items())
     return {"params_before": params[0], "params_after": params[1], "params_ratio": params[0] / params[1],
             "macs_before": macs[0], "macs_after": macs[1], "macs_ratio": macs[0] / macs[1],
             "bytes_before": bytes_before, "bytes_after": bytes_after, "bytes_ratio": bytes_before / bytes_after}
-
-
-def _layer_bytes(arch: ArchConfig, layer: str, precision: str) -> float:
-    """Stored weight bytes of one layer at `precision` (BatchNorm folded), as `layer_costs` counts them."""
-    from latency_tables.counting import layer_ops
-    from nas.compress.bits import BITS
-
-    op = next(o for o in layer_ops(arch) if o.name == layer)
-    return op.weights * BITS[precision][0] / 8
 
 
 def _protocol(config: CompressConfig) -> Protocol:
@@ -871,7 +868,7 @@ def _summary(parent: nn.Module, spec: Any, result: _Result, data: Any, parent_ms
              other: str | None) -> dict[str, Any]:
     """Everything `compress.json` says but the compressed model's measured latency."""
     config, model, bits = result.config, result.model, result.bits
-    x_cal, _ = _sample(data, config.images, config.seed, spec.arch.resolution)
+    x_cal = result.images
     fid = fidelity(_outputs(parent, data, None, x_cal), _outputs(model, data, bits, x_cal), data.val.labels)
     parent_cost = float(result.info["candidates"][0]["unquantised_cost"]) if config.method == "quantize" else None
     latency: dict[str, Any] = {"predicted_ms": result.predicted_ms, "parent_measured_ms": parent_ms,
