@@ -7,12 +7,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nas.cli import arch, compress, dashboard, export, lut, predictor, search, space, supernet
+from nas.cli import arch, compress, dashboard, export, lut, predictor, report, run, search, space, supernet
 from nas.cli.common import load_arch
 from search_spaces import HwnasError
 
 #: The command groups, in the order `hwnas --help` lists them.
-GROUPS = (space, arch, supernet, lut, predictor, search, export, compress, dashboard)
+GROUPS = (run, space, arch, supernet, lut, predictor, search, export, compress, dashboard, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
