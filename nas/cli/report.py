@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nas.cli.common import add_command
+from nas.cli.common import add_command, emit
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from nas.report import build_report
 
     html, md = build_report(args.run_dir)
-    print(f"report: {html}\n        {md}")
+    emit({"html": str(html), "md": str(md)}, args.json, [f"report: {html}", f"        {md}"])
 
 
 def register(groups: Any) -> None:
