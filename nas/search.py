@@ -18,12 +18,18 @@ Several workers share one study: worker `w` runs its own strategy with a seed de
 (worker 0 uses `seed` itself) and records its batches under its number, so no trial is lost or written twice.
 Constraints on costs (analytic counts or table latency) screen candidates before they are asked for; a
 constraint on accuracy is applied when ranking.
+
+The study's user attributes say what made it: the latency tables' ids (`latency_tables`), the command line
+(`command`, or `command:wN` for worker N; the caller's, or this process's arguments) and whatever else the caller
+gives in `study_attrs`; `note_measured` adds the latencies measured on the runtime.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +42,7 @@ from nas.evaluators import CostEvaluator
 from nas.objectives import Columns, Constraint, Objective, hypervolume, minimised
 from nas.strategies import get_strategy, strategy_config
 from nas.strategies.base import Strategy, rank_rows
-from nas.study import history, open_study, record
+from nas.study import history, note_measured, open_study, record
 from search_spaces import SearchSpace
 from search_spaces.errors import HwnasError
 
@@ -119,14 +125,18 @@ def hv_reference(objectives: Sequence[Objective], constraints: Sequence[Constrai
 
 class Search:
     """One worker of a search. `accuracy` measures subnets (e.g. `SupernetEvaluator.accuracy`); `predictor`,
-    if given, is what the strategy is told instead (`AccuracyPredictor.predict`)."""
+    if given, is what the strategy is told instead (`AccuracyPredictor.predict`). `progress`: bars on a
+    terminal (never in a log file); `study_attrs`: user attributes for the study (`command`: the command line
+    that runs this search, by default this process's)."""
 
     def __init__(self, space: SearchSpace, settings: SearchSettings, costs: CostEvaluator, accuracy: AccuracyFn, *,
                  storage: str, study_name: str, predictor: AccuracyFn | None = None,
-                 progress: bool = True, strategy_inputs: dict[str, Any] | None = None) -> None:
+                 progress: bool = True, strategy_inputs: dict[str, Any] | None = None,
+                 study_attrs: dict[str, Any] | None = None) -> None:
         self.space, self.settings, self.costs, self.accuracy = space, settings, costs, accuracy
         self.strategy_inputs = dict(strategy_inputs or {})  # what a strategy needs besides options (a supernet)
         self.predictor, self.progress = predictor, progress
+        self.study_attrs = dict(study_attrs or {})
         self.storage, self.study_name = storage, study_name
         self.evaluated = 0
         for c in settings.constraints:
@@ -156,12 +166,27 @@ class Search:
         s = self.settings
         record(study, self.space, genes, columns, s.objectives, s.constraints, strategy=s.strategy,
                seed=s.strategy_seed, batch=batch, worker=s.worker, evaluator=evaluator, first_row=first_row,
-               extra=extra)
+               extra=extra, latency_table=self.costs.tables[0].table_id if self.costs.tables else None)
+
+    def _label(self, study: Any) -> None:
+        """The study's user attributes: the tables, the command line and the caller's `study_attrs`."""
+        attrs = {"latency_tables": [t.table_id for t in self.costs.tables], **self.study_attrs}
+        command = attrs.pop("command", None) or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        attrs["command" if self.settings.worker == 0 else f"command:w{self.settings.worker}"] = command
+        for key, value in attrs.items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
+
+    def note_measured(self, picks: Sequence[dict[str, Any]]) -> int:
+        """Record the picks' runtime-measured latencies (`measured_latency_ms`, set by the export) in the study;
+        returns how many."""
+        return note_measured(open_study(self.storage, self.study_name, self.settings.objectives, self.space), picks)
 
     # -------------------------------------------------------------------------------------------- run
 
     def run(self) -> SearchResult:
         study = open_study(self.storage, self.study_name, self.settings.objectives, self.space)
+        self._label(study)
         if self.predictor is None:
             replayed, strategy = self._run_true(study)
             generations: list[dict[str, Any]] = []
@@ -183,7 +208,7 @@ class Search:
         replayed = strategy.replay(batches)
         index = len(batches)
         with tqdm(total=s.budget, initial=min(replayed, s.budget), desc=f"search {s.strategy} w{s.worker}",
-                  unit="subnet", disable=not self.progress) as bar:
+                  unit="subnet", disable=None if self.progress else True) as bar:
             while strategy.told < s.budget:
                 size = min(s.batch, s.budget - strategy.told)
                 if cut is not None:
@@ -221,7 +246,7 @@ class Search:
         last_write = time.monotonic()
         attr = f"predictor_generations/w{s.worker}/{s.strategy}/s{s.strategy_seed}"
         with tqdm(total=s.budget, desc=f"search {s.strategy} (predictor) w{s.worker}", unit="subnet",
-                  disable=not self.progress) as bar:
+                  disable=None if self.progress else True) as bar:
             while strategy.told < s.budget:
                 genes = strategy.ask(min(s.batch, s.budget - strategy.told))
                 columns = self.measure(genes, self.predictor)
@@ -274,8 +299,8 @@ class Search:
         for t in study.get_trials(deepcopy=False):
             attrs = t.user_attrs
             if t.state.name == "COMPLETE" and "key" in attrs and attrs["key"] not in rows:
-                rows[attrs["key"]] = {k: v for k, v in attrs.items()
-                                      if k not in ("strategy", "seed", "worker", "batch", "row", "batch_rows")}
+                rows[attrs["key"]] = {k: v for k, v in attrs.items() if k not in (
+                    "strategy", "seed", "worker", "batch", "row", "batch_rows", "latency_table", "feasible")}
         if not rows:
             return [], None
         records = list(rows.values())

@@ -1,6 +1,11 @@
 """The Optuna study a search records into: every true evaluation is one trial (the architecture string, key,
-strategy, seed, batch and every metric as user attributes; the genes as parameters; the objectives as values;
-the constraints as Optuna constraints, so optuna-dashboard shows history, feasibility and the Pareto front).
+strategy, seed, batch, every metric, the latency table and feasibility as user attributes; the genes as
+parameters; the objectives as values, named by `set_metric_names`; the constraints as Optuna constraints, so
+optuna-dashboard shows history, feasibility and the Pareto front under the metrics' names).
+
+Constraints are written in two forms: Optuna 5's named ones (`trial.constraints["latency_ms<=0.2"]`) and the
+older list under the trial system attribute `constraints`, the only one optuna-dashboard 0.21 reads (without
+it every trial shows as feasible there).
 
 Storage is any SQLAlchemy URL (`sqlite:///runs/NAME/study.db` on one machine; PostgreSQL or MySQL for many
 workers). A search resumes from its study: `history` gives back the recorded batches of a strategy and seed
@@ -11,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,8 +31,13 @@ from search_spaces.errors import HwnasError
 #: share a study (each its own strategy and seed stream), `batch` and `row` place a trial in its worker's
 #: history, `evaluator` says what measured it (`supernet`; `pick`: a candidate of a predictor-driven search
 #: measured at its end, not part of the strategy's history), `predicted_accuracy` what the predictor said.
-_ATTRS = ("arch", "key", "strategy", "seed", "worker", "batch", "row", "evaluator", "predicted_accuracy")
+_ATTRS = ("arch", "key", "strategy", "seed", "worker", "batch", "row", "evaluator", "predicted_accuracy",
+          "latency_table", "feasible")
 _LOCK_RETRIES = 20
+#: The trial system attribute optuna-dashboard reads constraints from (Optuna's older list form).
+_DASHBOARD_CONSTRAINTS = "constraints"
+#: Study user attribute prefix of latencies measured on the runtime, one per architecture key.
+MEASURED_PREFIX = "measured_latency_ms:"
 
 
 def _optuna() -> Any:
@@ -82,7 +94,18 @@ def _open_study(storage: str, name: str, objectives: Sequence[Objective], space:
     else:
         raise HwnasError(f"study {name!r} in {storage} holds a search with {have}, not {wanted}; give another "
                          f"--study name")
+    if study.metric_names is None:  # also a study made before hwnas named them
+        set_metric_names(study, [o.metric for o in objectives])
     return study
+
+
+def set_metric_names(study: Any, names: Sequence[str]) -> None:
+    """Name the study's objectives (optuna-dashboard plots them as "accuracy", not "Objective 0"); Optuna's
+    "experimental" warning for it is silenced here only."""
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(names))
 
 
 def _storage(url: str) -> Any:
@@ -127,37 +150,64 @@ def constraint_value(constraint: Constraint, value: float) -> float:
 
 def record(study: Any, space: SearchSpace, genes: np.ndarray, columns: Columns, objectives: Sequence[Objective],
            constraints: Sequence[Constraint] = (), *, strategy: str, seed: int, batch: int, worker: int = 0,
-           evaluator: str = "supernet", first_row: int = 0, extra: dict[str, np.ndarray] | None = None) -> None:
+           evaluator: str = "supernet", first_row: int = 0, extra: dict[str, np.ndarray] | None = None,
+           latency_table: str | None = None) -> None:
     """Add one trial per gene row, each in its own transaction (`first_row`: the index in the batch of the
-    first of `genes`, when a cut-off batch is completed). `extra`: more per-row user attributes."""
+    first of `genes`, when a cut-off batch is completed). `extra`: more per-row user attributes;
+    `latency_table`: the id of the table that predicted `latency_ms`."""
     from optuna.distributions import IntDistribution
 
     optuna = _optuna()
 
     distributions = {g.name: IntDistribution(0, g.choices - 1) for g in space.genes}
     metrics = {name: np.asarray(values) for name, values in columns.items()}
+    priced = [c for c in constraints if c.metric in metrics]
     trials = []
     for i, row in enumerate(np.atleast_2d(genes)):
         arch = space.from_genes(row)
         attrs: dict[str, Any] = {"arch": arch.to_str(), "key": arch.key, "strategy": strategy, "seed": seed,
                                  "worker": worker, "batch": batch, "row": first_row + i, "evaluator": evaluator}
+        if latency_table is not None:
+            attrs["latency_table"] = latency_table
         for name, values in (extra or {}).items():
             attrs[name] = np.asarray(values)[i].item()
         for name, values in metrics.items():
             value = values[i].item()
             attrs[name] = value if not (isinstance(value, float) and math.isnan(value)) else None
+        named = {str(c): constraint_value(c, float(metrics[c.metric][i])) for c in priced}
+        if named:
+            attrs["feasible"] = all(v <= 0 for v in named.values())
         values_out = [float(metrics[o.metric][i]) for o in objectives]
         ok = all(math.isfinite(v) for v in values_out)
         trials.append(optuna.trial.create_trial(
             state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
             values=values_out if ok else None,
             params={g.name: int(row[j]) for j, g in enumerate(space.genes)}, distributions=distributions,
-            user_attrs=attrs,
-            constraints={str(c): constraint_value(c, float(metrics[c.metric][i])) for c in constraints
-                         if c.metric in metrics}))
+            user_attrs=attrs, constraints=named,
+            system_attrs={_DASHBOARD_CONSTRAINTS: [_json_finite(v) for v in named.values()]} if named else None))
     with quiet_optuna():
         for trial in trials:
             _add_trial(study, trial)
+
+
+def _json_finite(value: float) -> float:
+    """`value`, with an unmeasured metric's infinite violation as the largest float: optuna-dashboard sends
+    constraints as JSON, where `Infinity` would make the browser reject the whole study."""
+    return value if math.isfinite(value) else sys.float_info.max
+
+
+def note_measured(study: Any, picks: Sequence[dict[str, Any]]) -> int:
+    """Put the runtime-measured latency of each pick that has one (`measured_latency_ms`, as `hwnas export` sets
+    it) in the study's user attributes, `measured_latency_ms:KEY` (a finished trial's attributes cannot change);
+    returns how many."""
+    noted = 0
+    with quiet_optuna():
+        for pick in picks:
+            measured = pick.get("measured_latency_ms")
+            if measured is not None and not math.isnan(float(measured)):
+                study.set_user_attr(f"{MEASURED_PREFIX}{pick['key']}", float(measured))
+                noted += 1
+    return noted
 
 
 def history(study: Any, space: SearchSpace, *, strategy: str, seed: int,
@@ -181,12 +231,67 @@ def history(study: Any, space: SearchSpace, *, strategy: str, seed: int,
     return out
 
 
-def serve_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve optuna-dashboard for `storage` until interrupted (blocks)."""
+def dashboard_server(storage: str, host: str = "127.0.0.1", port: int = 8080) -> Any:
+    """optuna-dashboard for `storage`, bound to `host`:`port` (0: a free port) but not yet serving: a WSGI
+    server that answers requests in threads and logs none of them (`serve_forever` serves, `server_close`
+    frees the port). The port is taken here, so a busy one is a clear error before anything is printed."""
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
     _optuna()
     try:
-        from optuna_dashboard import run_server
+        from optuna_dashboard import wsgi
     except ImportError:
         raise HwnasError("the dashboard needs optuna-dashboard; install it with `pip install optuna-dashboard`") \
             from None
-    run_server(_storage(storage), host=host, port=port)
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass  # one line per request (the page polls) would bury the URL
+
+    try:
+        return make_server(host, port, wsgi(_storage(storage)), server_class=Server, handler_class=QuietHandler)
+    except OSError as err:
+        raise HwnasError(f"cannot serve the dashboard on {host}:{port}: {err.strerror or err}; give another "
+                         f"--port") from None
+
+
+def dashboard_url(server: Any) -> str:
+    """The address a bound `dashboard_server` answers on."""
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+@contextlib.contextmanager
+def dashboard_thread(storage: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """optuna-dashboard for `storage` served from a background thread inside the block (on a free port by
+    default); yields its URL, and stops and frees the port after."""
+    import threading
+
+    server = dashboard_server(storage, host, port)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield dashboard_url(server)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+def serve_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8080,
+                    announce: Callable[[str], None] | None = None) -> None:
+    """Serve optuna-dashboard for `storage` until interrupted (blocks); `announce` gets its URL once the port is
+    bound."""
+    server = dashboard_server(storage, host, port)
+    try:
+        if announce is not None:
+            announce(dashboard_url(server))
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -17,8 +17,8 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     if not args.storage and not (Path(args.run_dir) / "study.db").is_file():
         raise HwnasError(f"no study in {args.run_dir} (no study.db); run `hwnas search --run-dir {args.run_dir}` "
                          f"first, or give --storage URL")
-    print(f"optuna-dashboard for {storage} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    serve_dashboard(storage, args.host, args.port)
+    serve_dashboard(storage, args.host, args.port, announce=lambda url: print(
+        f"optuna-dashboard for {storage}: open {url} (Ctrl-C stops it)", flush=True))
 
 
 def register(groups: Any) -> None:

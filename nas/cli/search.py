@@ -87,6 +87,7 @@ def _search(args: argparse.Namespace) -> None:
         lines += export_picks(args.supernet, Path(args.run_dir) / "subnets", result.picks, costs.tables,
                               settings.constraints, log)
         write_picks(Path(args.run_dir), result.picks)
+        search.note_measured(result.picks)  # the study shows the runtime's latency beside the table's
         data["subnets"] = str(Path(args.run_dir) / "subnets")
         if args.compress:
             from nas.cli.compress import compress_picks
