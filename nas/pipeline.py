@@ -135,13 +135,15 @@ class CompressSection:
 class ReferencesSection:
     """Hand-designed networks on the same data and runtimes: `train` them here (scaled to the data, trained alone
     with the recipe for `epochs`, default the recipe's, and compressed by the compression stage when `compress`),
-    read their measurements from a `shipped` file, or `none`."""
+    read their measurements from a `shipped` file, or `none`. `predict`: price them with the run's tables too,
+    measuring their keys off the tables' grid on demand (the predicted-against-measured picture)."""
 
     names: tuple = ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0")
     source: str = "shipped"
     file: str = "configs/references-mnist5k.json"
     epochs: Union[int, None] = None  # noqa: UP007
     compress: bool = True
+    predict: bool = True
 
 
 @dataclass(frozen=True)
@@ -878,12 +880,17 @@ class Pipeline:
         config = TrainConfig.from_dict(recipe) if recipe is not None else TrainConfig()
         data = load_dataset(self.resolved["data"]["dataset"], self.data_path(),
                             val_fraction=config.val_fraction, seed=config.seed)
+        from search_spaces import get_space
+
         rows = []
+        native, resolutions = int(data.train.images.shape[-1]), get_space(self.space_name()).resolutions
+        resolution = native if native in resolutions else max(resolutions)  # digits' 8 px: the space's largest
         for name in r["names"]:
             with torch_threads(self.resolved["threads"] or None):
-                directory = refs.train_reference(name, data, config, out / name, tables=self.tables(),
-                                                 epochs=r["epochs"], seed=self.resolved["seed"],
-                                                 progress=self._progress(), log=self.log)
+                directory = refs.train_reference(name, data, config, out / name,
+                                                 tables=self.tables() if r["predict"] else [], epochs=r["epochs"],
+                                                 seed=self.resolved["seed"], progress=self._progress(), log=self.log,
+                                                 resolution=resolution, space=self.space_name())
             rows.append(refs.reference_row(directory, name, "fp32"))
             if r["compress"] and self.resolved["compress"]["method"] != "none":
                 compressed = self._compress_dirs([directory], out / "compressed")[0]

@@ -1,0 +1,190 @@
+"""`hwnas run CONFIG` (nas.pipeline): the config checked whole, stage planning from recorded input hashes, and the
+whole pipeline end to end on configs/smoke.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nas.cli import main
+from nas.pipeline import STAGES, Pipeline, load_config, read_stages, resolve, run_pipeline
+from search_spaces import HwnasError
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+def _config(tmp_path: Path, edit: dict | None = None, base: Path = SMOKE) -> Path:
+    data = yaml.safe_load(base.read_text(encoding="utf-8"))
+    for dotted, value in (edit or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    ({"serach": {}}, "unknown key serach; allowed at the top: name, run_dir"),
+    ({"search.budgte": 3}, "unknown key search.budgte; allowed in search: strategy, options"),
+    ({"search.budget": "ten"}, "search.budget: 'ten' is not an integer"),
+    ({"search.budget": 0}, "search.budget: 0 must be at least 1"),
+    ({"search.strategy": "anneal"}, "search.strategy: 'anneal' is not allowed; allowed: "),
+    ({"references.names": ["mobilenet_v2", "resnet50"]}, "references.names[1]: 'resnet50' is not allowed; allowed: "
+                                                          "mobilenet_v2, mobilenet_v3_large"),
+    ({"tables.runtimes": ["ort:fp64"]}, "tables.runtimes[0]: 'ort:fp64' is not RUNTIME:PRECISION"),
+    ({"compress.constraints": ["latency<=0.5x"]}, "compress.constraints: 'latency<=0.5x' is not METRIC<=BOUND"),
+    ({"compress.options": {"epoch": 2}}, "unknown key compress.options.epoch; allowed: "),
+    ({"data.dataset": "imagenet"}, "data.dataset: 'imagenet' is not allowed; allowed: mnist5k, digits"),
+    ({"supernet.recipe": {"phases": [{"name": "full", "epochs": 1, "lr": 0.1, "colour": 3}]}}, "colour"),
+])
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, edit, expected):
+    config = _config(tmp_path, edit)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(config), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--from", "train"], "--from 'train' is not a stage; stages: supernet, tables, search, export, compress"),
+    (["--only", "serch"], "--only 'serch' is not a stage"),
+    (["--from", "search", "--only", "export"], "not both"),
+])
+def test_bad_stage_flags(tmp_path, capsys, args, expected):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(SMOKE), "--run-dir", str(run_dir), *args]) == 2
+    assert expected in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_missing_config_and_bad_yaml(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search: [1, 2\n", encoding="utf-8")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err and err.count("\n") == 1
+
+
+def test_resolved_config_fills_every_default_and_inlines_the_recipe(tmp_path):
+    config, root = load_config(_config(tmp_path, {"search": {"budget": 7}}))
+    resolved = resolve(config, root)
+    assert resolved["search"]["budget"] == 7 and resolved["search"]["strategy"] == "evolution"  # default kept
+    assert resolved["supernet"]["recipe"]["dataset"] == "digits"  # the data section reaches the recipe
+    assert resolved["supernet"]["recipe"]["batch_size"] == 32
+    assert resolved["supernet"]["recipe"]["momentum"] == 0.9  # a recipe default filled in
+    assert resolved["run_dir"] == "runs/smoke"
+
+
+def test_dry_run_prints_every_stage_with_an_estimate_and_writes_nothing(tmp_path):
+    lines: list[str] = []
+    run_dir = tmp_path / "run"
+    run_pipeline(SMOKE, run_dir=run_dir, dry_run=True, log=lines.append)
+    assert not run_dir.exists()
+    body = "\n".join(lines)
+    for stage in STAGES:
+        assert f"  {stage} " in body
+    assert body.count("not run before") == len(STAGES)
+    assert "in all on this machine when idle" in lines[-1]
+
+
+def _planned(tmp_path: Path, config: Path, **flags) -> tuple[Pipeline, dict[str, tuple[str, str]]]:
+    cfg, root = load_config(config)
+    pipeline = Pipeline(resolve(cfg, root), tmp_path / "run", root, log=lambda _: None)
+    return pipeline, {p.stage: (p.action, p.reason) for p in pipeline.plan(**flags)}
+
+
+def _mark_done(pipeline: Pipeline, status: str = "done") -> None:
+    """stages.json as if every stage had finished with the current hashes (outputs recorded as none)."""
+    record = {"version": 1, "stages": {s: {"status": status, "hash": h, "outputs": {}}
+                                       for s, h in pipeline._hashes.items()}}
+    pipeline.run_dir.mkdir(parents=True, exist_ok=True)
+    (pipeline.run_dir / "stages.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+def test_changed_inputs_rerun_the_stage_and_what_depends_on_it(tmp_path):
+    pipeline, plan = _planned(tmp_path, SMOKE)
+    assert {a for a, _ in plan.values()} == {"run"}
+    _mark_done(pipeline)
+    assert {a for a, _ in _planned(tmp_path, SMOKE)[1].values()} == {"skip"}
+    # a search setting changed: search and what reads its output run again; supernet, tables, references do not
+    _, plan = _planned(tmp_path, _config(tmp_path, {"search.budget": 13}))
+    assert {s for s, (a, _) in plan.items() if a == "rerun"} == {"search", "export", "compress", "report"}
+    assert plan["search"][1] == "its config section or input files changed"
+    assert plan["export"][1] == "its inputs changed (search changed)"
+    assert plan["supernet"][0] == plan["references"][0] == "skip"
+    # the data changed: everything that trains on it
+    _, plan = _planned(tmp_path, _config(tmp_path, {"data.dataset": "mnist5k"}))
+    assert {s for s, (a, _) in plan.items() if a == "rerun"} == {"supernet", "search", "export", "compress",
+                                                                  "references", "report"}
+    assert plan["tables"][0] == "skip"
+
+
+def test_cut_off_stages_resume_and_flags_force(tmp_path):
+    pipeline, _ = _planned(tmp_path, SMOKE)
+    _mark_done(pipeline, status="running")
+    _, plan = _planned(tmp_path, SMOKE)
+    assert plan["search"] == ("resume", "cut off (running); continues where it stopped")
+    _mark_done(pipeline)
+    _, plan = _planned(tmp_path, SMOKE, start="compress")
+    assert [s for s, (a, _) in plan.items() if a == "rerun"] == ["compress", "references", "report"]
+    _, plan = _planned(tmp_path, SMOKE, only="export")
+    assert plan["export"] == ("rerun", "--only export") and plan["search"][0] == "skip"
+
+
+def test_only_needs_its_inputs(tmp_path):
+    pipeline, _ = _planned(tmp_path, SMOKE)
+    with pytest.raises(HwnasError, match="--only export needs the output of stage search, which is missing"):
+        pipeline.plan(only="export")
+
+
+def test_corrupt_stages_file_is_named(tmp_path):
+    (tmp_path / "stages.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(HwnasError, match="stages.json is not valid JSON"):
+        read_stages(tmp_path)
+
+
+def test_smoke_pipeline_end_to_end_then_skips(tmp_path):
+    """configs/smoke.yaml, every stage for real (digits), then the report checked; run again: all skipped."""
+    run_dir = tmp_path / "smoke"
+    lines: list[str] = []
+    run_pipeline(SMOKE, run_dir=run_dir, log=lines.append)
+    record = read_stages(run_dir)
+    assert [s for s in STAGES if record["stages"][s]["status"] == "done"] == list(STAGES)
+    outputs = {s: record["stages"][s]["outputs"] for s in STAGES}
+    assert (Path(outputs["supernet"]["run_dir"]) / "train_log.jsonl").is_file()
+    picks = (run_dir / "search" / "picks.csv").read_text(encoding="utf-8").splitlines()
+    assert len(picks) == 1 + 2  # header + search.picks
+    (subnet,) = outputs["export"]["subnets"]
+    metrics = json.loads((Path(subnet) / "metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["latency"]["measured"]) == {"ort-fp32", "litert-fp32"}
+    (compressed,) = outputs["compress"]["compressed"]
+    summary = json.loads((Path(compressed) / "compress.json").read_text(encoding="utf-8"))
+    assert summary["parent"] == Path(subnet).name and summary["method"] == "prune"
+    refs = json.loads(Path(outputs["references"]["summary"]).read_text(encoding="utf-8"))
+    assert [r["name"] for r in refs["rows"]] == ["mobilenet_v3_small"] and refs["source"] == "trained"
+    html = Path(outputs["report"]["html"]).read_text(encoding="utf-8")
+    assert Path(subnet).name in html and "mobilenet_v3_small" in html and "data:image/png;base64," in html
+    assert yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["search"]["budget"] == 12
+    # one line per stage starts and ends it; no progress bars in a log
+    assert sum(line.startswith("[") and ": done in " in line for line in lines) == len(STAGES)
+    assert not any("\r" in line for line in lines)
+    before = (run_dir / "stages.json").read_text(encoding="utf-8")
+    again: list[str] = []
+    run_pipeline(SMOKE, run_dir=run_dir, log=again.append)
+    assert all(": skipped (done " in line for line in again) and len(again) == len(STAGES)
+    assert json.loads((run_dir / "stages.json").read_text(encoding="utf-8"))["stages"] == json.loads(before)["stages"]
+    # the compression section changed: only compression and the report run again; the old output is kept aside
+    edited = _config(tmp_path, {"compress.constraints": ["latency_ms<=0.9x"]})
+    plan = {p.stage: p.action for p in Pipeline(resolve(*load_config(edited)), run_dir, ROOT).plan()}
+    assert {s for s, a in plan.items() if a == "rerun"} == {"compress", "report"}
