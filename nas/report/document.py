@@ -94,7 +94,7 @@ def to_markdown(title: str, blocks: list[Block], figures: str) -> str:
             out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in block.rows]
             out.append("")
         elif isinstance(block, Image):
-            out += [f"![{_cell(block.caption)}]({Path(figures) / block.name})", "", f"*{block.caption}*", ""]
+            out += [f"![{Path(block.name).stem}]({Path(figures) / block.name})", "", f"*{block.caption}*", ""]
         else:
             fence = "~~~~" if "```" in block.text else "```"
             out += [fence, block.text.rstrip("\n"), fence, ""]

@@ -116,6 +116,21 @@ def _error_bars(ax: Any, models: Sequence[Model], runtime: str, **style: Any) ->
     ax.scatter(x, y, zorder=4, **style)
 
 
+def _focus(ax: Any, points: dict[str, list[tuple[float, float]]], run: Run, runtime: str) -> int:
+    """Cut the accuracy axis below the models' intervals and the upper three quarters of the trials, so that a few
+    collapsed trials do not squeeze the picks together; returns how many trials are left out."""
+    lows = [m.interval[0] for m in run.picks + run.compressed + run.references if m.latency_on(runtime)]
+    accs = [acc for _, acc in points["trials"]]
+    if not accs:
+        return 0
+    floor = min(lows + [float(np.percentile(accs, 25))])
+    top = max([acc for _, acc in points["trials"]] + [m.interval[1] for m in run.picks + run.compressed
+                                                     + run.references if m.latency_on(runtime)])
+    pad = 0.05 * (top - floor) + 0.002
+    ax.set_ylim(100 * (floor - pad), 100 * (top + pad))
+    return sum(acc < floor - pad for acc in accs)
+
+
 def plane_figure(run: Run, runtime: str) -> tuple[bytes, str]:
     """The accuracy-latency plane of `runtime` (PNG, caption)."""
     points = plane_points(run, runtime)
@@ -144,19 +159,22 @@ def plane_figure(run: Run, runtime: str) -> tuple[bytes, str]:
         if lat is not None:
             ax.annotate(ref.name + (" (c)" if ref.variant == "compressed" else ""), (lat[1], 100 * ref.accuracy),
                         textcoords="offset points", xytext=(5, -10), fontsize=7)
+    hidden = _focus(ax, points, run, runtime)
     ax.set_xlabel(f"latency on {runtime} (ms)")
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     meta = trial_table(run, runtime)
     priced = (f"trials are priced by table {(meta or {}).get('table_id')} (predicted latency); only picks and "
-              f"references are measured" if points["trials"] else "no trials priced on this runtime (no fp32 table for it)")
+              f"references are measured" if points["trials"] else
+              "no trials priced on this runtime (no fp32 table for it)")
     shown = {k: len(v) for k, v in points.items()}
     caption = (f"Accuracy against latency on {runtime}: {shown['trials']} trials, {shown['front']} on their Pareto "
                f"front, {shown['picks']} picks, {shown['compressed']} compressed picks (arrows from their parents), "
                f"{shown['references']} references and {shown['references_compressed']} compressed references, "
-               f"each model at its own precision; {priced}. Error bars: 95% Wilson intervals on the validation "
-               f"images.")
+               f"each model at its own precision; {priced}"
+               + (f"; {hidden} trials less accurate than the axis shows are left out" if hidden else "")
+               + ". Error bars: 95% Wilson intervals on the validation images.")
     return _png(fig), caption
 
 
@@ -180,6 +198,7 @@ def latency_figure(run: Run) -> tuple[bytes, str] | None:
     fig = _figure(6, 5)
     ax = fig.add_subplot()
     markers = {"pick": "o", "compressed": "*", "reference": "s"}
+    plural = {"pick": "picks", "compressed": "compressed picks", "reference": "references"}
     labels = sorted({p[2] for p in pairs})
     colours = {label: f"C{i}" for i, label in enumerate(labels)}
     for kind, marker in markers.items():
@@ -187,7 +206,7 @@ def latency_figure(run: Run) -> tuple[bytes, str] | None:
             sel = [(p[3], p[4]) for p in pairs if p[0] == kind and p[2] == label]
             if sel:
                 x, y = zip(*sel, strict=True)
-                ax.scatter(x, y, marker=marker, c=colours[label], s=45, label=f"{kind}s, {label}", zorder=3)
+                ax.scatter(x, y, marker=marker, c=colours[label], s=45, label=f"{plural[kind]}, {label}", zorder=3)
     top = 1.15 * max(max(p[3], p[4]) for p in pairs)
     line = np.array([0.0, top])
     ax.plot(line, line, c="black", lw=1, label="measured = predicted")
@@ -228,7 +247,7 @@ def _draw_arch(ax: Any, arch_text: str) -> None:
             ax.text(x + width / 2, 0.5, f"k{block.kernel} e{block.expand:g}\nc{block.out_channels}{stride}",
                     rotation=90, ha="center", va="center", fontsize=6.5, color="white")
             x += width + 0.05
-        ax.text((start + x) / 2, 1.06, f"stage {s + 1}", ha="center", va="bottom", fontsize=7)
+        ax.text((start + x) / 2, 1.06, f"s{s}", ha="center", va="bottom", fontsize=7)
         x += gap
     ax.add_patch(Rectangle((x, 0), 0.5, 1, fc="#dddddd", ec="black", lw=0.5))
     ax.text(x + 0.25, 0.5, f"head c{arch.head.channels}", rotation=90, ha="center", va="center", fontsize=7)
@@ -268,7 +287,7 @@ def _draw_kept(ax: Any, rows: list[tuple[str, int, int, str]]) -> None:
     ax.set_ylabel("kept / parent channels", fontsize=8)
     used = list(dict.fromkeys(p for _, _, _, p in rows))
     ax.legend(handles=[Patch(color=PRECISION_COLOURS.get(p, _SIMULATED_COLOUR), label=p) for p in used],
-              fontsize=7, loc="lower right", title="precision", title_fontsize=7)
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="precision", title_fontsize=7)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -342,24 +361,31 @@ def progress_figure(run: Run, batch_size: int = DEFAULT_BATCH) -> tuple[bytes, s
     fig = _figure(7, 3.6)
     ax = fig.add_subplot()
     batches = [p[0] for p in points]
-    ax.plot(batches, [np.nan if p[1] is None else p[1] for p in points], marker="o", c="C0",
-            label=f"best feasible {run.objectives[0]}")
+    metric = run.objectives[0].split(":")[0]
+    handles = ax.plot(batches, [np.nan if p[1] is None else p[1] for p in points], marker="o", c="C0",
+                      drawstyle="steps-post", label=f"best feasible {metric} so far")
     ax.set_xlabel("batch")
-    ax.set_ylabel(run.objectives[0])
+    ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
+    _integer_ticks(ax)
     if any(p[2] is not None for p in points):
         ax2 = ax.twinx()
-        ax2.plot(batches, [np.nan if p[2] is None else p[2] for p in points], marker="s", c="C1",
-                 label="hypervolume")
+        handles += ax2.plot(batches, [np.nan if p[2] is None else p[2] for p in points], marker="s", c="C1",
+                            drawstyle="steps-post", label="hypervolume of the feasible trials")
         ax2.set_ylabel("hypervolume")
-        ax2.legend(fontsize=7, loc="lower right")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(handles=handles, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     last = points[-1]
     caption = (f"Search progress over {len(points)} batches of {len(run.trials or [])} trials: the best feasible "
                f"{run.objectives[0]} so far ({'none feasible' if last[1] is None else f'{last[1]:.4g}'} at the end)"
                + (f" and the hypervolume of the feasible trials ({last[2]:.4g} at the end)" if last[2] is not None
                   else "") + ".")
     return _png(fig), caption
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def training_figure(rows: Sequence[dict[str, Any]]) -> tuple[bytes, str] | None:
@@ -389,11 +415,12 @@ def training_figure(rows: Sequence[dict[str, Any]]) -> tuple[bytes, str] | None:
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        _integer_ticks(ax)
         for i, (phase, start, end) in enumerate(phases):
             ax.axvspan(start - 0.5, end + 0.5, color="#000000", alpha=0.04 if i % 2 else 0.0)
-            if ax is ax_loss:
-                ax.text((start + end) / 2, 1.0, phase, transform=ax.get_xaxis_transform(), ha="center",
-                        va="bottom", fontsize=7)
+            if len(phases) > 1:  # short phases side by side: their names alternate between two heights
+                ax.text((start + end) / 2, 1.01 + 0.06 * (i % 2), phase, transform=ax.get_xaxis_transform(),
+                        ha="center", va="bottom", fontsize=7)
     caption = (f"Supernet training over {len(rows)} epochs ({', '.join(p[0] for p in phases) or 'one phase'}; "
                f"phases shaded alternately).")
     return _png(fig), caption
