@@ -46,9 +46,14 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     blocks = all_sections(run, _config(run))
     title = f"hwnas report: {run.directory.name}"
     figures = run.directory / FIGURES
+    names = set()
     for block in blocks:
         if isinstance(block, Image):
             atomic_write_bytes(figures / block.name, block.png)
+            names.add(block.name)
+    for stale in figures.glob("*.png"):  # figures of an earlier build that this one no longer has (a pick gone)
+        if stale.name not in names:
+            stale.unlink()
     html_path, md_path = run.directory / "report.html", run.directory / "report.md"
     atomic_write_text(html_path, to_html(title, blocks))
     atomic_write_text(md_path, to_markdown(title, blocks, FIGURES))

@@ -68,7 +68,7 @@ def to_html(title: str, blocks: list[Block]) -> str:
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(block, Image):
             data = base64.b64encode(block.png).decode("ascii")
-            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
+            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(Path(block.name).stem)}">'
                        f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
         else:
             out.append(f"<pre>{html.escape(block.text)}</pre>")

@@ -275,3 +275,12 @@ def test_the_command_rebuilds_the_report(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     assert str(run / "report.html") in capsys.readouterr().out
     assert (run / "report" / "supernet-training.png").is_file()
+
+
+def test_a_rebuild_drops_figures_it_no_longer_has(tmp_path):
+    run = make_run(tmp_path)
+    build_report(run)
+    stale = run / "report" / "arch-000000000000.png"
+    stale.write_bytes(b"old")
+    build_report(run)
+    assert not stale.exists() and len(list((run / "report").glob("*.png"))) == 7
