@@ -159,6 +159,7 @@ class RunConfig:
 
     name: str = "run"
     run_dir: Union[str, None] = None  # noqa: UP007 (default runs/<name>)
+    stages: tuple = STAGES  # the stages this config runs (the others are off; what they need must exist)
     seed: int = 0
     threads: int = 1
     progress: bool = True
@@ -262,6 +263,8 @@ def check_config(config: RunConfig) -> None:
     from nas.strategies import STRATEGY_NAMES, strategy_config
     from search_spaces import REFERENCES
 
+    for i, stage in enumerate(config.stages):
+        _choice(f"stages[{i}]", stage, STAGES)
     _choice("data.dataset", config.data.dataset, DATASETS)
     if config.data.dataset in ("cifar10", "cifar100", "imagefolder") and not config.data.data_path:
         raise ConfigError(f"data.data_path is needed for data.dataset {config.data.dataset} (a local directory)")
@@ -525,8 +528,9 @@ class Pipeline:
 
     def enabled(self, stage: str) -> bool:
         r = self.resolved
-        return {"compress": r["compress"]["method"] != "none", "references": r["references"]["source"] != "none",
-                "report": r["report"]["enabled"]}.get(stage, True)
+        return stage in r["stages"] and {"compress": r["compress"]["method"] != "none",
+                                         "references": r["references"]["source"] != "none",
+                                         "report": r["report"]["enabled"]}.get(stage, True)
 
     # -- planning
     def plan(self, *, start: str | None = None, only: str | None = None) -> list[Plan]:
@@ -541,7 +545,8 @@ class Pipeline:
             hashes[stage] = self.stage_hash(stage, hashes)
             old = recorded.get(stage, {})
             if not self.enabled(stage):
-                plans.append(Plan(stage, "off", "turned off in the config"))
+                plans.append(Plan(stage, "off", "not in this config's stages" if stage not in self.resolved["stages"]
+                                  else "turned off in the config"))
                 continue
             if only is not None and stage != only:
                 plans.append(Plan(stage, "skip", "--only " + only))
@@ -566,12 +571,17 @@ class Pipeline:
                 changed.add(stage)
             plans.append(Plan(stage, action, reason, 0.0 if action == "skip" else estimate(stage, self.resolved)))
         self._hashes = hashes
-        if only is not None:
-            for dep in DEPENDS[only]:
+        running = {p.stage for p in plans if p.action in ("run", "rerun", "resume")}
+        for stage in sorted(running, key=STAGES.index):
+            if stage == "report":
+                continue  # the report shows what there is
+            for dep in DEPENDS[stage]:
                 entry = recorded.get(dep, {})
-                if self.enabled(dep) and (entry.get("status") != "done" or not self._outputs_exist(dep, entry)):
-                    raise HwnasError(f"--only {only} needs the output of stage {dep}, which is missing from "
-                                     f"{self.run_dir} (run `hwnas run CONFIG` or `--from {dep}` first)")
+                if dep not in running and (entry.get("status") != "done" or not self._outputs_exist(dep, entry)):
+                    why = f"--only {only}" if only is not None else "stage " + stage
+                    raise HwnasError(f"{why} needs the output of stage {dep}, which is missing from {self.run_dir} "
+                                     f"(stage {dep} is {'off in the config' if not self.enabled(dep) else 'not run'}"
+                                     f"; run it first: `hwnas run CONFIG --from {dep}`)")
         return plans
 
     def _outputs_exist(self, stage: str, entry: dict[str, Any]) -> bool:
@@ -636,6 +646,19 @@ class Pipeline:
         for name in present:
             (self.run_dir / name).rename(target / name)
         self.log(f"  {stage}: earlier outputs ({', '.join(present)}) moved to {target}")
+
+    def summary(self) -> list[str]:
+        """The closing lines: each stage's one-line summary and where the report is."""
+        stages = self.record["stages"]
+        lines = [f"summary of {self.run_dir}:"]
+        for stage in STAGES:
+            entry = stages.get(stage, {})
+            if entry.get("status") == "done" and entry.get("summary"):
+                lines.append(f"  {stage:<10}  {entry['summary']}")
+        html = stages.get("report", {}).get("outputs", {}).get("html")
+        if html:
+            lines.append(f"report: {html} (and report.md beside it; rebuild with `hwnas report {self.run_dir}`)")
+        return lines
 
     # -- the stages (each returns its outputs and a one-line summary)
     def _progress(self) -> bool:
@@ -708,8 +731,6 @@ class Pipeline:
         return space, settings, CostEvaluator(space, self.tables())
 
     def _stage_search(self) -> tuple[dict[str, Any], str]:
-        import inspect
-
         from nas.evaluators import SupernetEvaluator
         from nas.search import Search, write_picks
 
@@ -727,12 +748,9 @@ class Pipeline:
 
             predictor = AccuracyPredictor.load(self.path(s["predictor"]), space).predict
         storage = s["storage"] or f"sqlite:///{self.run_dir / 'study.db'}"
-        extra: dict[str, Any] = {}
-        if "study_attrs" in inspect.signature(Search).parameters:
-            extra["study_attrs"] = {"command": self.command, "config": str(self.run_dir / CONFIG_FILE),
-                                    "tables": [tb.table_id for tb in self.tables()]}
+        attrs = {"command": self.command, "config": str(self.run_dir / CONFIG_FILE)}
         search = Search(space, settings, costs, evaluator.accuracy, storage=storage, study_name=s["study"],
-                        predictor=predictor, progress=self._progress(), strategy_inputs=inputs, **extra)
+                        predictor=predictor, progress=self._progress(), strategy_inputs=inputs, study_attrs=attrs)
         result = search.run()
         picks = write_picks(self.run_dir, result.picks)
         best = result.picks[0] if result.picks else None
@@ -753,16 +771,19 @@ class Pipeline:
     def _stage_export(self) -> tuple[dict[str, Any], str]:
         from nas.cli.export import export_picks
         from nas.search import write_picks
+        from nas.study import note_measured, open_study
         from search_spaces import ArchConfig
         from supernets.threads import torch_threads
 
         rows = self.picks()
         top = self.resolved["export"]["top"] or len(rows)
-        _, settings, costs = self._search_objects()
+        space, settings, costs = self._search_objects()
         with torch_threads(self.resolved["threads"] or None):
             lines = export_picks(str(self.supernet_dir), self.run_dir / "subnets", rows[:top], costs.tables,
                                  settings.constraints, self.log)
         write_picks(self.run_dir, rows)
+        study = self.record["stages"]["search"]["outputs"]
+        note_measured(open_study(study["storage"], study["study"], settings.objectives, space), rows[:top])
         for line in lines[1:]:
             self.log(line)
         dirs = [str(self.run_dir / "subnets" / ArchConfig.from_str(p["arch"]).key) for p in rows[:top]]
@@ -947,6 +968,8 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
             + (f": expect about {_duration(total * busy)}" if busy > 1.05 else ""))
         return directory
     pipeline.run(plans)
+    for line in pipeline.summary():
+        log(line)
     return directory
 
 
