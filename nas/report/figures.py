@@ -163,7 +163,7 @@ def plane_figure(run: Run, runtime: str) -> tuple[bytes, str]:
     ax.set_xlabel(f"latency on {runtime} (ms)")
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     meta = trial_table(run, runtime)
     priced = (f"trials are priced by table {(meta or {}).get('table_id')} (predicted latency); only picks and "
               f"references are measured" if points["trials"] else
@@ -307,8 +307,8 @@ def arch_figure(pick: Model, children: Sequence[Model]) -> tuple[bytes, str]:
         _draw_kept(ax, rows)
         ax.set_title(f"compressed {child.key}: kept output channels per layer, bar colour = precision", fontsize=9)
     caption = (f"Pick {pick.key} stage by stage (box width grows with output channels; k kernel, e expansion, "
-               f"c channels, s2 stride 2)" + (f"; below, its compressed version{'s' if len(kept) > 1 else ''}' kept "
-                                              f"channels and precision per layer" if kept else "") + ".")
+               f"c channels, s2 stride 2)" + ("; below, the kept channels and precision per layer of "
+                                              f"{len(kept)} compressed version(s)" if kept else "") + ".")
     return _png(fig), caption
 
 

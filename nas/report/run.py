@@ -144,12 +144,19 @@ class Run:
 
 
 def _path(run_dir: Path, text: Any) -> Path:
-    """A path recorded in stages.json: absolute, relative to the working directory, or to the run directory."""
+    """A path recorded in stages.json: absolute, `RUN/...`, relative to the working directory (`runs/NAME/...`,
+    as the run recorded it), else the longest tail of it found under the run directory (a run directory moved or
+    copied since)."""
     path = Path(str(text))
     if path.is_absolute() or path.exists():
         return path
-    if path.parts and path.parts[0] == "RUN":
-        return run_dir.joinpath(*path.parts[1:])
+    parts = path.parts
+    if parts and parts[0] == "RUN":
+        return run_dir.joinpath(*parts[1:])
+    for start in range(len(parts)):
+        inside = run_dir.joinpath(*parts[start:])
+        if inside.exists():
+            return inside
     return run_dir / path
 
 

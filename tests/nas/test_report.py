@@ -284,3 +284,13 @@ def test_a_rebuild_drops_figures_it_no_longer_has(tmp_path):
     stale.write_bytes(b"old")
     build_report(run)
     assert not stale.exists() and len(list((run / "report").glob("*.png"))) == 7
+
+
+def test_paths_recorded_relative_to_another_directory_are_found_in_the_run(tmp_path, monkeypatch):
+    run = make_run(tmp_path)
+    stages = (run / "stages.json").read_text().replace(str(run), "runs/smoke")  # as `hwnas run` records them
+    (run / "stages.json").write_text(stages)
+    monkeypatch.chdir(tmp_path)  # runs/smoke does not exist here: the run directory was moved since
+    moved = read_run(run)
+    assert len(moved.picks) == 2 and len(moved.compressed) == 1 and len(moved.trials) == N_TRIALS
+    assert moved.train_log is not None and len(moved.train_log) == 4
