@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from nas.report import build_report
 from tests.browser import chromium_page, screenshot_is_blank
 from tests.nas.test_report import make_run
 
 
-def test_report_html_renders_with_every_figure_loaded(tmp_path):
+def test_report_html_renders_with_every_figure_loaded(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     html_path, _ = build_report(run)
     figures = len(re.findall(r"<img src=\"data:image/png;base64,", html_path.read_text()))
