@@ -9,11 +9,28 @@ about +-0.9 points at 98%).
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from search_spaces import REFERENCES, ArchConfig, HeadConfig, reference
 from search_spaces.errors import HwnasError
+from search_spaces.families import make_divisible
+from search_spaces.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from latency_tables.table import LatencyTable
+    from supernets.config import TrainConfig
+    from supernets.data import Dataset
+
+SUMMARY_VERSION = 1
+REFERENCE_FILE = "reference.json"
+#: Where `train_reference` keeps the tables' copies with the references' keys measured on demand.
+MEASURED_TABLES = ".measured-tables"
 
 #: The speed-up over the fastest reference of equal or lower accuracy that the acceptance asks for.
 REQUIRED_SPEEDUP = 1.5
@@ -35,6 +52,251 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+# ------------------------------------------------------------------------------------------------- scaling
+
+#: The total stride of the `small` space (stem 2 x stage 2 x stage 2): a reference keeps its first strides up to it.
+TARGET_STRIDE = 8
+DEFAULT_WIDTH = 0.5
+
+SCALING_RULE = (
+    "The published ImageNet network takes the data's resolution, channels and classes; its stem, max pool and "
+    f"first stride-2 blocks keep their stride until the total stride reaches {TARGET_STRIDE} (the small space's), "
+    "later stride-2 blocks become stride 1, and every width (stem, blocks, and through them the expanded and "
+    "SE widths, head, hidden) is multiplied by the width factor and rounded with make_divisible(., 8)."
+)
+
+
+def scale_reference(name: str, *, resolution: int, in_channels: int, num_classes: int,
+                    width: float = DEFAULT_WIDTH) -> ArchConfig:
+    """`search_spaces.reference(name)` scaled to the data by `SCALING_RULE`, the same rule for every reference."""
+    if name not in REFERENCES:
+        raise HwnasError(f"unknown reference network {name!r}; known: {', '.join(REFERENCES)}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 4:
+        raise HwnasError(f"reference width factor must be a number in (0, 4]; got {width!r}")
+    arch = reference(name)
+
+    def scaled(channels: int) -> int:
+        return make_divisible(channels * width)
+
+    stride = arch.stem.stride * (2 if arch.stem.maxpool else 1)
+    if stride > TARGET_STRIDE:
+        raise HwnasError(f"reference {name}: its stem alone strides {stride}, more than {TARGET_STRIDE}")
+    stages = []
+    for stage in arch.stages:
+        blocks = []
+        for block in stage:
+            keep = block.stride == 1 or stride * block.stride <= TARGET_STRIDE
+            stride *= block.stride if keep else 1
+            blocks.append(replace(block, out_channels=scaled(block.out_channels), stride=block.stride if keep else 1))
+        stages.append(tuple(blocks))
+    head = HeadConfig(scaled(arch.head.channels), scaled(arch.head.hidden) if arch.head.hidden else 0, arch.head.act)
+    return ArchConfig(resolution=resolution, in_channels=in_channels, num_classes=num_classes,
+                      stem=replace(arch.stem, channels=scaled(arch.stem.channels)), stages=tuple(stages), head=head)
+
+
+def total_stride(arch: ArchConfig) -> int:
+    """The network's total stride: the stem's (with its max pool) times every block's."""
+    stride = arch.stem.stride * (2 if arch.stem.maxpool else 1)
+    for stage in arch.stages:
+        for block in stage:
+            stride *= block.stride
+    return stride
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+
+def _priced_tables(arch: ArchConfig, tables: Sequence[LatencyTable], out_root: Path, log: Callable[[str], None]
+                   ) -> tuple[list[LatencyTable], dict[str, str]]:
+    """Each table's copy with `arch`'s keys measured on demand (so predictions are real), or, where this machine
+    cannot measure them, the reason the table gives no prediction (table id -> reason)."""
+    from latency_tables.ondemand import measured_or_source
+
+    priced, unpriced = [], {}
+    for table in tables:
+        if all(k in table.rows for k in _keys(arch)):
+            priced.append(table)
+            continue
+        copy, why = measured_or_source(table, [arch], out_root / MEASURED_TABLES / table.table_id, progress=False)
+        if why:
+            unpriced[table.table_id] = f"the table lacks this network's keys and they cannot be measured here: {why}"
+            log(f"{table.table_id}: no prediction ({why})")
+        else:
+            priced.append(copy)
+    return priced, unpriced
+
+
+def _keys(arch: ArchConfig) -> list[Any]:
+    from latency_tables.keys import arch_keys
+
+    return list(arch_keys(arch))
+
+
+def train_reference(name: str, data: Dataset, config: TrainConfig, out_root: Path, *,
+                    tables: Sequence[LatencyTable], epochs: int | None = None, seed: int = 0, progress: bool = False,
+                    log: Callable[[str], None] = print, width: float = DEFAULT_WIDTH, resolution: int | None = None,
+                    space: str | None = None, runtimes: Sequence[tuple[str, str]] | None = None) -> Path:
+    """Train the reference `name`, scaled to `data` (`scale_reference`; resolution: the data's own unless given),
+    alone with `config`'s recipe (`train_alone`: `config.total_epochs` epochs unless given, lr of the first
+    phase), and export it to `out_root/<key>/` with `reference.json` beside it; a finished export is reused.
+
+    The export is measured on each of `runtimes` (default `nas.export`'s: ORT and LiteRT fp32), 1 thread, and
+    predicted by each of `tables` on a copy with the network's keys measured on demand in
+    `out_root/.measured-tables/<table id>/`; a table whose keys cannot be measured here gives no prediction and
+    `reference.json` says why (`unpriced`). `space` (default: the first table's, else "small") is the space name
+    the spec records, the run's, so that its tables accept it."""
+    import torch
+
+    from nas.export import ExportOptions, Provenance, SubnetSpec, export_model
+    from nas.export.writer import _hwnas_version
+    from supernets.training import train_alone
+
+    out_root = Path(out_root)
+    native = int(data.train.images.shape[-1])
+    arch = scale_reference(name, resolution=resolution or native, in_channels=data.in_channels,
+                           num_classes=data.num_classes, width=width)
+    directory = out_root / arch.key
+    if (directory / REFERENCE_FILE).is_file():
+        log(f"{name}: reusing {directory}")
+        return directory
+    epochs = config.total_epochs if epochs is None else epochs
+    lr = config.phases[0].lr
+    log(f"{name}: training {arch.key} alone ({epochs} epochs, lr {lr}, {_macs(arch) / 1e6:.2f} M MACs)")
+    started = time.perf_counter()
+    model = train_alone(arch, data, config, epochs=epochs, lr=lr, seed=seed, progress=progress)
+    seconds = time.perf_counter() - started
+    priced, unpriced = _priced_tables(arch, tables, out_root, log)
+    space_name = space or (tables[0].space_name if tables else "small")
+    provenance = Provenance(None, data.name, seed, 0, tuple(t.table_id for t in priced), _hwnas_version(),
+                            str(torch.__version__))
+    spec = SubnetSpec(arch, space_name, data.mean, data.std, provenance)
+    info = {"name": name, "scaling": SCALING_RULE, "width": width, "epochs": epochs, "lr": lr, "seed": seed,
+            "seconds": round(seconds, 1), "unpriced": unpriced}
+
+    def reference_file(metrics: dict[str, Any], directory: Path) -> dict[str, str]:
+        return {REFERENCE_FILE: json.dumps(info, indent=2) + "\n"}
+
+    options = ExportOptions(runtimes=None if runtimes is None else tuple(runtimes), tables=tuple(priced), threads=1,
+                            overwrite=True)
+    path = export_model(model, spec, data, out_root, options, extra_metrics={"reference": info},
+                        progress=log if progress else None, extra_files=reference_file)
+    log(f"{name}: exported {path} ({seconds:.0f} s of training)")
+    return path
+
+
+def _macs(arch: ArchConfig) -> int:
+    from latency_tables.counting import count_arch
+
+    return int(count_arch(arch)[1])
+
+
+# --------------------------------------------------------------------------------------------------- summary
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HwnasError(f"{path} is missing: {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HwnasError(f"{path} is not readable JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise HwnasError(f"{path} must hold a JSON object; got {type(data).__name__}")
+    return data
+
+
+def _latency_rows(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """metrics.json's `latency` section as summary rows' `latency`: "<runtime>:<precision>" -> measured median,
+    and the prediction of a table for the same runtime and precision (None without one)."""
+    section = metrics.get("latency") or {}
+    predicted = section.get("predicted") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for entry in (section.get("measured") or {}).values():
+        runtime, precision = str(entry["runtime"]), str(entry["precision"])
+        table = next((tid for tid, p in predicted.items()
+                      if (p.get("runtime"), p.get("precision")) == (runtime, precision)), None)
+        out[f"{runtime}:{precision}"] = {
+            "measured_ms": float(entry["median_ms"]),
+            "predicted_ms": None if table is None else float(predicted[table]["latency_ms"]),
+            "table_id": table}
+    return out
+
+
+def _weight_bytes(arch: ArchConfig) -> int:
+    """Bytes of the fp32 weights (BatchNorm folded into its convolution, as the runtimes run them)."""
+    from latency_tables.counting import layer_ops
+
+    return 4 * sum(op.weights for op in layer_ops(arch))
+
+
+def reference_row(directory: Path, name: str, variant: str) -> dict[str, Any]:
+    """A summary.json row from an export directory: an fp32 export (metrics.json, and reference.json when it is a
+    trained reference) or a compressed one (compress.json's accuracy after compression, sizes and ratios)."""
+    from nas.compress.pipeline import COMPRESS_FILE
+
+    directory = Path(directory)
+    if variant not in ("fp32", "compressed"):
+        raise HwnasError(f"reference row variant {variant!r} is not allowed; allowed: fp32, compressed")
+    metrics = _read_json(directory / "metrics.json", "not a finished export (export it with nas.export)")
+    arch = ArchConfig.from_str(str(metrics["arch"]))
+    images = int(metrics["accuracy"]["images"])
+    if variant == "compressed":
+        summary = _read_json(directory / COMPRESS_FILE, "not a compressed export (nas.compress)")
+        accuracy = float(summary["accuracy_after"])
+        params, macs = int(summary["params_after"]), int(summary["macs_after"])
+        size = int(round(float(summary["bytes_after"])))
+    else:
+        accuracy = float(metrics["accuracy"]["top1"])
+        params, macs, size = int(metrics["cost"]["params"]), int(metrics["cost"]["macs"]), _weight_bytes(arch)
+    correct = int(round(accuracy * images))
+    info = metrics.get("extra", {}).get("reference") or {}
+    if (directory / REFERENCE_FILE).is_file():
+        info = _read_json(directory / REFERENCE_FILE, "")
+    return {"name": name, "variant": variant, "arch": arch.to_str(), "key": str(metrics["key"]),
+            "accuracy": accuracy, "accuracy_ci95": list(wilson_interval(correct, images)), "val_images": images,
+            "correct": correct, "params": params, "macs": macs, "size_bytes": size,
+            "latency": _latency_rows(metrics), "directory": str(directory),
+            "epochs": info.get("epochs"), "seconds": info.get("seconds")}
+
+
+def write_summary(path: Path, rows: Sequence[dict[str, Any]], *, dataset: str, val_images: int, source: str,
+                  machine: str | None = None) -> Path:
+    """Write `RUN/references/summary.json` atomically (docs: the run directory's contract); `machine` defaults
+    to this machine's CPU model."""
+    from latency_tables.table import cpu_model
+
+    if not (source == "trained" or source.startswith("shipped:")):
+        raise HwnasError(f"summary source {source!r} is not allowed; allowed: 'trained' or 'shipped:<path>'")
+    data = {"version": SUMMARY_VERSION, "dataset": dataset, "val_images": int(val_images),
+            "machine": machine or cpu_model(), "source": source, "scaling": SCALING_RULE, "rows": list(rows)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path
+
+
+_ROW_FIELDS = ("name", "variant", "accuracy", "latency")
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    """A references summary.json, checked: a missing, corrupt or wrong-version file is a `HwnasError` naming it."""
+    path = Path(path)
+    data = _read_json(path, "write it with `hwnas run` (its references stage) or nas.references.write_summary")
+    if data.get("version") != SUMMARY_VERSION:
+        raise HwnasError(f"{path}: references summary version {data.get('version')!r}; this hwnas reads version "
+                         f"{SUMMARY_VERSION}")
+    rows = data.get("rows")
+    if not isinstance(rows, list):
+        raise HwnasError(f"{path}: 'rows' must be a list of reference rows")
+    for i, row in enumerate(rows):
+        missing = [f for f in _ROW_FIELDS if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise HwnasError(f"{path}: row {i} lacks {', '.join(missing)}")
+        if not isinstance(row["accuracy"], (int, float)) or not isinstance(row["latency"], dict):
+            raise HwnasError(f"{path}: row {i} ({row['name']}) needs a numeric accuracy and a latency object")
+    return data
+
+
 # ---------------------------------------------------------------------------------------------- comparison
 
 
@@ -49,10 +311,18 @@ def _interval(row: dict[str, Any]) -> tuple[float, float]:
     return acc, acc
 
 
+def _measured_on(row: dict[str, Any], runtime: str) -> tuple[str, float] | None:
+    """(latency key, measured ms) of a row on `runtime`: "ort:fp32" that key only; a bare runtime ("ort") the
+    row's fastest measurement on it at any precision (a compressed model runs at its plan's)."""
+    latency = row.get("latency") or {}
+    found = [(key, float(entry["measured_ms"])) for key, entry in latency.items()
+             if (key == runtime or key.split(":")[0] == runtime) and (entry or {}).get("measured_ms") is not None]
+    return min(found, key=lambda item: item[1]) if found else None
+
+
 def _measured(row: dict[str, Any], runtime: str) -> float | None:
-    entry = (row.get("latency") or {}).get(runtime) or {}
-    value = entry.get("measured_ms")
-    return float(value) if value is not None else None
+    found = _measured_on(row, runtime)
+    return None if found is None else found[1]
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -125,7 +395,9 @@ def compare_with_references(candidates: list[dict], references: list[dict], runt
     the candidate must be at least as accurate ("within_uncertainty": the two 95% intervals overlap). A
     condition no reference qualifies for is vacuous (None). The best candidate has the most conditions met,
     then the lowest latency; "met" is true when at least one condition applies to it and every one that
-    applies is met. Rows not measured on `runtime` are left out (said in "text").
+    applies is met. `runtime` is a latency key ("ort:fp32") or a bare runtime ("ort": each row's fastest
+    precision on it, so a compressed pick runs at its plan's; `measured_on` says which). Rows not measured on
+    `runtime` are left out (said in "text").
     """
     refs = [(ref, ms) for ref in references if (ms := _measured(ref, runtime)) is not None]
     refs_by_label = {_label(ref): ref for ref, _ in refs}
@@ -138,6 +410,7 @@ def compare_with_references(candidates: list[dict], references: list[dict], runt
             continue
         row = {"name": cand["name"], "variant": cand.get("variant", "fp32"), "accuracy": float(cand["accuracy"]),
                "accuracy_ci95": list(_interval(cand)), "measured_ms": cand_ms,
+               "measured_on": _measured_on(cand, runtime)[0],  # type: ignore[index]
                "faster_than": _faster_than(cand, cand_ms, refs), "as_accurate_as": _as_accurate_as(cand, cand_ms, refs)}
         rows.append(row)
         texts.append(_sentences(cand, row, runtime, refs_by_label))

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
-from nas.references import compare_with_references, wilson_interval
+from latency_tables.counting import count_arch
+from nas.references import (
+    DEFAULT_WIDTH,
+    SCALING_RULE,
+    compare_with_references,
+    load_summary,
+    reference_row,
+    scale_reference,
+    total_stride,
+    train_reference,
+    wilson_interval,
+    write_summary,
+)
+from search_spaces import REFERENCES, reference
 from search_spaces.errors import HwnasError
 
 
@@ -135,3 +151,154 @@ def test_compare_best_candidate():
     assert worse_row["as_accurate_as"]["difference_points"] == pytest.approx(-3.8)
     assert worse_row["as_accurate_as"]["within_uncertainty"] is False
     assert "outside the 95% intervals: not met" in out["text"]
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_scale_reference_builds_and_exports(name, tmp_path):
+    import torch
+
+    from supernets.models import build_model
+
+    arch = scale_reference(name, resolution=28, in_channels=1, num_classes=10)
+    assert (arch.resolution, arch.in_channels, arch.num_classes) == (28, 1, 10)
+    assert total_stride(arch) == 8 and total_stride(reference(name)) == 32
+    published = reference(name)
+    assert arch.depths == published.depths
+    assert arch.stem.channels == max(8, round(published.stem.channels * DEFAULT_WIDTH / 8) * 8)
+    model = build_model(arch).eval()
+    logits = model(torch.zeros(2, 1, 28, 28))
+    assert logits.shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) == count_arch(arch)[0]
+    import onnxruntime as ort
+
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert abs(out - model(x).detach().numpy()).max() < 1e-3
+
+
+def test_scale_reference_rule_on_mobilenet_v2():
+    arch = scale_reference("mobilenet_v2", resolution=32, in_channels=3, num_classes=100, width=1.0)
+    # stem 2, then the 24- and 32-channel stages keep stride 2 (total 8); the 64 and 160 stages become stride 1
+    assert [stage[0].stride for stage in arch.stages] == [1, 2, 2, 1, 1, 1, 1]
+    assert [stage[0].out_channels for stage in arch.stages] == [16, 24, 32, 64, 96, 160, 320]
+    half = scale_reference("mobilenet_v2", resolution=32, in_channels=3, num_classes=100, width=0.5)
+    assert [stage[0].out_channels for stage in half.stages] == [8, 16, 16, 32, 48, 80, 160]
+    assert (half.stem.channels, half.head.channels) == (16, 640)
+    shuffle = scale_reference("shufflenet_v2_x0_5", resolution=28, in_channels=1, num_classes=10)
+    # stem 2 x max pool 2, then stage 2 keeps its stride 2; stages 3 and 4 become stride 1
+    assert shuffle.stem.maxpool and [stage[0].stride for stage in shuffle.stages] == [2, 1, 1]
+    v3 = scale_reference("mobilenet_v3_small", resolution=28, in_channels=1, num_classes=10)
+    assert v3.head.hidden == 512 and [stage[0].stride for stage in v3.stages] == [2, 2, 1, 1]
+    assert "make_divisible" in SCALING_RULE
+
+
+def test_scale_reference_bad_input():
+    with pytest.raises(HwnasError, match="unknown reference network 'resnet50'; known: mobilenet_v2"):
+        scale_reference("resnet50", resolution=28, in_channels=1, num_classes=10)
+    with pytest.raises(HwnasError, match="width factor"):
+        scale_reference("mobilenet_v2", resolution=28, in_channels=1, num_classes=10, width=0)
+
+
+# ------------------------------------------------------------------------------------- training and rows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """shufflenet_v2_x0_5 trained for one epoch on digits and exported to ORT only (LiteRT's converter takes half a
+    minute), with the shipped ORT table's prediction."""
+    from latency_tables.table import LatencyTable, shipped_tables
+    from supernets.config import TrainConfig
+    from supernets.data import load_dataset
+    from supernets.threads import torch_threads
+
+    data = load_dataset("digits")
+    config = TrainConfig.load(Path(__file__).resolve().parents[2] / "configs" / "mnist5k.yaml")
+    tables = [LatencyTable.load(p) for p in shipped_tables() if p.name == "small-amd-epyc-2c-ort-fp32-t1"]
+    out = tmp_path_factory.mktemp("refs")
+    logs: list[str] = []
+    with torch_threads(1):  # two cores shared with other work: more threads only wait on each other
+        path = train_reference("shufflenet_v2_x0_5", data, config, out, tables=tables, epochs=1, log=logs.append,
+                               runtimes=[("ort", "fp32")])
+    return path, data, config, tables, logs
+
+
+def test_train_reference_exports_and_measures(trained):
+    path, data, _, tables, logs = trained
+    arch = scale_reference("shufflenet_v2_x0_5", resolution=8, in_channels=1, num_classes=10)
+    assert path.name == arch.key
+    info = json.loads((path / "reference.json").read_text())
+    assert info["name"] == "shufflenet_v2_x0_5" and info["epochs"] == 1 and info["scaling"] == SCALING_RULE
+    assert info["width"] == DEFAULT_WIDTH and info["seconds"] > 0
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert set(metrics["latency"]["measured"]) == {"ort-fp32"}
+    assert all(m["threads"] == 1 for m in metrics["latency"]["measured"].values())
+    if info["unpriced"]:  # this machine could not measure the table's missing keys: the reason is recorded
+        assert tables[0].table_id in info["unpriced"]
+    else:  # the keys were measured on demand into a copy: the prediction is real, not estimated
+        predicted = metrics["latency"]["predicted"][tables[0].table_id]
+        assert predicted["latency_ms"] > 0 and predicted["estimated"] is False
+        assert (path.parent / ".measured-tables" / tables[0].table_id / "table.csv").is_file()
+    assert any("training" in line for line in logs)
+
+
+def test_train_reference_reuses_a_finished_export(trained):
+    path, data, config, tables, _ = trained
+    before = (path / "metrics.json").stat().st_mtime_ns
+    logs: list[str] = []
+    again = train_reference("shufflenet_v2_x0_5", data, config, path.parent, tables=tables, epochs=1,
+                            log=logs.append)
+    assert again == path and (path / "metrics.json").stat().st_mtime_ns == before
+    assert logs == [f"shufflenet_v2_x0_5: reusing {path}"]
+
+
+def test_reference_row_and_summary_round_trip(trained, tmp_path):
+    path, data, *_ = trained
+    row = reference_row(path, "shufflenet_v2_x0_5", "fp32")
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert row["accuracy"] == metrics["accuracy"]["top1"] and row["val_images"] == len(data.val) == 359
+    assert row["correct"] == round(row["accuracy"] * 359)
+    assert row["accuracy_ci95"] == list(wilson_interval(row["correct"], 359))
+    assert set(row["latency"]) == {"ort:fp32"}
+    ort_row, ort_metrics = row["latency"]["ort:fp32"], metrics["latency"]
+    assert ort_row["measured_ms"] == ort_metrics["measured"]["ort-fp32"]["median_ms"]
+    if ort_row["table_id"] is not None:
+        assert ort_row["predicted_ms"] == ort_metrics["predicted"][ort_row["table_id"]]["latency_ms"]
+    assert row["epochs"] == 1 and row["params"] == metrics["cost"]["params"]
+    assert row["size_bytes"] < 4 * row["params"]  # BatchNorm folded: fewer weights than parameters
+    # a compressed export: accuracy and sizes from compress.json
+    comp = tmp_path / "comp"
+    shutil.copytree(path, comp)
+    (comp / "reference.json").unlink()
+    (comp / "compress.json").write_text(json.dumps({"accuracy_after": 0.5, "params_after": 1000, "macs_after": 2000,
+                                                    "bytes_after": 1234.0}))
+    crow = reference_row(comp, "shufflenet_v2_x0_5", "compressed")
+    assert (crow["accuracy"], crow["correct"], crow["params"], crow["macs"], crow["size_bytes"]) == \
+        (0.5, 180, 1000, 2000, 1234)
+    with pytest.raises(HwnasError, match="compress.json is missing"):
+        reference_row(path, "shufflenet_v2_x0_5", "compressed")
+    summary = write_summary(tmp_path / "references" / "summary.json", [row, crow], dataset="digits",
+                            val_images=359, source="trained", machine="test cpu")
+    loaded = load_summary(summary)
+    assert loaded["rows"] == [row, crow] and loaded["machine"] == "test cpu" and loaded["scaling"] == SCALING_RULE
+
+
+def test_load_summary_errors(tmp_path):
+    path = tmp_path / "summary.json"
+    with pytest.raises(HwnasError, match="summary.json is missing"):
+        load_summary(path)
+    path.write_text("{not json")
+    with pytest.raises(HwnasError, match=r"summary.json is not readable JSON \(JSONDecodeError"):
+        load_summary(path)
+    path.write_text(json.dumps({"version": 2, "rows": []}))
+    with pytest.raises(HwnasError, match="summary.json: references summary version 2; this hwnas reads version 1"):
+        load_summary(path)
+    path.write_text(json.dumps({"version": 1, "rows": [{"name": "x", "variant": "fp32", "accuracy": 0.9}]}))
+    with pytest.raises(HwnasError, match="row 0 lacks latency"):
+        load_summary(path)
+    with pytest.raises(HwnasError, match="source 'mine' is not allowed"):
+        write_summary(path, [], dataset="digits", val_images=1, source="mine")
