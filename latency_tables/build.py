@@ -247,7 +247,7 @@ def _measure_keys(index: SpaceIndex, todo: list[LutKey], runtime: str, precision
     """Measure the keys still to do, appending a row to `out/table.csv` as each group finishes."""
     table_csv = out / "table.csv"
     if not runtime_spec(runtime).converter:  # nothing to convert: the model file is the key itself
-        with tqdm(total=len(todo), desc="measure", disable=not progress, leave=False) as bar:
+        with tqdm(total=len(todo), desc="measure", disable=None if progress else True, leave=False) as bar:
             for group in _chunks(todo, 32):
                 for key, m in zip(group, measure_targets(runtime, precision, group, protocol), strict=True):
                     _append(table_csv, row_line(key, m.median_ms, m.iqr_ms, m.runs))
@@ -317,7 +317,8 @@ def convert_all(runtime: str, precision: str, items: Sequence[tuple[LutKey | Arc
         for leftover in folder.glob(".*"):  # a conversion cut off mid-write (files are renamed into place whole)
             leftover.unlink()
     chunks = _chunks([(spec_of(t), str(path)) for t, path in items if not path.is_file()], chunk)
-    with tqdm(total=sum(map(len, chunks)), desc="convert", disable=not progress, leave=False) as bar:
+    with tqdm(total=sum(map(len, chunks)), desc="convert", disable=None if progress else True,
+              leave=False) as bar:
         if jobs > 1 and len(chunks) > 1:
             context = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_unpin) as pool:
@@ -333,7 +334,7 @@ def measure_files(csv_path: Path, items: list[tuple[Any, Path]], runtime: str, p
     """Measure converted files in groups (round-robin rounds within a group), append a CSV line for each and
     delete its file; remove the models folder once it is empty."""
     rt = get_runtime(runtime)
-    with tqdm(total=len(items), desc=desc, disable=not progress, leave=False) as bar:
+    with tqdm(total=len(items), desc=desc, disable=None if progress else True, leave=False) as bar:
         for part in _chunks(items, group):
             for (target, path), m in zip(part, rt.measure_many([p for _, p in part], protocol), strict=True):
                 _append(csv_path, line(target, m))

@@ -35,6 +35,7 @@ from latency_tables.pieces import (  # noqa: F401 - re-exported: callers reach t
     target_from_spec,
     target_module,
 )
+from latency_tables.quiet import scoped_env
 from latency_tables.runtimes import (
     MIXED,
     RuntimeMissing,
@@ -246,12 +247,14 @@ def integer_io(path: Path, *, input_: bool = True, output: bool = True) -> dict[
 # --------------------------------------------------------------------------------------------- TFLite
 
 
+#: litert-torch's own progress display and TensorFlow's C++ info logs, off while it is imported and converts.
+_CONVERTER_ENV = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3"}
+
+
 def _litert_torch() -> Any:
-    for name, value in (("LITERT_TORCH_SHOW_PROGRESS", "n"), ("TF_CPP_MIN_LOG_LEVEL", "3"),
-                        ("GLOG_minloglevel", "3")):  # the converter's own progress and C++ info logs
-        os.environ.setdefault(name, value)
     try:
-        import litert_torch
+        with scoped_env(_CONVERTER_ENV):
+            import litert_torch
     except ImportError:
         raise RuntimeMissing("TFLite conversion needs litert-torch; install it with `pip install -e '.[runtimes]'`"
                              " (or `pip install litert-torch`)") from None
@@ -267,7 +270,8 @@ def export_tflite(module: nn.Module, shape: Sequence[int], path: Path, precision
     outputs = [0] if not isinstance(module, (HeadNet, StaticNet)) else []
     nhwc = lt.to_channel_last_io(module.eval(), args=[0], outputs=outputs).eval()
     x = torch.zeros(tuple(shape)).permute(0, 2, 3, 1).contiguous()
-    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            scoped_env(_CONVERTER_ENV):
         warnings.simplefilter("ignore")
         if precision == "fp32":
             edge = lt.convert(nhwc, (x,))
@@ -301,6 +305,11 @@ def _convert_int8(lt: Any, module: nn.Module, x: torch.Tensor, calibration: Sequ
         for sample in calibration:
             graph(torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 2, 3, 1))))
     graph = convert_pt2e(graph, fold_quantize=False)
+    # The graph was exported from the eval-mode `module` (its BatchNorm and dropout are the inference ops), but an
+    # exported GraphModule keeps `training=True` and refuses `.eval()`; litert-torch reads the flag and warns
+    # "converted in training mode". The flag is made to say what the graph is.
+    for sub in graph.modules():
+        sub.training = False
     return lt.convert(graph, (x,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
 

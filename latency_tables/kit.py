@@ -78,8 +78,8 @@ def export_kit(space: SearchSpace, runtime: str, precision: str, out: Path, *, p
         raise TableError(f"{out} holds a kit for other settings; pick another --out")
     atomic_write_text(old, json.dumps(manifest, indent=1) + "\n")
     shutil.copyfile(RUNNER, out / "runner.py")
-    for entry, target in tqdm(list(zip(entries, targets, strict=True)), desc="kit", disable=not progress,
-                              leave=False):
+    pairs = list(zip(entries, targets, strict=True))
+    for entry, target in tqdm(pairs, desc="kit", disable=None if progress else True, leave=False):
         path = out / entry["file"]
         if not path.is_file():  # files are written atomically: one that exists is complete
             export_for(runtime, precision, target, path)

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from search_spaces.errors import HwnasError
-from search_spaces.files import atomic_write_text, fsync_dir, fsync_file, sha256_file
+from search_spaces.files import atomic_write_text, follow_umask, fsync_dir, fsync_file, sha256_file
 from supernets.checkpoint_files import (
     FORMAT,
     NAMES,
@@ -115,6 +115,7 @@ def _write_files(directory: Path, meta: dict[str, Any], model: torch.nn.Module, 
     tensors["optimizer.safetensors"] = opt_tensors
     for name, state in tensors.items():
         save_file(state, str(directory / name))
+        follow_umask(directory / name)  # safetensors writes 0600
         fsync_file(directory / name)
     atomic_write_text(directory / "optimizer.json", json.dumps(opt_plain))
     atomic_write_text(directory / "rng.json", json.dumps(rng))

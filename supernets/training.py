@@ -190,7 +190,7 @@ class SupernetTrainer:
         total, count = 0.0, 0
         native = data.train.images.shape[-1]
         bar = tqdm(batches(data.train, cfg.batch_size, native, data.mean, data.std, self.rng), total=steps,
-                   disable=not self.progress or self.world.rank != 0, leave=False,
+                   disable=None if self.progress and self.world.rank == 0 else True, leave=False,
                    desc=f"epoch {self.epoch + 1}/{cfg.total_epochs} {phase.name}")
         for step, (x, y) in enumerate(bar):
             t = (in_phase * steps + step) / (phase.epochs * steps)
@@ -328,7 +328,8 @@ def train_alone(arch: ArchConfig, data: Dataset, config: TrainConfig, *, epochs:
                                 weight_decay=config.weight_decay)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     steps, native = math.ceil(len(data.train) / config.batch_size), data.train.images.shape[-1]
-    for epoch in tqdm(range(epochs), disable=not progress, desc=f"train {arch.key} alone", leave=False):
+    for epoch in tqdm(range(epochs), disable=None if progress else True, desc=f"train {arch.key} alone",
+                      leave=False):
         model.train()
         for step, (x, y) in enumerate(batches(data.train, config.batch_size, native, data.mean, data.std, rng)):
             for group in optimizer.param_groups:

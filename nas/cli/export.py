@@ -50,15 +50,25 @@ def export_picks(supernet: str, out_root: Path, picks: list[dict[str, Any]], tab
             pick["meets_constraint_measured"] = verdict["meets_constraint_measured"]
         top1 = float(metrics.get("accuracy", {}).get("top1", float("nan")))
         pick["exported_accuracy"] = top1
-        state = ""
-        if verdict is not None:
-            state = "meets " + verdict["constraint"] if verdict["meets_constraint_measured"] else \
-                f"BREAKS {verdict['constraint']} when measured: not a subnet that meets it"
-        predicted = f"{float(pick['latency_ms']):.4f}" if pick.get("latency_ms") not in (None, "") else "-"
-        lines.append(f"  {arch.key}: accuracy {top1:.2%}, latency predicted "
-                     f"{predicted} ms, measured {measured if measured is None else f'{measured:.4f}'} ms {state}; "
-                     f"parity max |diff| {worst:.1e}")
+        lines.append(f"  {arch.key}: {pick_line(top1, pick.get('latency_ms'), measured, metrics, verdict, worst)}")
     return lines
+
+
+def pick_line(top1: float, predicted: Any, measured: float | None, metrics: dict[str, Any],
+              verdict: dict[str, Any] | None, worst: float) -> str:
+    """One exported pick in the summary: accuracy, latency predicted and measured (each runtime's when there is no
+    table to measure like), the constraint's verdict when there is one, and the largest parity difference."""
+    latency = f"{float(predicted):.4f} ms" if predicted not in (None, "") else "-"
+    if measured is not None:
+        latency += f", measured {measured:.4f} ms"
+    else:
+        runtimes = metrics.get("latency", {}).get("measured", {})
+        latency += ", measured " + (", ".join(f"{name} {m['median_ms']:.4f} ms" for name, m in runtimes.items())
+                                    or "-")
+    if verdict is not None:
+        latency += " " + ("meets " + verdict["constraint"] if verdict["meets_constraint_measured"] else
+                          f"BREAKS {verdict['constraint']} when measured: not a subnet that meets it")
+    return f"accuracy {top1:.2%}, latency predicted {latency}; parity max |diff| {worst:.1e}"
 
 
 def _csv_value(text: str) -> Any:

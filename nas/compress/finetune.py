@@ -236,7 +236,7 @@ class _Finetune:
         self.trained.train()
         steps, total = self._steps(), 0.0
         loader = batches(data.train, cfg.batch_size, data.train.images.shape[-1], data.mean, data.std, self.rng)
-        bar = tqdm(loader, total=steps, disable=not self.progress, leave=False,
+        bar = tqdm(loader, total=steps, disable=None if self.progress else True, leave=False,
                    desc=f"fine-tune {self.epoch + 1}/{cfg.epochs}")
         for step, (x, y) in enumerate(bar):
             if step >= steps:

@@ -42,7 +42,7 @@ from nas.export.spec import (
 from nas.objectives import Constraint
 from search_spaces import ArchConfig
 from search_spaces.errors import HwnasError
-from search_spaces.files import fsync_dir, fsync_file, sha256_file
+from search_spaces.files import follow_umask, fsync_dir, fsync_file, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -195,6 +195,7 @@ def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: st
             write_metrics(tmp, metrics)
             failed = out_root / f"{key}.parity-failed"
             shutil.rmtree(failed, ignore_errors=True)
+            follow_umask(tmp)
             tmp.rename(failed)
             raise ParityError(f"subnet {key} was not exported: its runtime models disagree with PyTorch: "
                               + " | ".join(parity_failures(parity)) + f". The files are kept in {failed}")
@@ -218,7 +219,9 @@ def export_model(model: nn.Module, spec: SubnetSpec, data: Dataset, out_root: st
 def publish(tmp: Path, final: Path) -> Path:
     """Put the finished directory `tmp` in place as `final`, durably: its files and entries are flushed first, and
     an older export at `final` is moved aside and removed only once the new one is in place (after a crash
-    between the two renames, the next publish puts the older one back before anything is removed)."""
+    between the two renames, the next publish puts the older one back before anything is removed). The directory
+    and its files get the modes the umask gives (the temporary directory was private)."""
+    follow_umask(tmp)
     for path in tmp.iterdir():
         if path.is_file():
             fsync_file(path)
