@@ -46,7 +46,7 @@ def third_party_quiet(verbose: bool = False) -> Iterator[None]:
                 warnings.filterwarnings("ignore", module=QUIET_WARNING_MODULES)
                 yield
         except BaseException as err:
-            text = _tail(captured, NOTE_CHARS)
+            text = _tail(captured, NOTE_CHARS).rstrip("\n")
             if text.strip():
                 err.add_note(f"(output of third-party libraries before the error, shown with hwnas -v)\n{text}")
             raise

@@ -98,7 +98,7 @@ def test_a_failing_block_restores_fd2_and_keeps_what_it_captured(capfd):
         os.write(2, b"the C++ reason\n")
         raise ValueError("conversion failed")
     assert (os.fstat(2).st_ino, os.fstat(2).st_dev) == (fd2.st_ino, fd2.st_dev)
-    assert caught.value.__notes__[0].endswith("\nthe C++ reason\n")
+    assert caught.value.__notes__[0].endswith("\nthe C++ reason")
     assert capfd.readouterr().err == ""
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"
@@ -120,6 +120,31 @@ def test_python_stderr_reaches_the_terminal_and_fd2_does_not(tmp_path):
         "print('outside', file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stderr == "inside\nfile\nhandler after\noutside\n"
+
+
+def test_bars_still_show_on_a_terminal_in_a_quiet_block():
+    """A process on a terminal: the quiet block hides fd 2's notice, not our progress bar (`sys.stderr` is still a
+    terminal) nor our lines."""
+    code = ("import os, sys\nfrom tqdm import tqdm\nfrom latency_tables.quiet import third_party_quiet\n"
+            "with third_party_quiet(False):\n    os.write(2, b'C++ notice\\n')\n"
+            "    for _ in tqdm(range(3), desc='bar', disable=None): pass\n    print('line', file=sys.stderr)\n")
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    shown = b""
+    try:
+        while select.select([leader], [], [], 30)[0]:
+            chunk = os.read(leader, 65536)
+            if not chunk:
+                break
+            shown += chunk
+    except OSError:  # the terminal closed when the process ended
+        pass
+    finally:
+        os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    assert b"\rbar: 100%" in shown and shown.endswith(b"line\r\n") and b"C++ notice" not in shown
 
 
 def _hwnas_export(supernet: Path, out: Path, umask: int, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -219,3 +244,21 @@ def test_export_line_without_a_table_gives_each_runtime_measured():
     assert pick_line(0.078, None, None, _metrics(), None, 1.4e-6) == (
         "accuracy 7.80%, latency predicted -, measured ort-fp32 0.0471 ms, litert-fp32 0.0321 ms; "
         "parity max |diff| 1.4e-06")
+
+
+def test_a_failing_command_prints_what_third_parties_wrote_after_its_error(monkeypatch, capfd):
+    import nas.cli
+    from search_spaces.errors import HwnasError
+
+    def failing(args):
+        os.write(2, b"E0000 converter.cc:12] unsupported op\n")
+        raise HwnasError("conversion of k00001 failed")
+
+    monkeypatch.setattr(nas.cli.space, "cmd_space_list", failing)
+    assert nas.cli.main(["space", "list"]) == 2
+    err = capfd.readouterr().err.splitlines()
+    assert err[0] == "hwnas: error: conversion of k00001 failed"
+    assert err[-1] == "E0000 converter.cc:12] unsupported op"
+    assert nas.cli.main(["-v", "space", "list"]) == 2  # shown as it happens, before the error
+    assert capfd.readouterr().err.splitlines() == ["E0000 converter.cc:12] unsupported op",
+                                                   "hwnas: error: conversion of k00001 failed"]
