@@ -370,7 +370,9 @@ def _sentences(cand: dict[str, Any], row: dict[str, Any], runtime: str,
                      f"no reference qualifies for the speed-up condition.")
     else:
         ref_text = _accuracy_text(refs_by_label[faster["reference"]])
-        parts.append(f"{who} is {faster['speedup']:.2f}x faster on {runtime} than {faster['reference']} "
+        speed = (f"{faster['speedup']:.2f}x faster" if faster["speedup"] >= 1 else
+                 f"{1 / faster['speedup']:.2f}x slower (speed-up {faster['speedup']:.2f}x)")
+        parts.append(f"{who} is {speed} on {runtime} than {faster['reference']} "
                      f"({ref_text}) at {mine}: {'met' if faster['met'] else 'not met'} "
                      f"(at least {REQUIRED_SPEEDUP}x asked).")
     accurate = row["as_accurate_as"]

@@ -103,7 +103,8 @@ def test_compare_not_met_too_slow():
     assert row["faster_than"]["speedup"] == pytest.approx(0.6) and row["faster_than"]["met"] is False
     # slower references: mobilenet_v2 (98.5) and efficientnet_b0 (98.8): the most accurate wins
     assert row["as_accurate_as"]["reference"] == "efficientnet_b0" and row["as_accurate_as"]["met"] is False
-    assert out["met"] is False and "0.60x faster" in out["text"] and "not met" in out["text"]
+    assert out["met"] is False and "not met" in out["text"]
+    assert "is 1.67x slower (speed-up 0.60x) on ort:fp32 than shufflenet_v2_x0_5" in out["text"]
 
 
 def test_compare_vacuous():
@@ -302,3 +303,14 @@ def test_load_summary_errors(tmp_path):
         load_summary(path)
     with pytest.raises(HwnasError, match="source 'mine' is not allowed"):
         write_summary(path, [], dataset="digits", val_images=1, source="mine")
+
+
+def test_compare_bare_runtime_takes_each_rows_precision():
+    comp = _row("abc", 980, 0.9, variant="compressed")
+    comp["latency"]["ort:int8"] = {"measured_ms": 0.5, "predicted_ms": None, "table_id": None}
+    out = compare_with_references([comp], REFS, "ort")
+    row = out["rows"][0]
+    assert row["measured_on"] == "ort:int8" and row["measured_ms"] == 0.5
+    assert row["faster_than"]["speedup"] == pytest.approx(1.8)
+    # the exact key is that key only
+    assert compare_with_references([comp], REFS, "ort:fp32")["rows"][0]["measured_on"] == "ort:fp32"
