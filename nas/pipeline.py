@@ -439,8 +439,12 @@ def estimate(stage: str, resolved: dict[str, Any]) -> float:
         return e["export_pick_s"] * min(top, resolved["search"]["picks"])
     if stage == "compress":
         c = resolved["compress"]
-        return 0.0 if c["method"] == "none" else c["picks"] * (e["compress_pick_s"] + e["compress_epoch_s"] *
-                                                               c["epochs"] * images / 4000)
+        if c["method"] == "none":
+            return 0.0
+        steps = c["options"].get("max_steps")  # batches per epoch (64 images) when capped
+        share = min(1.0, steps * 64 / images) if steps else 1.0
+        fixed = e["compress_pick_s"] * (0.2 if c["options"].get("measure_keys") is False else 1.0)
+        return c["picks"] * (fixed + e["compress_epoch_s"] * c["epochs"] * share * images / 4000)
     if stage == "references":
         r = resolved["references"]
         if r["source"] != "train":
@@ -880,18 +884,24 @@ class Pipeline:
         summary_path = out / "summary.json"
         if r["source"] == "shipped":
             shipped = self.path(r["file"])
-            data = refs.load_summary(shipped)
-            if data.get("dataset") != self.resolved["data"]["dataset"]:
-                raise HwnasError(f"references.file {r['file']} holds measurements on {data.get('dataset')}, not on "
-                                 f"{self.resolved['data']['dataset']}: set references.source: train")
-            have = {row["name"] for row in data["rows"]}
+            shipped_data = refs.load_summary(shipped)
+            if shipped_data.get("dataset") != self.resolved["data"]["dataset"]:
+                raise HwnasError(f"references.file {r['file']} holds measurements on {shipped_data.get('dataset')}, "
+                                 f"not on {self.resolved['data']['dataset']}: set references.source: train")
+            have = {row["name"] for row in shipped_data["rows"]}
             missing = [n for n in r["names"] if n not in have]
             if missing:
                 raise HwnasError(f"references.file {r['file']} has no {', '.join(missing)}; it has "
                                  f"{', '.join(sorted(have))} (or set references.source: train)")
-            rows = [row for row in data["rows"] if row["name"] in r["names"]]
-            refs.write_summary(summary_path, rows, dataset=data["dataset"], val_images=data.get("val_images"),
-                               source=f"shipped:{r['file']}")
+            rows = [row for row in shipped_data["rows"] if row["name"] in r["names"]]
+            refs.write_summary(summary_path, rows, dataset=shipped_data["dataset"],
+                               val_images=int(shipped_data.get("val_images") or 0), source=f"shipped:{r['file']}",
+                               machine=shipped_data.get("machine"))
+            from latency_tables.table import cpu_model
+
+            if shipped_data.get("machine") not in (None, cpu_model()):
+                self.log(f"  references: {r['file']} was measured on {shipped_data.get('machine')}, this is "
+                         f"{cpu_model()}: their latencies do not compare with this run's (references.source: train)")
             return {"summary": str(summary_path)}, f"{len(rows)} rows from {r['file']}"
         from supernets.config import TrainConfig
         from supernets.data import load_dataset

@@ -4,6 +4,9 @@
   `tests.supernets.tiny.tiny_config()` on `tiny_digits()` (the `small` space, 1 input channel, 10 classes; one
   `full` and one `depth` epoch, so it has a teacher and a 2-row log). Read it, never write into it: a test that
   changes a run directory copies it first (`shutil.copytree(trained_supernet, tmp_path / "run")`).
+- `smoke_workspace` (session scope): a working directory in which `hwnas run configs/smoke.yaml --run-dir
+  runs/smoke` has run every stage (configs/ and latency_tables/ linked from the repository), as the README's
+  examples expect; the end-to-end pipeline test checks it, the README test runs the README's commands in it.
 - marker `runtime`: a test that needs the runtime extra (onnxruntime, onnx, ai_edge_litert or tflite_runtime,
   litert_torch); skipped with the missing package named where the extra is not installed.
 """
@@ -67,3 +70,27 @@ def _digest(root: Path) -> dict[str, str]:
     from search_spaces.files import sha256_file
 
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def smoke_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding `configs` and `latency_tables` (links to the repository's) and `runs/smoke`, the run
+    directory of configs/smoke.yaml with every stage done (about 2 minutes, once per session). Returns the
+    directory; the lines the run logged are in `smoke.log` there."""
+    import os
+
+    from nas.pipeline import run_pipeline
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("smoke_workspace")
+    for name in ("configs", "latency_tables"):  # what the README's examples name, read only
+        (work / name).symlink_to(root / name)
+    lines: list[str] = []
+    here = Path.cwd()
+    os.chdir(work)
+    try:
+        run_pipeline("configs/smoke.yaml", run_dir="runs/smoke", log=lines.append)
+    finally:
+        os.chdir(here)
+    (work / "smoke.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return work

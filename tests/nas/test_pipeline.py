@@ -154,11 +154,12 @@ def test_corrupt_stages_file_is_named(tmp_path):
         read_stages(tmp_path)
 
 
-def test_smoke_pipeline_end_to_end_then_skips(tmp_path):
-    """configs/smoke.yaml, every stage for real (digits), then the report checked; run again: all skipped."""
-    run_dir = tmp_path / "smoke"
-    lines: list[str] = []
-    run_pipeline(SMOKE, run_dir=run_dir, log=lines.append)
+def test_smoke_pipeline_end_to_end_then_skips(smoke_workspace, monkeypatch):
+    """configs/smoke.yaml, every stage for real (digits; the session's `smoke_workspace`), the report checked;
+    run again: all skipped, nothing rewritten."""
+    monkeypatch.chdir(smoke_workspace)
+    run_dir = Path("runs/smoke")
+    lines = (smoke_workspace / "smoke.log").read_text(encoding="utf-8").splitlines()
     record = read_stages(run_dir)
     assert [s for s in STAGES if record["stages"][s]["status"] == "done"] == list(STAGES)
     outputs = {s: record["stages"][s]["outputs"] for s in STAGES}
@@ -176,15 +177,17 @@ def test_smoke_pipeline_end_to_end_then_skips(tmp_path):
     html = Path(outputs["report"]["html"]).read_text(encoding="utf-8")
     assert Path(subnet).name in html and "mobilenet_v3_small" in html and "data:image/png;base64," in html
     assert yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["search"]["budget"] == 12
-    # one line per stage starts and ends it; no progress bars in a log
+    # one line per stage starts and ends it; no progress bars in a log; the summary names the report
     assert sum(line.startswith("[") and ": done in " in line for line in lines) == len(STAGES)
     assert not any("\r" in line for line in lines)
+    assert lines[-1].startswith("report: runs/smoke/report.html")
     before = (run_dir / "stages.json").read_text(encoding="utf-8")
     again: list[str] = []
     run_pipeline(SMOKE, run_dir=run_dir, log=again.append)
-    assert all(": skipped (done " in line for line in again) and len(again) == len(STAGES)
+    skipped = [line for line in again if line.startswith("[")]
+    assert len(skipped) == len(STAGES) and all(": skipped (done " in line for line in skipped)
     assert json.loads((run_dir / "stages.json").read_text(encoding="utf-8"))["stages"] == json.loads(before)["stages"]
-    # the compression section changed: only compression and the report run again; the old output is kept aside
-    edited = _config(tmp_path, {"compress.constraints": ["latency_ms<=0.9x"]})
-    plan = {p.stage: p.action for p in Pipeline(resolve(*load_config(edited)), run_dir, ROOT).plan()}
+    # the compression section changed: only compression and the report would run again
+    edited = _config(smoke_workspace, {"compress.constraints": ["latency_ms<=0.9x"]})
+    plan = {p.stage: p.action for p in Pipeline(resolve(*load_config(edited)), run_dir, Path.cwd()).plan()}
     assert {s for s, a in plan.items() if a == "rerun"} == {"compress", "report"}
