@@ -245,9 +245,15 @@ def reference_row(directory: Path, name: str, variant: str) -> dict[str, Any]:
         accuracy = float(summary["accuracy_after"])
         params, macs = int(summary["params_after"]), int(summary["macs_after"])
         size = int(round(float(summary["bytes_after"])))
+        latency = _latency_rows(metrics)
+        predicted = (summary.get("latency") or {}).get("predicted_ms")
+        for key, entry in latency.items():  # the budget runtime's model is priced by the compression's own tables
+            if key.split(":")[0] == summary.get("runtime") and entry["predicted_ms"] is None and predicted:
+                entry.update(predicted_ms=float(predicted), table_id=summary.get("table"))
     else:
         accuracy = float(metrics["accuracy"]["top1"])
         params, macs, size = int(metrics["cost"]["params"]), int(metrics["cost"]["macs"]), _weight_bytes(arch)
+        latency = _latency_rows(metrics)
     correct = int(round(accuracy * images))
     info = metrics.get("extra", {}).get("reference") or {}
     if (directory / REFERENCE_FILE).is_file():
@@ -255,7 +261,7 @@ def reference_row(directory: Path, name: str, variant: str) -> dict[str, Any]:
     return {"name": name, "variant": variant, "arch": arch.to_str(), "key": str(metrics["key"]),
             "accuracy": accuracy, "accuracy_ci95": list(wilson_interval(correct, images)), "val_images": images,
             "correct": correct, "params": params, "macs": macs, "size_bytes": size,
-            "latency": _latency_rows(metrics), "directory": str(directory),
+            "latency": latency, "directory": str(directory),
             "epochs": info.get("epochs"), "seconds": info.get("seconds")}
 
 

@@ -275,11 +275,15 @@ def test_reference_row_and_summary_round_trip(trained, tmp_path):
     comp = tmp_path / "comp"
     shutil.copytree(path, comp)
     (comp / "reference.json").unlink()
+    metrics["latency"]["predicted"] = {}  # as a mixed-precision model: no table for its precision
+    (comp / "metrics.json").write_text(json.dumps(metrics))
     (comp / "compress.json").write_text(json.dumps({"accuracy_after": 0.5, "params_after": 1000, "macs_after": 2000,
-                                                    "bytes_after": 1234.0}))
+                                                    "bytes_after": 1234.0, "runtime": "ort", "table": "t-int8",
+                                                    "latency": {"predicted_ms": 0.25}}))
     crow = reference_row(comp, "shufflenet_v2_x0_5", "compressed")
     assert (crow["accuracy"], crow["correct"], crow["params"], crow["macs"], crow["size_bytes"]) == \
         (0.5, 180, 1000, 2000, 1234)
+    assert crow["latency"]["ort:fp32"]["predicted_ms"] == 0.25 and crow["latency"]["ort:fp32"]["table_id"] == "t-int8"
     with pytest.raises(HwnasError, match="compress.json is missing"):
         reference_row(path, "shufflenet_v2_x0_5", "compressed")
     summary = write_summary(tmp_path / "references" / "summary.json", [row, crow], dataset="digits",
