@@ -370,7 +370,10 @@ def _sentences(cand: dict[str, Any], row: dict[str, Any], runtime: str,
     who = f"The {'compressed pick' if cand.get('variant') == 'compressed' else 'pick'} {cand['name']}"
     mine = _accuracy_text(cand)
     parts = []
-    faster = row["faster_than"]
+    faster, accurate = row["faster_than"], row["as_accurate_as"]
+    if faster is None and accurate is None and refs_by_label:
+        return (f"{who} ({mine}, {row['measured_ms']:.4g} ms) is less accurate and slower than every reference "
+                f"measured on {runtime} (no reference qualifies for either condition): not met.")
     if faster is None:
         parts.append(f"{who} ({mine}) is less accurate than every reference measured on {runtime}: "
                      f"no reference qualifies for the speed-up condition.")
@@ -381,7 +384,6 @@ def _sentences(cand: dict[str, Any], row: dict[str, Any], runtime: str,
         parts.append(f"{who} is {speed} on {runtime} than {faster['reference']} "
                      f"({ref_text}) at {mine}: {'met' if faster['met'] else 'not met'} "
                      f"(at least {REQUIRED_SPEEDUP}x asked).")
-    accurate = row["as_accurate_as"]
     if accurate is None:
         parts.append(f"{who} ({row['measured_ms']:.4g} ms) is slower than every reference measured on {runtime}: "
                      f"no reference qualifies for the accuracy condition.")
