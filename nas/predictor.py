@@ -233,7 +233,7 @@ def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed
     todo = sample_unique(space, max(0, n - len(have_genes)), seed, exclude=list(have_genes))
     genes, values = [have_genes], [have_acc]
     with tqdm(total=n, initial=min(n, len(have_genes)), desc="predictor data", unit="subnet",
-              disable=not progress) as bar, path.open("a", encoding="utf-8", newline="") as fh:
+              disable=None if progress else True) as bar, path.open("a", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         for start in range(0, len(todo), chunk):
             rows = todo[start:start + chunk]
