@@ -21,7 +21,6 @@ not the command line.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import hashlib
 import json
@@ -763,17 +762,12 @@ class Pipeline:
 
     def picks(self) -> list[dict[str, Any]]:
         """The search's picks as written (numbers read back as numbers)."""
-        from nas.cli.export import _csv_value
+        from nas.export.picks import read_picks
 
-        path = self.run_dir / "search" / "picks.csv"
-        if not path.is_file():
-            raise HwnasError(f"{path} is missing: the search stage has not finished")
-        with open(path, encoding="utf-8", newline="") as fh:
-            return [{k: (_csv_value(v) if k not in ("arch", "key") else v) for k, v in row.items()}
-                    for row in csv.DictReader(fh)]
+        return read_picks(self.run_dir / "search" / "picks.csv")
 
     def _stage_export(self) -> tuple[dict[str, Any], str]:
-        from nas.cli.export import export_picks
+        from nas.export.picks import export_picks
         from nas.search import write_picks
         from nas.study import note_measured, open_study
         from search_spaces import ArchConfig

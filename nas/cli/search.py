@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.cli.common import add_command, log_for, resolve_tables
-from nas.cli.export import export_picks
+from nas.export.picks import export_picks
 from search_spaces import HwnasError
 
 

@@ -22,7 +22,7 @@ from latency_tables.build import convert_all, measure_files
 from latency_tables.keys import SpaceIndex
 from latency_tables.quiet import QUIET_ENV, third_party_quiet
 from latency_tables.runtimes import Protocol
-from nas.cli.export import pick_line
+from nas.export.picks import pick_line
 from search_spaces import get_space
 from search_spaces.files import atomic_write_text, current_umask, follow_umask, umask_mode
 
