@@ -191,3 +191,30 @@ def test_smoke_pipeline_end_to_end_then_skips(smoke_workspace, monkeypatch):
     edited = _config(smoke_workspace, {"compress.constraints": ["latency_ms<=0.9x"]})
     plan = {p.stage: p.action for p in Pipeline(resolve(*load_config(edited)), run_dir, Path.cwd()).plan()}
     assert {s for s, a in plan.items() if a == "rerun"} == {"compress", "report"}
+
+
+def test_an_interrupted_stage_is_recorded_and_resumed(tmp_path, monkeypatch):
+    """Ctrl-C in a stage leaves it `running` in stages.json (finished stages stay done); the next run skips the
+    finished ones and resumes it."""
+    config = _config(tmp_path, {"stages": ["tables", "report"]})
+    run_dir = tmp_path / "run"
+    calls: list[str] = []
+
+    def report(self):  # noqa: ANN001
+        calls.append("report")
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return {"html": str(self.run_dir / "stages.json")}, "rebuilt"
+
+    monkeypatch.setattr(Pipeline, "_stage_report", report)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, run_dir=run_dir, log=lambda _: None)
+    stages = read_stages(run_dir)["stages"]
+    assert stages["tables"]["status"] == "done" and stages["report"]["status"] == "running"
+    assert (run_dir / "config.yaml").is_file()
+    lines: list[str] = []
+    run_pipeline(config, run_dir=run_dir, log=lines.append)
+    assert lines[1].startswith("[2/7] tables: skipped (done")
+    assert any(line.startswith("[7/7] report: done") for line in lines)
+    assert any("report: resume (cut off (running)" in line for line in lines)
+    assert read_stages(run_dir)["stages"]["report"]["status"] == "done" and calls == ["report", "report"]
