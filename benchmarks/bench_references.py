@@ -14,7 +14,7 @@ latency is compared on each runtime as a pick's: fp32 references against fp32 pi
 the precision its plan runs (the runtime's fastest measured model of each row).
 
 Usage: .venv/bin/python benchmarks/bench_references.py [--run RUN] [--references SUMMARY] [--train]
-       [--names mobilenet_v2,...] [--epochs N] [--dataset cifar10 --data-path DIR] [--no-write]
+       [--names mobilenet_v2,...] [--epochs N] [--dataset cifar10 --data-path DIR] [--note TEXT] [--no-write]
 
 On harder data: train a run on CIFAR-10 (a config with `data: {dataset: cifar10, data_path: DIR}`), then
 `bench_references.py --run RUN --train --dataset cifar10 --data-path DIR`.
@@ -155,6 +155,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
     parser.add_argument("--dataset", default=None, help="dataset to train the references on (e.g. cifar10)")
     parser.add_argument("--data-path", default=None, help="directory of that dataset")
+    parser.add_argument("--note", default="", help="a paragraph put first in the section (what the run is)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = parser.parse_args()
     run = Path(args.run)
@@ -173,7 +174,8 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     refs = summary["rows"]
-    lines = [f"Run `{run}`; references `{summary_path}` ({summary['source']}, measured on {summary['machine']}), "
+    lines = [args.note, ""] if args.note else []
+    lines += [f"Run `{run}`; references `{summary_path}` ({summary['source']}, measured on {summary['machine']}), "
              f"{summary['dataset']}, {summary['val_images']} validation images. Scaling: {summary['scaling']}",
              "", "Accuracy: top-1 on the validation split with its 95% Wilson interval. Latency: measured median "
              "ms, 1 thread (precision; the table's prediction where one priced it).", "",
