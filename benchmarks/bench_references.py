@@ -193,7 +193,8 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        command = "python benchmarks/bench_references.py " + " ".join(sys.argv[1:])
+        shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--note" and (i == 0 or sys.argv[i] != "--note")]
+        command = "python benchmarks/bench_references.py " + " ".join(shown) + (" --note ..." if args.note else "")
         write_section(TITLE, command.strip(), body, threads="1 thread per runtime")
     return 0
 
