@@ -103,6 +103,39 @@ def train_here(run: Path, names: list[str], epochs: int | None, dataset: str | N
     return write_summary(out / "summary.json", rows, dataset=data.name, val_images=len(data.val), source="trained")
 
 
+def reference_dirs(rows: list[dict[str, Any]], roots: list[Path]) -> None:
+    """Give each reference row without a directory the exported directory of its key under one of `roots`."""
+    for row in rows:
+        if not row.get("directory"):
+            found = [root / row["key"] for root in roots if (root / row["key"] / "metrics.json").is_file()]
+            found += [p for root in roots for p in root.glob(f"*/{row['key']}") if (p / "metrics.json").is_file()]
+            if found:
+                row["directory"] = str(found[0])
+
+
+def side_by_side(rows: list[dict[str, Any]], repeats: int) -> int:
+    """Time every model file of every row that has a directory again, round-robin per runtime in one run (the
+    runtime's `measure_many`: each file's lowest round median of `repeats` rounds, 1 thread, pinned), and put
+    those figures in the rows (`side_by_side`: true); returns how many files were timed."""
+    from latency_tables.runtimes import Protocol, get_runtime
+
+    protocol = Protocol(threads=1, warmup=10, runs=50, repeats=repeats, pin_cpu=1)
+    jobs: dict[str, list[tuple[dict[str, Any], str, Path]]] = {}
+    for row in rows:
+        if not row.get("directory"):
+            continue
+        metrics = json.loads((Path(row["directory"]) / "metrics.json").read_text())
+        for m in metrics.get("latency", {}).get("measured", {}).values():
+            label = f"{m['runtime']}:{m['precision']}"
+            if label in row["latency"]:
+                jobs.setdefault(m["runtime"], []).append((row, label, Path(row["directory"]) / m["file"]))
+    for runtime, items in jobs.items():
+        measured = get_runtime(runtime).measure_many([path for _, _, path in items], protocol)
+        for (row, label, _), m in zip(items, measured, strict=True):
+            row["latency"][label] = {**row["latency"][label], "measured_ms": m.median_ms, "side_by_side": True}
+    return sum(len(items) for items in jobs.values())
+
+
 def _ci(row: dict[str, Any]) -> str:
     low, high = row["accuracy_ci95"]
     return f"{100 * row['accuracy']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
@@ -157,6 +190,13 @@ def main() -> int:
     parser.add_argument("--data-path", default=None, help="directory of that dataset")
     parser.add_argument("--note", default="", help="a paragraph put first in the section (what the run is)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks.md")
+    parser.add_argument("--reference-dirs", action="append", default=[],
+                        help="where the references' exports are, for a summary without directories (repeatable; "
+                             "default: runs/references-mnist5k and RUN/references)")
+    parser.add_argument("--recorded", action="store_true",
+                        help="compare the latencies recorded when each model was exported instead of timing every "
+                             "model again side by side in this run (the default)")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds of the side-by-side timing (default 7)")
     args = parser.parse_args()
     run = Path(args.run)
     try:
@@ -174,11 +214,20 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     refs = summary["rows"]
+    timing = "as recorded at each model's export (different times and machine load)"
+    if not args.recorded:
+        roots = [Path(d) for d in args.reference_dirs] or [ROOT / "runs" / "references-mnist5k", run / "references"]
+        reference_dirs(refs, roots)
+        missing = [r["name"] for r in refs if not r.get("directory")]
+        timed = side_by_side(picks + refs, args.repeats)
+        timing = (f"timed again side by side in this run ({timed} model files, round-robin per runtime, each file's "
+                  f"best of {args.repeats} rounds of 50 runs, 1 thread, pinned)"
+                  + (f"; {', '.join(missing)} as recorded (no export found)" if missing else ""))
     lines = [args.note, ""] if args.note else []
     lines += [f"Run `{run}`; references `{summary_path}` ({summary['source']}, measured on {summary['machine']}), "
              f"{summary['dataset']}, {summary['val_images']} validation images. Scaling: {summary['scaling']}",
              "", "Accuracy: top-1 on the validation split with its 95% Wilson interval. Latency: measured median "
-             "ms, 1 thread (precision; the table's prediction where one priced it).", "",
+             f"ms, 1 thread (precision; the table's prediction where one priced it), {timing}.", "",
              "| | name | variant | accuracy [95% CI] | ORT ms | LiteRT ms | MACs | params |",
              "|---|---|---|---|---|---|---|---|", *table(picks, "pick"), *table(refs, "reference"), ""]
     for runtime in RUNTIMES:
