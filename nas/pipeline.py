@@ -86,8 +86,8 @@ class TablesSection:
     results in `paths`, imported into RUN/tables/). The first table is the one the search's latency is on."""
 
     source: str = "shipped"
-    runtimes: tuple = ("ort:fp32", "litert:fp32")
-    paths: tuple = ()
+    runtimes: tuple[str, ...] = ("ort:fp32", "litert:fp32")
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ class SearchSection:
 
     strategy: str = "evolution"
     options: dict = field(default_factory=dict)
-    objectives: tuple = ("accuracy",)
-    constraints: tuple = ()
+    objectives: tuple[str, ...] = ("accuracy",)
+    constraints: tuple[str, ...] = ()
     budget: int = 100
     batch: int = 10
     picks: int = 3
@@ -122,7 +122,7 @@ class CompressSection:
     weights) or `macs<=0.5x`. `options` are further `CompressConfig` fields (e.g. max_steps, candidates)."""
 
     method: str = "joint"
-    constraints: tuple = ("latency_ms<=0.67x", "size_bytes<=0.2x")
+    constraints: tuple[str, ...] = ("latency_ms<=0.67x", "size_bytes<=0.2x")
     table: Union[str, None] = None  # noqa: UP007
     epochs: int = 1
     picks: int = 1
@@ -137,7 +137,7 @@ class ReferencesSection:
     read their measurements from a `shipped` file, or `none`. `predict`: price them with the run's tables too,
     measuring their keys off the tables' grid on demand (the predicted-against-measured picture)."""
 
-    names: tuple = ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0")
+    names: tuple[str, ...] = ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0")
     source: str = "shipped"
     file: str = "configs/references-mnist5k.json"
     epochs: Union[int, None] = None  # noqa: UP007
@@ -158,7 +158,7 @@ class RunConfig:
 
     name: str = "run"
     run_dir: Union[str, None] = None  # noqa: UP007 (default runs/<name>)
-    stages: tuple = STAGES  # the stages this config runs (the others are off; what they need must exist)
+    stages: tuple[str, ...] = STAGES  # the stages this config runs (the others are off; what they need must exist)
     seed: int = 0
     threads: int = 1
     progress: bool = True
@@ -184,31 +184,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _type_ok(value: Any, kind: Any) -> bool:
-    if get_origin(kind) is Union:
-        return any(_type_ok(value, k) for k in get_args(kind))
-    if kind is type(None):
-        return value is None
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is tuple:
-        return isinstance(value, (list, tuple))
-    return isinstance(value, kind)
-
-
 def _type_name(kind: Any) -> str:
     if get_origin(kind) is Union:
         return " or ".join(_type_name(k) for k in get_args(kind))
+    if get_origin(kind) is tuple:
+        return f"a list of {_type_name(get_args(kind)[0]).removeprefix('a ').removeprefix('an ')}s"
     return {type(None): "null", tuple: "a list", dict: "a mapping", str: "a string", int: "an integer",
             float: "a number", bool: "true/false"}.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
     """`cls` from the mapping `data` at config path `where`, every key and type checked."""
+    from nas.strategies.options import fits
+
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -225,7 +213,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if hasattr(kind, "__dataclass_fields__"):
             values[name] = _build(kind, value, path)
             continue
-        if not _type_ok(value, kind):
+        if not fits(value, kind):
             raise ConfigError(f"{path}: {value!r} is not {_type_name(kind)}")
         values[name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)

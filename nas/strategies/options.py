@@ -77,6 +77,11 @@ def _fits(value: Any, kind: Any) -> bool:
     return isinstance(value, kind)
 
 
+def fits(value: Any, hint: Any) -> bool:
+    """Whether the Python value `value` (as YAML or JSON gives it: lists for tuples) is of the type `hint`."""
+    return any(_fits(value, kind) for kind in _members(hint))
+
+
 def _from_text(text: str, kind: Any) -> Any:
     """`text` read as `kind`; ValueError when it is not one."""
     if kind is type(None):
@@ -114,7 +119,7 @@ def build_config(strategy: str, config_class: type, options: Mapping[str, Any]) 
                           f"{describe_options(strategy, config_class)}")
     hints = typing.get_type_hints(config_class)
     for name, value in options.items():
-        if not any(_fits(value, kind) for kind in _members(hints[name])):
+        if not fits(value, hints[name]):
             raise OptionError(f"{strategy}: option {name} = {value!r} is not {allowed[name]}; "
                               f"{describe_options(strategy, config_class)}")
     try:
