@@ -386,14 +386,16 @@ class Plan:
     estimate_s: float = 0.0
 
 
-#: Rough times on this machine (2-core x86 CPU, idle), from the runs in docs: seconds per training image per
+#: Rough times on this machine (2-core x86 CPU, nearly idle), from the quickstart on a fresh clone (2026-12-01:
+#: supernet 16.9 min, search 53 s for 100 subnets, export 28 s for 3 picks, compression 2.5 min): seconds per
+#: training image per
 #: weighted epoch (a phase's epoch weighs its subnets per step, +1 for the largest, +1 for the smallest, +0.3 for
 #: a frozen teacher), per searched subnet (BN recalibration and validation of about 1,000 images each), per
 #: exported subnet (ONNX + TFLite conversion, parity, measurement), per compressed subnet and fine-tune epoch,
 #: per reference trained (per image per epoch) and the report.
-ESTIMATES = {"train_image_epoch_s": 3.0e-3, "search_eval_s": 1.6, "export_pick_s": 45.0, "compress_pick_s": 150.0,
-             "compress_epoch_s": 25.0, "reference_image_epoch_s": 1.2e-3, "reference_export_s": 45.0,
-             "report_s": 15.0, "table_key_s": 1.5}
+ESTIMATES = {"train_image_epoch_s": 2.7e-3, "search_eval_s": 0.55, "export_pick_s": 12.0, "compress_pick_s": 120.0,
+             "compress_epoch_s": 15.0, "reference_image_epoch_s": 1.2e-3, "reference_export_s": 45.0,
+             "report_s": 5.0, "table_key_s": 1.5}
 
 
 def _train_units(recipe: dict[str, Any]) -> float:
