@@ -4,6 +4,7 @@ whole pipeline end to end on configs/smoke.yaml."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,21 @@ def test_an_interrupted_stage_is_recorded_and_resumed(tmp_path, monkeypatch):
     assert any(line.startswith("[7/7] report: done") for line in lines)
     assert any("report: resume (cut off (running)" in line for line in lines)
     assert read_stages(run_dir)["stages"]["report"]["status"] == "done" and calls == ["report", "report"]
+
+
+def test_tables_from_directories_are_hashed_by_their_files(tmp_path):
+    """tables.source dirs: the stage loads the directories named; a changed table file makes the stage (and
+    what depends on it) run again."""
+    source = ROOT / "latency_tables" / "data" / "small-amd-epyc-2c-ort-fp32-t1"
+    copy = tmp_path / "my-table"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("models"))
+    config = _config(tmp_path, {"stages": ["tables"], "tables": {"source": "dirs", "paths": [str(copy)]}})
+    run_pipeline(config, run_dir=tmp_path / "run", log=lambda _: None)
+    stage = read_stages(tmp_path / "run")["stages"]["tables"]
+    assert stage["status"] == "done" and stage["outputs"]["tables"] == [str(copy)]
+    assert stage["summary"] == "amd-epyc-2c-ort-fp32-t1"
+    with open(copy / "table.csv", "a", encoding="utf-8") as fh:
+        fh.write("\n")
+    _, plan = _planned(tmp_path, config)
+    assert plan["tables"] == ("rerun", "its config section or input files changed")
+    assert plan["search"] == ("off", "not in this config's stages")
