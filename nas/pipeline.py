@@ -897,7 +897,7 @@ class Pipeline:
                             val_fraction=config.val_fraction, seed=config.seed)
         from search_spaces import get_space
 
-        rows = []
+        rows, uncompressed = [], []
         native, resolutions = int(data.train.images.shape[-1]), get_space(self.space_name()).resolutions
         resolution = native if native in resolutions else max(resolutions)  # digits' 8 px: the space's largest
         for name in r["names"]:
@@ -908,10 +908,16 @@ class Pipeline:
                                                  resolution=resolution, space=self.space_name())
             rows.append(refs.reference_row(directory, name, "fp32"))
             if r["compress"] and self.resolved["compress"]["method"] != "none":
-                compressed = self._compress_dirs([directory], out / "compressed")[0]
+                try:
+                    compressed = self._compress_dirs([directory], out / "compressed")[0]
+                except HwnasError as err:  # a budget one network cannot reach: the others still compare
+                    uncompressed.append(name)
+                    self.log(f"  references: {name} is not compressed: {err}")
+                    continue
                 rows.append(refs.reference_row(compressed, name, "compressed"))
         refs.write_summary(summary_path, rows, dataset=data.name, val_images=len(data.val), source="trained")
-        return {"summary": str(summary_path)}, f"{len(r['names'])} trained"
+        return {"summary": str(summary_path)}, f"{len(r['names'])} trained" + (
+            f"; not compressed to the budget: {', '.join(uncompressed)}" if uncompressed else "")
 
     def _stage_report(self) -> tuple[dict[str, Any], str]:
         from nas.report import build_report

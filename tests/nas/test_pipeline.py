@@ -237,3 +237,29 @@ def test_tables_from_directories_are_hashed_by_their_files(tmp_path):
     _, plan = _planned(tmp_path, config)
     assert plan["tables"] == ("rerun", "its config section or input files changed")
     assert plan["search"] == ("off", "not in this config's stages")
+
+
+def test_a_reference_that_cannot_reach_the_compression_budget_is_kept_uncompressed(smoke_workspace, tmp_path,
+                                                                                  monkeypatch):
+    """One reference whose compression budget is out of reach does not stop the others: its fp32 row stays, the
+    stage's summary names it."""
+    import nas.references as refs
+
+    (exported,) = (smoke_workspace / "runs" / "smoke" / "references" / "mobilenet_v3_small").glob("*/")
+    monkeypatch.setattr(refs, "train_reference", lambda name, *a, **k: exported)
+
+    def unreachable(self, parents, out_root):  # noqa: ANN001
+        raise HwnasError("joint: latency_ms<=0.01 cannot be reached on ort")
+
+    monkeypatch.setattr(Pipeline, "_compress_dirs", unreachable)
+    config = _config(tmp_path, {"references.compress": True})
+    cfg, root = load_config(config)
+    lines: list[str] = []
+    pipeline = Pipeline(resolve(cfg, root), tmp_path / "run", root, log=lines.append)
+    pipeline._tables = []
+    outputs, summary = pipeline._stage_references()
+    rows = json.loads(Path(outputs["summary"]).read_text(encoding="utf-8"))["rows"]
+    assert [(r["name"], r["variant"]) for r in rows] == [("mobilenet_v3_small", "fp32")]
+    assert summary == "1 trained; not compressed to the budget: mobilenet_v3_small"
+    assert lines == ["  references: mobilenet_v3_small is not compressed: joint: latency_ms<=0.01 cannot be reached "
+                     "on ort"]
