@@ -37,10 +37,12 @@ from nas.references import (  # noqa: E402
     REQUIRED_SPEEDUP,
     compare_with_references,
     load_summary,
+    reference_resolution,
     reference_row,
     train_reference,
     write_summary,
 )
+from nas.report.run import recorded_path  # noqa: E402
 from search_spaces.errors import HwnasError  # noqa: E402
 
 NAMES = ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0")
@@ -66,34 +68,20 @@ def _stage_outputs(run: Path, stage: str) -> dict[str, Any]:
     return dict((stages.get(stage) or {}).get("outputs") or {})
 
 
-def _found(run: Path, recorded: str) -> Path:
-    """A path stages.json records (relative to where `hwnas run` started), found in a moved run directory too."""
-    path = Path(recorded)
-    if path.exists():
-        return path
-    parts = path.parts
-    for i in range(len(parts)):
-        if parts[i] == run.name and (run / Path(*parts[i + 1:])).exists():
-            return run / Path(*parts[i + 1:])
-    return path
-
-
 def train_here(run: Path, names: list[str], epochs: int | None, dataset: str | None, data_path: str | None) -> Path:
     """Train and export the references into RUN/references/ with the run's recipe and tables; their summary."""
     from latency_tables.table import LatencyTable
-    from search_spaces import get_space
     from supernets.data import load_dataset
     from supernets.threads import torch_threads
     from supernets.training import run_config
 
-    config = run_config(_found(run, _stage_outputs(run, "supernet")["run_dir"]))
-    tables = [LatencyTable.load(_found(run, t)) for t in _stage_outputs(run, "tables").get("tables", [])]
+    config = run_config(recorded_path(run, _stage_outputs(run, "supernet")["run_dir"]))
+    tables = [LatencyTable.load(recorded_path(run, t)) for t in _stage_outputs(run, "tables").get("tables", [])]
     name = dataset or config.dataset
     data = load_dataset(name, data_path if dataset else (data_path or config.data_path),
                         val_fraction=config.val_fraction, seed=config.seed)
     space = tables[0].space_name if tables else config.space
-    native, resolutions = int(data.train.images.shape[-1]), get_space(space).resolutions
-    resolution = native if native in resolutions else max(resolutions)
+    resolution = reference_resolution(int(data.train.images.shape[-1]), space)
     out, rows = run / "references", []
     for ref in names:
         with torch_threads(1):

@@ -829,25 +829,15 @@ class Pipeline:
 
     def _compress_dirs(self, parents: list[Path], out_root: Path) -> list[Path]:
         """Compress each exported subnet in `parents` into `out_root` (a subnet compressed before is reused)."""
-        from nas.compress.pipeline import compress_subnet
+        from functools import partial
+
+        from nas.compress.pipeline import compress_once
         from supernets.threads import torch_threads
 
         method = self.resolved["compress"]["method"]
-        done_dirs = []
-        for parent in parents:
-            done = out_root / f"{parent.name}.{method}.json"
-            if done.is_file():
-                path = Path(json.loads(done.read_text(encoding="utf-8"))["path"])
-                if path.is_dir():
-                    self.log(f"  {parent.name}: compressed before ({path.name})")
-                    done_dirs.append(path)
-                    continue
-            config = self.compress_config(parent, self.tables())
-            with torch_threads(self.resolved["threads"] or None):
-                path = compress_subnet(parent, out_root, config, log=self.log, progress=self._progress())
-            atomic_write_text(done, json.dumps({"parent": parent.name, "path": str(path)}) + "\n")
-            done_dirs.append(path)
-        return done_dirs
+        with torch_threads(self.resolved["threads"] or None):
+            return [compress_once(parent, out_root, method, partial(self.compress_config, parent, self.tables()),
+                                  log=self.log, progress=self._progress()) for parent in parents]
 
     def _stage_compress(self) -> tuple[dict[str, Any], str]:
         from nas.compress.pipeline import COMPRESS_FILE
@@ -895,11 +885,8 @@ class Pipeline:
         config = TrainConfig.from_dict(recipe) if recipe is not None else TrainConfig()
         data = load_dataset(self.resolved["data"]["dataset"], self.data_path(),
                             val_fraction=config.val_fraction, seed=config.seed)
-        from search_spaces import get_space
-
         rows, uncompressed = [], []
-        native, resolutions = int(data.train.images.shape[-1]), get_space(self.space_name()).resolutions
-        resolution = native if native in resolutions else max(resolutions)  # digits' 8 px: the space's largest
+        resolution = refs.reference_resolution(int(data.train.images.shape[-1]), self.space_name())
         for name in r["names"]:
             with torch_threads(self.resolved["threads"] or None):
                 directory = refs.train_reference(name, data, config, out / name,

@@ -103,6 +103,15 @@ def scale_reference(name: str, *, resolution: int, in_channels: int, num_classes
                       stem=replace(arch.stem, channels=scaled(arch.stem.channels)), stages=tuple(stages), head=head)
 
 
+def reference_resolution(native: int, space: str) -> int:
+    """The input resolution of the references for data of `native` pixels searched in `space`: the data's own when
+    the space has it, else the space's largest (scikit-learn's 8 px digits -> 32)."""
+    from search_spaces import get_space
+
+    resolutions = get_space(space).resolutions
+    return native if native in resolutions else max(resolutions)
+
+
 def total_stride(arch: ArchConfig) -> int:
     """The network's total stride: the stem's (with its max pool) times every block's."""
     stride = arch.stem.stride * (2 if arch.stem.maxpool else 1)

@@ -9,7 +9,6 @@ from typing import Any
 
 from nas.cli.common import add_command, log_for, resolve_table
 from search_spaces import HwnasError
-from search_spaces.files import atomic_write_text
 
 
 def _budget(texts: list[str] | None) -> tuple[str, float, float | None]:
@@ -64,7 +63,7 @@ def compress_picks(directories: list[Path], out_root: Path, texts: list[str], ta
                    args: argparse.Namespace, log: Any) -> list[str]:
     """`hwnas search --compress`: compress each exported pick in `directories` to the budget `texts` on the table
     `table_text` into `out_root`; one summary line per pick (a pick compressed before is reused)."""
-    from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_subnet
+    from nas.compress.pipeline import COMPRESS_FILE, CompressConfig, compress_once
 
     metric, budget, size = _budget(texts)
     config = CompressConfig(method=args.compress, budget=budget, metric=metric, size_budget=size,
@@ -72,13 +71,8 @@ def compress_picks(directories: list[Path], out_root: Path, texts: list[str], ta
                             epochs=args.compress_epochs, seed=args.seed)
     lines = [f"compressed by {config.method} to {config.budget_text} into {out_root}/<key>/:"]
     for directory in directories:
-        done = out_root / f"{directory.name}.{config.method}.json"  # which compressed export belongs to this pick
-        if done.is_file():
-            path = Path(json.loads(done.read_text(encoding="utf-8"))["path"])
-            log(f"{directory.name}: compressed before ({path.name})")
-        else:
-            path = compress_subnet(directory, out_root, config, log=log, progress=not args.no_progress)
-            atomic_write_text(done, json.dumps({"parent": directory.name, "path": str(path)}) + "\n")
+        path = compress_once(directory, out_root, config.method, lambda: config, log=log,
+                             progress=not args.no_progress)
         summary = json.loads((path / COMPRESS_FILE).read_text(encoding="utf-8"))
         lines += ["  " + line for line in summary_lines(path, summary)]
     return lines

@@ -943,3 +943,21 @@ def compress_subnet(subnet_dir: str | Path, out_root: str | Path, config: Compre
 
     return export_model(model, new, data, out_root, options, extra_metrics={"compress": summary}, progress=log,
                         extra_files=compress_file)
+
+
+def compress_once(subnet_dir: Path, out_root: Path, method: str, config: Callable[[], CompressConfig], *,
+                  log: Log = print, progress: bool = False) -> Path:
+    """`compress_subnet` of `subnet_dir` by `method` into `out_root`, once: the result is recorded in
+    `out_root/<subnet name>.<method>.json` and a later call returns the compressed directory it names (while it
+    exists) instead of compressing again. `config` builds the configuration only when it is needed."""
+    from search_spaces.files import atomic_write_text
+
+    done = out_root / f"{subnet_dir.name}.{method}.json"
+    if done.is_file():
+        path = Path(json.loads(done.read_text(encoding="utf-8"))["path"])
+        if path.is_dir():
+            log(f"{subnet_dir.name}: compressed before ({path.name})")
+            return path
+    path = compress_subnet(subnet_dir, out_root, config(), log=log, progress=progress)
+    atomic_write_text(done, json.dumps({"parent": subnet_dir.name, "path": str(path)}) + "\n")
+    return path

@@ -143,7 +143,7 @@ class Run:
         return [c for c in self.compressed if c.parent == pick.key]
 
 
-def _path(run_dir: Path, text: Any) -> Path:
+def recorded_path(run_dir: Path, text: Any) -> Path:
     """A path recorded in stages.json: absolute, `RUN/...`, relative to the working directory (`runs/NAME/...`,
     as the run recorded it), else the longest tail of it found under the run directory (a run directory moved or
     copied since)."""
@@ -231,7 +231,7 @@ def _add_compression(model: Model, summary: dict[str, Any]) -> None:
 def _picks_order(run: Run) -> list[str]:
     """Pick keys in the order picks.csv ranks them (empty when there is none)."""
     path = _outputs(run, "search").get("picks_csv")
-    csv_path = _path(run.directory, path) if path else run.directory / "search" / "picks.csv"
+    csv_path = recorded_path(run.directory, path) if path else run.directory / "search" / "picks.csv"
     if not csv_path.is_file():
         return []
     try:
@@ -241,11 +241,11 @@ def _picks_order(run: Run) -> list[str]:
 
 
 def _read_exports(run: Run) -> None:
-    subnets = [_export(_path(run.directory, d), "pick") for d in _outputs(run, "export").get("subnets", [])]
+    subnets = [_export(recorded_path(run.directory, d), "pick") for d in _outputs(run, "export").get("subnets", [])]
     order = _picks_order(run)
     subnets.sort(key=lambda m: (order.index(m.key) if m.key in order else len(order), m.key))
     run.picks = subnets
-    run.compressed = [_export(_path(run.directory, d), "compressed")
+    run.compressed = [_export(recorded_path(run.directory, d), "compressed")
                       for d in _outputs(run, "compress").get("compressed", [])]
     for model in run.compressed:
         if model.parent is not None:
@@ -272,7 +272,7 @@ def _read_references(run: Run) -> None:
     summary = _outputs(run, "references").get("summary")
     if not summary:
         return
-    where = _path(run.directory, summary)
+    where = recorded_path(run.directory, summary)
     data = _object(where, ("rows",))
     if not isinstance(data["rows"], list):
         raise HwnasError(f"{where}: 'rows' must be a list of references")
@@ -284,7 +284,7 @@ def _read_supernet(run: Run) -> None:
     directory = _outputs(run, "supernet").get("run_dir")
     if not directory:
         return
-    path = _path(run.directory, directory) / "train_log.jsonl"
+    path = recorded_path(run.directory, directory) / "train_log.jsonl"
     if not path.is_file():
         return
     rows = []
@@ -303,7 +303,7 @@ def _read_supernet(run: Run) -> None:
 
 def _read_tables(run: Run) -> None:
     for directory in _outputs(run, "tables").get("tables", []):
-        path = _path(run.directory, directory) / "meta.json"
+        path = recorded_path(run.directory, directory) / "meta.json"
         if path.is_file():
             meta = _object(path)
             run.tables.append({**meta, "path": str(path.parent)})
@@ -317,7 +317,7 @@ def _read_study(run: Run) -> None:
 
     storage, name = str(outputs["storage"]), str(outputs.get("study", "search"))
     if storage.startswith("sqlite:///"):
-        db = _path(run.directory, storage[len("sqlite:///"):])
+        db = recorded_path(run.directory, storage[len("sqlite:///"):])
         if not db.is_file():
             raise HwnasError(f"{db} (the search's study) is missing; rerun the search stage")
         storage = f"sqlite:///{db}"

@@ -360,7 +360,8 @@ class DifferentiableSearch:
         arch_iter = arch_batches()
         history: list[dict[str, float]] = []
         trace: list[float] = []
-        bar = tqdm(total=total, disable=None if self.progress else True, desc=f"differentiable search ({self.form})", leave=False)
+        bar = tqdm(total=total, disable=None if self.progress else True, desc=f"differentiable search ({self.form})",
+                   leave=False)
         step = 0
         for epoch in range(self.epochs):
             sums = {"ce": 0.0, "loss": 0.0}
