@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as _dt
 import io
 import os
@@ -417,10 +418,12 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
 
 
 def measured_like(table: LatencyTable, csv_path: Path, archs: list[ArchConfig], progress: bool, desc: str,
-                  jobs: int = 1) -> np.ndarray:
-    """Measured latencies (ms) of whole networks, on the table's runtime under its protocol, recorded in the
-    networks CSV `csv_path` (resumable)."""
+                  jobs: int = 1, pin_cpu: int | None = None) -> np.ndarray:
+    """Measured latencies (ms) of whole networks, on the table's runtime under its protocol (on CPU `pin_cpu`
+    instead of the protocol's when given), recorded in the networks CSV `csv_path` (resumable)."""
     profile, protocol = table.profile, Protocol.from_dict(table.meta["protocol"])
+    if pin_cpu is not None:
+        protocol = dataclasses.replace(protocol, pin_cpu=pin_cpu)
     rows = measure_networks(csv_path, archs, profile.runtime, profile.precision, protocol,
                             progress=progress, desc=desc, jobs=jobs)
     return np.array([rows[a.key][1] for a in archs])

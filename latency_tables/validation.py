@@ -8,6 +8,8 @@ only when asked, beside the table or in a copy of it elsewhere. A table shipped 
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 from latency_tables.build import accuracy_summary, measured_like, read_networks, table_lock, unique_archs
 from latency_tables.table import LatencyTable, TableError, is_shipped, kendall_tau
 from search_spaces import SearchSpace, get_space
+from search_spaces.errors import HwnasError
 from search_spaces.files import atomic_write_bytes
 
 #: The files that make a table directory complete enough to load, predict and validate again.
@@ -24,14 +27,17 @@ TABLE_FILES = ("table.csv", "networks.csv", "meta.json")
 
 
 def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True, jobs: int = 1, *,
-                   save: bool = False, out: str | Path | None = None) -> dict[str, Any]:
+                   save: bool = False, out: str | Path | None = None, pin_cpu: int | None = None) -> dict[str, Any]:
     """Measure `samples` random subnets (none used to fit the correction) end to end, compare them with the
     prediction and return the summary.
 
     With `save`, the summary goes into meta.json and the measurements into `validation-s<seed>.csv`: beside the
     table, or with `out` in a copy of the table there (made unless `out` holds this table already). A shipped
     table is never written: saving its validation needs an `out` outside the package. Without `save`, nothing
-    is written anywhere but a temporary directory."""
+    is written anywhere but a temporary directory.
+
+    `pin_cpu` times on that CPU instead of the one in the table's protocol (the same kind of core: on a shared
+    machine, the one nothing else is pinned to)."""
     path = Path(path)
     table = LatencyTable.load(path)
     space = get_space(table.space_name)
@@ -40,18 +46,33 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
     target = _save_target(path, save, out)
     archs = unique_archs(space, samples, seed, exclude=read_networks(path / "networks.csv"))
     genes = np.stack([space.to_genes(a) for a in archs])
-    csv_name = f"validation-s{seed}.csv"
+    csv_name, load_before = f"validation-s{seed}.csv", _load_1min()
     if target is None:
         with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
-            measured = measured_like(table, Path(tmp) / csv_name, archs, progress, "validate", jobs)
-        return validation_summary(table, space, genes, measured, seed)
+            measured = measured_like(table, Path(tmp) / csv_name, archs, progress, "validate", jobs, pin_cpu)
+        return _with_load(validation_summary(table, space, genes, measured, seed), load_before, pin_cpu)
     with table_lock(target):
         if target != path:
             _copy_table(path, target)
         stored = LatencyTable.load(target)
-        measured = measured_like(stored, target / csv_name, archs, progress, "validate", jobs)
-        summary = validation_summary(stored, space, genes, measured, seed)
-        stored.save_meta()
+        measured = measured_like(stored, target / csv_name, archs, progress, "validate", jobs, pin_cpu)
+        summary = _with_load(validation_summary(stored, space, genes, measured, seed), load_before, pin_cpu)
+        stored.save_meta()  # the summary is the dict the meta holds: it is stored with the load
+    return summary
+
+
+def _load_1min() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _with_load(summary: dict[str, Any], load_before: float | None, pin_cpu: int | None) -> dict[str, Any]:
+    """Record the machine's 1-minute load average before and after the measurement (1-thread timings depend on
+    what else runs), and the CPU timed on when it was not the protocol's."""
+    load_after = _load_1min()
+    if load_before is not None and load_after is not None:
+        summary["load_1min"] = [round(load_before, 2), round(load_after, 2)]
+    if pin_cpu is not None:
+        summary["pin_cpu"] = pin_cpu
     return summary
 
 
@@ -93,8 +114,47 @@ def validation_summary(table: LatencyTable, space: SearchSpace, genes: np.ndarra
     predicted = table.predict(space, genes).latency_ms
     macs = AnalyticCostModel().estimate_genes(space, genes)["macs"]
     summary = {**accuracy_summary(predicted, measured), "macs_kendall_tau": kendall_tau(macs, measured),
-               "samples": len(measured), "seed": seed,
+               "samples": len(measured), "seed": seed, "within_10_ci95": share_interval(measured, predicted),
                "measured_ms_range": [float(measured.min()), float(measured.max())],
                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     table.meta["validation"] = summary
+    table.meta.setdefault("validations", {})[str(seed)] = summary
     return summary
+
+
+#: The two-sided 95% normal quantile.
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a share of `successes` in `trials` (95% by default): unlike share +- z * SE, it
+    stays inside [0, 1] and is not empty at 0 or 100% (100 of 100 still allows a true share of 96.3%)."""
+    if isinstance(successes, bool) or isinstance(trials, bool) or not 0 <= successes <= trials or trials < 1:
+        raise HwnasError(f"a share's interval needs 0 <= successes <= trials and trials >= 1; got {successes} "
+                         f"of {trials}")
+    share, z2 = successes / trials, z * z
+    centre = (share + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z / (1 + z2 / trials) * math.sqrt(share * (1 - share) / trials + z2 / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def share_interval(measured: np.ndarray, predicted: np.ndarray, tolerance: float = 0.10) -> list[float]:
+    """95% Wilson interval of the share of predictions within +-`tolerance` of the measurement."""
+    within = int(np.sum(np.abs((predicted - measured) / measured) <= tolerance))  # as `accuracy_summary` counts
+    return [round(v, 6) for v in wilson_interval(within, len(measured))]
+
+
+def within_10_interval(summary: dict[str, Any]) -> tuple[float, float]:
+    """The 95% interval of a validation summary's within-+-10% share (computed from its count when an older
+    summary did not store it)."""
+    if "within_10_ci95" in summary:
+        low, high = summary["within_10_ci95"]
+        return float(low), float(high)
+    return wilson_interval(round(summary["within_10"] * summary["samples"]), int(summary["samples"]))
+
+
+def describe_share(summary: dict[str, Any]) -> str:
+    """E.g. '96.0% within +-10% (95% CI 90.2-98.4%, 100 subnets)'."""
+    low, high = within_10_interval(summary)
+    return (f"{summary['within_10']:.1%} within +-10% (95% CI {100 * low:.1f}-{100 * high:.1f}%, "
+            f"{summary['samples']} subnets)")

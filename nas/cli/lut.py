@@ -27,10 +27,13 @@ def _out(args: argparse.Namespace) -> Path:
 
 
 def _summary_lines(summary: dict[str, Any]) -> list[str]:
-    return [f"  {summary['samples']} subnets (seed {summary['seed']}): MAPE {summary['mape']:.1%}, RMSPE "
-            f"{summary['rmspe']:.1%}, within +-5/10/15%: {summary['within_5']:.0%} / {summary['within_10']:.0%} / "
-            f"{summary['within_15']:.0%}, Kendall tau {summary['kendall_tau']:.3f} (MACs alone: "
-            f"{summary['macs_kendall_tau']:.3f})"]
+    from latency_tables.validation import describe_share
+
+    load = summary.get("load_1min")
+    return [f"  seed {summary['seed']}: {describe_share(summary)}; MAPE {summary['mape']:.1%}, RMSPE "
+            f"{summary['rmspe']:.1%}, within +-5/15%: {summary['within_5']:.0%} / {summary['within_15']:.0%}, "
+            f"Kendall tau {summary['kendall_tau']:.3f} (MACs alone: {summary['macs_kendall_tau']:.3f})"
+            + (f"; load {load[0]:.2f} -> {load[1]:.2f}" if load else "")]
 
 
 def cmd_lut_build(args: argparse.Namespace) -> None:
