@@ -30,7 +30,7 @@ from search_spaces.families import block_revisions as all_block_revisions
 from search_spaces.families import changed_families
 from search_spaces.files import atomic_write_text
 from supernets.checkpoint import check_run_dir, checkpoint_dir, load_checkpoint, read_meta, save_checkpoint
-from supernets.config import PHASE_ELASTIC, PhaseConfig, TrainConfig
+from supernets.config import PHASE_ELASTIC, RECIPE_REVISION, PhaseConfig, TrainConfig
 from supernets.data import Dataset, augment, batches, load_dataset
 from supernets.evaluation import evaluate_subnet
 from supernets.supernet import Supernet
@@ -140,6 +140,12 @@ class SupernetTrainer:
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
         check_block_revisions(ckpt.meta, self.space, self.run_dir)
+        trained_at = recipe_revision(ckpt.meta)
+        if trained_at != RECIPE_REVISION:
+            raise HwnasError(f"the checkpoint in {self.run_dir} was started at recipe revision {trained_at}; this hwnas "
+                             f"trains at recipe revision {RECIPE_REVISION} and cannot resume it (it still loads for "
+                             "evaluation and search); train a new run directory, or finish it with the hwnas "
+                             "version that started it")
         if ckpt.meta["config"] != self.config.to_dict():
             raise HwnasError(f"the checkpoint in {self.run_dir} was trained with another config; resume with the "
                              f"same config (see {self.run_dir / 'config.yaml'})")
@@ -301,7 +307,8 @@ class SupernetTrainer:
         meta = {"space": self.space.to_dict(),
                 "config": cfg.to_dict(), "phase": index, "phase_name": phase.name, "epoch": self.epoch,
                 "total_epochs": cfg.total_epochs, "metrics": self.history, "dataset": data.name,
-                "torch_version": torch.__version__, "block_revisions": block_revisions(self.space)}
+                "torch_version": torch.__version__, "block_revisions": block_revisions(self.space),
+                "recipe_revision": RECIPE_REVISION}
         rng = {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state().tolist()}
         save_checkpoint(self.run_dir, meta, self.net, self.optimizer, self.teacher, rng)
         write_train_log(self.run_dir, self.history)
@@ -357,6 +364,7 @@ def load_supernet(run_dir: str | Path) -> tuple[Supernet, dict[str, Any]]:
         raise HwnasError(f"the checkpoint in {run_dir} was trained on another definition of space "
                          f"{space.name!r} than this hwnas has; use the hwnas version that trained it")
     check_block_revisions(ckpt.meta, space, run_dir)
+    recipe_revision(ckpt.meta)  # any revision loads; a damaged record does not
     net = Supernet(space)
     net.load_state_dict(ckpt.weights)
     return net.eval(), ckpt.meta
@@ -402,6 +410,15 @@ def run_dataset(meta_or_run_dir: dict[str, Any] | str | Path, *, data_path: str 
     config = run_config(meta_or_run_dir)
     path = data_path if data_path is not None else config.data_path
     return load_dataset(config.dataset, path, val_fraction=config.val_fraction, seed=config.seed)
+
+
+def recipe_revision(meta: dict[str, Any]) -> int:
+    """The recipe revision a checkpoint was trained at (`supernets.config.RECIPE_REVISION`; absent: 1)."""
+    value = meta.get("recipe_revision", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HwnasError(f"the checkpoint's recipe_revision is {value!r}; expected a whole number >= 1 (the "
+                         "checkpoint metadata is damaged)")
+    return value
 
 
 def block_revisions(space: SearchSpace) -> dict[str, int]:

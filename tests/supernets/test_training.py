@@ -15,7 +15,7 @@ import torch
 from search_spaces import get_space
 from search_spaces.errors import HwnasError
 from supernets.checkpoint import checkpoint_dir, load_checkpoint
-from supernets.config import PhaseConfig, TrainConfig
+from supernets.config import RECIPE_REVISION, PhaseConfig, TrainConfig
 from supernets.data import load_dataset
 from supernets.evaluation import accuracy, recalibrate_bn, recalibration_images
 from supernets.supernet import Supernet
@@ -196,6 +196,25 @@ def test_a_supernet_trained_for_an_older_block_is_refused(tmp_path, trained_supe
     del meta["block_revisions"]  # a checkpoint from before revisions were recorded: every family at 1
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(HwnasError, match=message):
+        load_supernet(tmp_path)
+
+
+def test_a_checkpoint_of_another_recipe_revision_loads_but_does_not_resume(tmp_path, trained_supernet):
+    config = tiny_config()  # trained_supernet's recipe
+    shutil.copytree(trained_supernet, tmp_path, dirs_exist_ok=True)
+    meta_file = tmp_path / "checkpoint" / "supernet.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["recipe_revision"] == RECIPE_REVISION >= 2
+    del meta["recipe_revision"]  # a checkpoint of issues 3-16: revision 1
+    meta_file.write_text(json.dumps(meta))
+    net, loaded = load_supernet(tmp_path)  # evaluation and search: fine, it records its whole recipe
+    assert run_config(loaded) == config and net.space.name == config.space
+    message = re.escape(f"started at recipe revision 1; this hwnas trains at recipe revision {RECIPE_REVISION}")
+    with pytest.raises(HwnasError, match=message):
+        SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run(resume=True)
+    meta["recipe_revision"] = "two"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(HwnasError, match=re.escape("recipe_revision is 'two'; expected a whole number >= 1")):
         load_supernet(tmp_path)
 
 
