@@ -142,9 +142,9 @@ class SupernetTrainer:
         check_block_revisions(ckpt.meta, self.space, self.run_dir)
         trained_at = recipe_revision(ckpt.meta)
         if trained_at != RECIPE_REVISION:
-            raise HwnasError(f"the checkpoint in {self.run_dir} was started at recipe revision {trained_at}; this hwnas "
-                             f"trains at recipe revision {RECIPE_REVISION} and cannot resume it (it still loads for "
-                             "evaluation and search); train a new run directory, or finish it with the hwnas "
+            raise HwnasError(f"the checkpoint in {self.run_dir} was started at recipe revision {trained_at}; this "
+                             f"hwnas trains at recipe revision {RECIPE_REVISION} and cannot resume it (it still loads "
+                             "for evaluation and search); train a new run directory, or finish it with the hwnas "
                              "version that started it")
         if ckpt.meta["config"] != self.config.to_dict():
             raise HwnasError(f"the checkpoint in {self.run_dir} was trained with another config; resume with the "
