@@ -15,8 +15,9 @@ from search_spaces.errors import HwnasError
 #: checkpoint says which recipe made it. Checkpoints record it as `recipe_revision` (absent: 1). A run is resumed
 #: only at the revision that started it (the error names both); a checkpoint of any revision loads for evaluation
 #: and search when its blocks have not changed (`check_block_revisions`), since it records its whole recipe.
-#: 1: issues 3-16 (54 epochs). 2: issue 17 (38 epochs rebalanced towards the all-elastic phase, 2 random subnets
-#: per step there, BN recalibration on 2,000 images).
+#: 1: issues 3-16 (54 epochs; a step's subnet losses averaged). 2: issue 17 (a step's subnet losses summed, as
+#: once-for-all and BigNAS do, so that each subnet weighs as much as the largest; 38 epochs rebalanced towards the
+#: all-elastic phase, 2 random subnets per step there; BN recalibration on 2,000 images).
 RECIPE_REVISION = 2
 
 #: What each progressive-shrinking phase samples at random (the rest stays at its largest value).

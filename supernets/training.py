@@ -240,8 +240,8 @@ class SupernetTrainer:
                 with torch.no_grad():
                     soft = self.teacher(xr, teacher_arch)
                 loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(logits, soft, cfg.kd_temperature)
-            (loss / len(students)).backward()
-            total += float(loss.detach()) / len(students)
+            loss.backward()  # summed, not averaged: every subnet of the step weighs as much as the largest
+            total += float(loss.detach())
         return total
 
     def _align_step(self, x: torch.Tensor) -> float:
