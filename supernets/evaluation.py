@@ -1,10 +1,18 @@
-"""BatchNorm recalibration and accuracy of subnets taken from the supernet."""
+"""BatchNorm recalibration and accuracy of subnets taken from the supernet.
+
+Beside top-1 accuracy, an evaluation gives the validation cross-entropy (mean negative log-likelihood of the true
+class) from the same forward pass: a lower-variance signal, since every image moves it a little instead of only
+the few near the decision boundary moving the accuracy by a whole image (`bench_signal.py` measures both).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from search_spaces import ArchConfig
 from supernets.data import Dataset, Split, batches, to_tensor
@@ -56,6 +64,43 @@ def accuracy(model: nn.Module, split: Split, resolution: int, mean: float, std: 
     return correct / max(1, len(split))
 
 
+@dataclass(frozen=True)
+class ImageOutcomes:
+    """Per validation image, in the split's order: whether the top-1 class is right, and the cross-entropy (nats)."""
+
+    correct: np.ndarray  # bool
+    nll: np.ndarray  # float64
+
+    def score(self, index: np.ndarray | slice = slice(None)) -> SubnetScore:
+        """The score over the images `index` selects (all by default)."""
+        correct, nll = self.correct[index], self.nll[index]
+        n = max(1, len(correct))
+        return SubnetScore(float(correct.sum()) / n, float(nll.sum()) / n)
+
+
+@dataclass(frozen=True)
+class SubnetScore:
+    """Top-1 accuracy (a fraction) and validation cross-entropy (mean NLL of the true class, nats)."""
+
+    accuracy: float
+    loss: float
+
+
+@torch.no_grad()
+def image_outcomes(model: nn.Module, split: Split, resolution: int, mean: float, std: float,
+                   batch_size: int = 500) -> ImageOutcomes:
+    """Top-1 correctness and cross-entropy of `model` (in eval mode) on each image of `split`, in one pass."""
+    model.eval()
+    correct, nll = [], []
+    for x, y in batches(split, batch_size, resolution, mean, std):
+        logits = model(x).double()  # float64: sums over thousands of images stay exact enough to compare
+        correct.append((logits.argmax(1) == y).numpy())
+        nll.append(F.cross_entropy(logits, y, reduction="none").numpy())
+    if not correct:
+        return ImageOutcomes(np.zeros(0, dtype=bool), np.zeros(0))
+    return ImageOutcomes(np.concatenate(correct), np.concatenate(nll))
+
+
 def recalibration_images(data: Dataset, resolution: int, n: int, seed: int = 0) -> torch.Tensor:
     """A fixed, seeded subset of `n` training images at `resolution`."""
     idx = np.random.default_rng(seed).permutation(len(data.train))[:n]
@@ -68,3 +113,38 @@ def evaluate_subnet(supernet: Supernet, arch: ArchConfig, data: Dataset, recal_i
     model = supernet.materialize(arch)
     recalibrate_bn(model, recalibration_images(data, arch.resolution, recal_images, seed))
     return accuracy(model, data.val, arch.resolution, data.mean, data.std), model
+
+
+def evaluate_subnet_outcomes(supernet: Supernet, arch: ArchConfig, data: Dataset, recal_images: int = 1000,
+                             seed: int = 0) -> tuple[ImageOutcomes, nn.Module]:
+    """Per-image outcomes on the validation split of `arch` taken from the supernet after BN recalibration (as
+    `evaluate_subnet`), and the recalibrated model."""
+    model = supernet.materialize(arch)
+    recalibrate_bn(model, recalibration_images(data, arch.resolution, recal_images, seed))
+    return image_outcomes(model, data.val, arch.resolution, data.mean, data.std), model
+
+
+def evaluate_subnet_score(supernet: Supernet, arch: ArchConfig, data: Dataset, recal_images: int = 1000,
+                          seed: int = 0) -> SubnetScore:
+    """Validation accuracy and cross-entropy of `arch` (as `evaluate_subnet`, from the same forward pass)."""
+    return evaluate_subnet_outcomes(supernet, arch, data, recal_images, seed)[0].score()
+
+
+def split_half_reliability(outcomes: list[ImageOutcomes], images: int | None = None) -> dict[str, float]:
+    """How reliably each signal ranks subnets: Kendall tau between its values on the even- and the odd-indexed
+    images (two independent halves) of the first `images` validation images (all by default), over the subnets
+    whose `outcomes` are given. Returns `accuracy` and `val_loss` taus and `images_per_half`."""
+    from latency_tables.table import kendall_tau
+    from search_spaces.errors import HwnasError
+
+    if len(outcomes) < 2:
+        raise HwnasError(f"split-half reliability needs at least 2 subnets; got {len(outcomes)}")
+    total = min(len(o.correct) for o in outcomes)
+    images = total if images is None else images
+    if not 2 <= images <= total:
+        raise HwnasError(f"split-half reliability needs 2 .. {total} images (the outcomes' shortest split); "
+                         f"got {images}")
+    halves = [[o.score(slice(start, images, 2)) for o in outcomes] for start in (0, 1)]
+    return {"accuracy": kendall_tau(*(np.array([s.accuracy for s in h]) for h in halves)),
+            "val_loss": kendall_tau(*(np.array([s.loss for s in h]) for h in halves)),
+            "images_per_half": images // 2}
