@@ -81,21 +81,24 @@ def supernet_space(run_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
 
 
 class SupernetEvaluator:
-    """Validation accuracy of subnets taken from a trained supernet, each after BatchNorm recalibration on
-    `recal_images` training images, on `data`'s validation split. Results are cached by architecture key, in
-    memory and, with `cache_path`, in a JSON file tied to the supernet's weights (sha256), written atomically:
-    a search that resumes does not evaluate a subnet twice. `from_run` loads all of it from a run directory;
-    the constructor reads nothing, and a write keeps the entries the file holds (refusing a file made with other
-    settings). Torch runs with `threads` threads during an evaluation (None: as it is)."""
+    """Validation accuracy and cross-entropy (`val_loss`, the lower-variance signal) of subnets taken from a
+    trained supernet, each after BatchNorm recalibration on `recal_images` training images, on `data`'s validation
+    split, both from one forward pass. Results are cached by architecture key, in memory and, with `cache_path`,
+    in a JSON file tied to the supernet's weights (sha256), written atomically: a search that resumes does not
+    evaluate a subnet twice. A cache written before losses were kept still serves accuracies; a loss it lacks is
+    measured (with the accuracy again, which evaluation repeats exactly). `from_run` loads all of it from a run
+    directory; the constructor reads nothing, and a write keeps the entries the file holds (refusing a file made
+    with other settings). Torch runs with `threads` threads during an evaluation (None: as it is)."""
 
     def __init__(self, net: Any, data: Any, *, recal_images: int, seed: int, weights_sha256: str = "",
                  cache: dict[str, float] | None = None, cache_path: str | Path | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, losses: dict[str, float] | None = None) -> None:
         self.net, self.space, self.data, self.seed = net, net.space, data, seed
         self.recal_images, self.weights_sha256, self.threads = recal_images, weights_sha256, threads
         self.settings = cache_settings(weights_sha256, data, recal_images)
         self.cache_path = Path(cache_path) if cache_path is not None else None
-        self.cache: dict[str, float] = dict(cache or {})
+        self.cache: dict[str, float] = dict(cache or {})  # key -> accuracy
+        self.losses: dict[str, float] = dict(losses or {})  # key -> validation cross-entropy
         self.evaluated = 0  # subnets evaluated (not taken from the cache) by this evaluator
 
     @classmethod
@@ -104,7 +107,7 @@ class SupernetEvaluator:
                  threads: int | None = None) -> SupernetEvaluator:
         """The evaluator of a `hwnas supernet train` run directory: its supernet and dataset (or `data`), the
         first `val_images` validation images (all by default), the recipe's BN recalibration images unless
-        `recal_images`, the recipe's threads unless `threads`, and the accuracies cached in `cache_path`."""
+        `recal_images`, the recipe's threads unless `threads`, and the results cached in `cache_path`."""
         from supernets.data import Split
         from supernets.training import load_run
 
@@ -115,9 +118,9 @@ class SupernetEvaluator:
         if val_images is not None:
             data = replace(data, val=Split(data.val.images[:val_images], data.val.labels[:val_images]))
         recal = recal_images if recal_images is not None else run.config.bn_recal_images
-        cache = read_cache(cache_path, cache_settings(run.weights_sha256, data, recal))
+        cache, losses = read_cache_file(cache_path, cache_settings(run.weights_sha256, data, recal))
         return cls(run.net, data, recal_images=recal, seed=run.config.seed, weights_sha256=run.weights_sha256,
-                   cache=cache, cache_path=cache_path, threads=threads or run.config.threads or None)
+                   cache=cache, cache_path=cache_path, threads=threads or run.config.threads or None, losses=losses)
 
     def _write_cache(self) -> None:
         """Write the cache file: its entries (made with these settings, else a `HwnasError`) and this evaluator's."""
@@ -125,32 +128,63 @@ class SupernetEvaluator:
             return
         from search_spaces.files import atomic_write_text
 
-        self.cache = {**read_cache(self.cache_path, self.settings), **self.cache}
-        atomic_write_text(self.cache_path, json.dumps({"settings": self.settings, "accuracy": self.cache}, indent=1))
+        stored, stored_losses = read_cache_file(self.cache_path, self.settings)
+        self.cache, self.losses = {**stored, **self.cache}, {**stored_losses, **self.losses}
+        atomic_write_text(self.cache_path, json.dumps({"settings": self.settings, "accuracy": self.cache,
+                                                       "val_loss": self.losses}, indent=1))
 
-    def accuracy(self, genes: np.ndarray) -> np.ndarray:
-        """Accuracy (a fraction) of each gene row's subnet."""
-        from supernets.evaluation import evaluate_subnet
+    def scores(self, genes: np.ndarray, *, need_loss: bool = True) -> dict[str, np.ndarray]:
+        """`accuracy` (a fraction) and `val_loss` (mean cross-entropy of the true class, nats) of each gene row's
+        subnet. With `need_loss=False`, a cached accuracy whose loss is not cached is not measured again (its
+        `val_loss` is NaN)."""
+        from supernets.evaluation import evaluate_subnet_score
         from supernets.threads import torch_threads
 
         genes = self.space.canonical_genes(genes)
-        out = np.empty(len(genes))
+        accuracy, loss = np.empty(len(genes)), np.empty(len(genes))
         fresh = False
         with torch_threads(self.threads):
             for i, row in enumerate(genes):
                 arch = self.space.from_genes(row)
-                if arch.key not in self.cache:
-                    self.cache[arch.key] = evaluate_subnet(self.net, arch, self.data, self.recal_images,
-                                                           self.seed)[0]
+                if arch.key not in self.cache or (need_loss and arch.key not in self.losses):
+                    score = evaluate_subnet_score(self.net, arch, self.data, self.recal_images, self.seed)
+                    self.cache[arch.key], self.losses[arch.key] = score.accuracy, score.loss
                     self.evaluated += 1
                     fresh = True
-                out[i] = self.cache[arch.key]
+                accuracy[i], loss[i] = self.cache[arch.key], self.losses.get(arch.key, np.nan)
         if fresh:
+            self._write_cache()
+        return {"accuracy": accuracy, "val_loss": loss}
+
+    def outcomes(self, genes: np.ndarray) -> list[Any]:
+        """Per-image outcomes (`supernets.evaluation.ImageOutcomes`) of each gene row's subnet, measured now (not
+        cached per image); their scores over the whole split go into the cache like any evaluation's."""
+        from supernets.evaluation import evaluate_subnet_outcomes
+        from supernets.threads import torch_threads
+
+        out = []
+        with torch_threads(self.threads):
+            for row in self.space.canonical_genes(genes):
+                arch = self.space.from_genes(row)
+                outcomes = evaluate_subnet_outcomes(self.net, arch, self.data, self.recal_images, self.seed)[0]
+                score = outcomes.score()
+                self.cache[arch.key], self.losses[arch.key] = score.accuracy, score.loss
+                self.evaluated += 1
+                out.append(outcomes)
+        if out:
             self._write_cache()
         return out
 
+    def accuracy(self, genes: np.ndarray) -> np.ndarray:
+        """Accuracy (a fraction) of each gene row's subnet."""
+        return self.scores(genes, need_loss=False)["accuracy"]
+
+    def val_loss(self, genes: np.ndarray) -> np.ndarray:
+        """Validation cross-entropy (nats) of each gene row's subnet."""
+        return self.scores(genes)["val_loss"]
+
     def columns(self, genes: np.ndarray) -> dict[str, np.ndarray]:
-        return {"accuracy": self.accuracy(genes)}
+        return self.scores(genes)
 
 
 def cache_settings(weights_sha256: str, data: Any, recal_images: int) -> dict[str, Any]:
@@ -160,17 +194,23 @@ def cache_settings(weights_sha256: str, data: Any, recal_images: int) -> dict[st
 
 
 def read_cache(path: str | Path | None, settings: dict[str, Any]) -> dict[str, float]:
-    """The accuracies cached in `path` (none if there is no file); a `HwnasError` when the file is corrupt or was
-    made with other `settings`."""
+    """The accuracies cached in `path` (see `read_cache_file`)."""
+    return read_cache_file(path, settings)[0]
+
+
+def read_cache_file(path: str | Path | None, settings: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """The accuracies and validation losses cached in `path` (none if there is no file; no losses in a file
+    written before they were kept); a `HwnasError` when the file is corrupt or was made with other `settings`."""
     if path is None or not Path(path).is_file():
-        return {}
+        return {}, {}
     try:
         stored = json.loads(Path(path).read_text(encoding="utf-8"))
         accuracy = {str(k): float(v) for k, v in stored["accuracy"].items()}
+        losses = {str(k): float(v) for k, v in stored.get("val_loss", {}).items()}
         made_with = stored["settings"]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise HwnasError(f"accuracy cache {path} is corrupt ({err}); move it away to start a new one") from None
     if made_with != settings:
         raise HwnasError(f"accuracy cache {path} was made with {made_with}, not {settings} (another supernet or "
                          f"evaluation setting); give another cache path")
-    return accuracy
+    return accuracy, losses

@@ -138,3 +138,52 @@ def test_supernet_space_skips_an_incomplete_checkpoint_as_checkpoint_dir_does(tr
     shutil.rmtree(run / "checkpoint.old")
     with pytest.raises(HwnasError, match="no supernet checkpoint in .*rng.json listed in supernet.json missing"):
         supernet_space(run)
+
+
+def test_val_loss_is_the_subnets_cross_entropy_cached_beside_accuracy(run_dir, tmp_path):
+    from supernets.evaluation import evaluate_subnet_score
+
+    cache = tmp_path / "accuracy.json"
+    evaluator = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    genes = evaluator.space.sample_genes(np.random.default_rng(4), 2)
+    columns = evaluator.columns(genes)
+    assert set(columns) == {"accuracy", "val_loss"} and evaluator.evaluated == 2
+    for i, row in enumerate(genes):
+        score = evaluate_subnet_score(evaluator.net, evaluator.space.from_genes(row), evaluator.data,
+                                      evaluator.recal_images, 0)
+        assert columns["accuracy"][i] == score.accuracy and columns["val_loss"][i] == score.loss
+        assert score.loss > 0
+    stored = json.loads(cache.read_text())
+    keys = [evaluator.space.from_genes(row).key for row in genes]
+    assert stored["val_loss"] == dict(zip(keys, columns["val_loss"], strict=True))
+    again = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    assert np.array_equal(again.val_loss(genes), columns["val_loss"]) and again.evaluated == 0
+
+
+def test_an_old_cache_without_losses_still_serves_accuracy_and_measures_a_missing_loss(run_dir, tmp_path):
+    cache = tmp_path / "accuracy.json"
+    first = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    genes = first.space.sample_genes(np.random.default_rng(5), 2)
+    columns = first.columns(genes)
+    stored = json.loads(cache.read_text())
+    del stored["val_loss"]  # as written before losses were kept
+    cache.write_text(json.dumps(stored))
+    old = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    assert np.array_equal(old.accuracy(genes), columns["accuracy"]) and old.evaluated == 0
+    assert np.isnan(old.scores(genes, need_loss=False)["val_loss"]).all() and old.evaluated == 0
+    assert np.array_equal(old.val_loss(genes[:1]), columns["val_loss"][:1]) and old.evaluated == 1
+    assert len(json.loads(cache.read_text())["val_loss"]) == 1
+    assert np.array_equal(old.accuracy(genes), columns["accuracy"])  # measured again: the same accuracy
+
+
+def test_outcomes_are_per_image_and_fill_the_cache(run_dir, tmp_path):
+    cache = tmp_path / "accuracy.json"
+    evaluator = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    genes = evaluator.space.sample_genes(np.random.default_rng(6), 2)
+    outcomes = evaluator.outcomes(genes)
+    assert [len(o.nll) for o in outcomes] == [40, 40] and evaluator.evaluated == 2
+    again = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
+    columns = again.columns(genes)
+    assert again.evaluated == 0
+    assert list(columns["accuracy"]) == [o.score().accuracy for o in outcomes]
+    assert list(columns["val_loss"]) == [o.score().loss for o in outcomes]
