@@ -108,7 +108,8 @@ def _copy_table(path: Path, target: Path) -> None:
 def validation_summary(table: LatencyTable, space: SearchSpace, genes: np.ndarray, measured: np.ndarray,
                        seed: int) -> dict[str, Any]:
     """Compare the table's prediction for gene rows with their measured latencies; store it in the table's
-    meta (not yet saved) and return it. Also ranks the subnets by MACs alone, to show what the table adds."""
+    meta (not yet saved) as its latest validation and as that seed's (`validations`), and return it. Also ranks
+    the subnets by MACs alone, to show what the table adds."""
     from latency_tables.analytic import AnalyticCostModel
 
     predicted = table.predict(space, genes).latency_ms
@@ -117,8 +118,9 @@ def validation_summary(table: LatencyTable, space: SearchSpace, genes: np.ndarra
                "samples": len(measured), "seed": seed, "within_10_ci95": share_interval(measured, predicted),
                "measured_ms_range": [float(measured.min()), float(measured.max())],
                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    earlier = table.meta.get("validation")  # a table validated before per-seed records were kept keeps its own
+    table.meta.setdefault("validations", {str(earlier["seed"]): earlier} if earlier else {})[str(seed)] = summary
     table.meta["validation"] = summary
-    table.meta.setdefault("validations", {})[str(seed)] = summary
     return summary
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from latency_tables.table import LatencyTable, TableError, shipped_tables
-from latency_tables.validation import validate_table
+from latency_tables.validation import validate_table, wilson_interval
 from nas.cli import main
 
 pytest.importorskip("onnxruntime", reason="validating the shipped ORT table needs the runtimes extra")
@@ -38,10 +38,14 @@ def test_cli_validate_on_a_shipped_table_leaves_it_byte_identical(capsys, tmp_pa
 def test_saving_a_shipped_tables_validation_goes_to_a_copy_elsewhere(tmp_path):
     table, copy = shipped_ort(), tmp_path / "copy"
     before = snapshot(table)
-    summary = validate_table(table, samples=2, seed=7, progress=False, save=True, out=copy)
+    summary = validate_table(table, samples=2, seed=7, progress=False, save=True, out=copy, pin_cpu=0)
     assert snapshot(table) == before
     stored = LatencyTable.load(copy)
     assert stored.meta["validation"] == summary and summary["samples"] == 2 and summary["seed"] == 7
+    # the interval of the share as counted, per seed beside the latest, and where and under what load it was timed
+    assert summary["within_10_ci95"] == [round(v, 6) for v in wilson_interval(round(2 * summary["within_10"]), 2)]
+    assert stored.meta["validations"]["7"] == summary and set(stored.meta["validations"]) == {"1", "7"}
+    assert summary["pin_cpu"] == 0 and len(summary["load_1min"]) == 2 and min(summary["load_1min"]) >= 0
     assert stored.rows == LatencyTable.load(table).rows and stored.table_id == "amd-epyc-2c-ort-fp32-t1"
     assert len((copy / "validation-s7.csv").read_text().splitlines()) == 3  # header + 2 subnets
     with pytest.raises(TableError, match="shipped tables"):
