@@ -1,8 +1,14 @@
 """Accuracy predictor: a small MLP on the space's one-hot encoding (once-for-all's: ReLU hidden layers of 400),
 trained on subnets measured with the supernet evaluator, in numpy (a search that uses it needs no torch).
 
+Its labels are the measured accuracy or, better, the validation cross-entropy (`val_loss`: a less noisy signal,
+see `benchmarks/bench_signal.py`). `predict` always returns an accuracy estimate, higher is better, so that a
+search can tell it to a strategy as accuracy: a loss-labelled predictor maps its predicted loss through a
+decreasing calibration fitted on its training subnets (the log error against the log loss), which keeps the
+loss's ranking exactly; `predict_label` gives the label itself.
+
 Saved pickle-free: `predictor.npz` (the weights, loaded with allow_pickle=False) and `predictor.json` (space,
-layer sizes, target scaling, training figures).
+layer sizes, target scaling, calibration, training figures).
 """
 
 from __future__ import annotations
@@ -22,21 +28,44 @@ from search_spaces.errors import HwnasError
 FORMAT = "hwnas accuracy predictor 1"
 #: Targets the MLP can regress: the accuracy itself, or its log error `-log(1 - accuracy + 0.005)`, which
 #: spreads out the crowded top of the range (most subnets of a trained supernet are within a few points of
-#: the best) and shrinks the few very poor subnets that would dominate a squared error on accuracy.
-TARGETS = ("accuracy", "log_error")
+#: the best) and shrinks the few very poor subnets that would dominate a squared error on accuracy. On
+#: validation cross-entropy labels: the loss itself, or its logarithm (`log_val_loss`, the same spreading).
+TARGETS = ("accuracy", "log_error", "val_loss", "log_val_loss")
+#: The label each target is a function of.
+LABELS = {"accuracy": "accuracy", "log_error": "accuracy", "val_loss": "val_loss", "log_val_loss": "val_loss"}
 _EPS = 0.005
 
 
-def _to_target(accuracy: np.ndarray, target: str) -> np.ndarray:
-    return -np.log(np.maximum(1.0 - accuracy + _EPS, 1e-6)) if target == "log_error" else accuracy
+def _log_error(accuracy: np.ndarray) -> np.ndarray:
+    return -np.log(np.maximum(1.0 - accuracy + _EPS, 1e-6))
+
+
+def _to_target(label: np.ndarray, target: str) -> np.ndarray:
+    if target == "log_error":
+        return _log_error(label)
+    return np.log(np.maximum(label, 1e-9)) if target == "log_val_loss" else label
 
 
 def _from_target(value: np.ndarray, target: str) -> np.ndarray:
-    return 1.0 + _EPS - np.exp(-value) if target == "log_error" else value
+    if target == "log_error":
+        return 1.0 + _EPS - np.exp(-value)
+    return np.exp(value) if target == "log_val_loss" else value
+
+
+def fit_calibration(loss: np.ndarray, accuracy: np.ndarray) -> tuple[float, float]:
+    """`(a, b)` of `log_error(accuracy) ~ a + b * ln(loss)` by least squares, `b` kept below zero so that the
+    accuracy it gives falls strictly as the loss grows."""
+    x = np.log(np.maximum(np.asarray(loss, dtype=np.float64), 1e-9))
+    y = _log_error(np.asarray(accuracy, dtype=np.float64))
+    if len(x) < 2 or np.ptp(x) == 0:
+        raise HwnasError(f"calibrating accuracy against loss needs 2 or more distinct losses; got {len(np.unique(x))}")
+    b, a = np.polyfit(x, y, 1)
+    return float(a), float(min(b, -1e-6))
 
 
 class AccuracyPredictor:
-    """MLP encoding -> accuracy. `fit` trains it (Adam on mean squared error, seeded); `predict` is vectorised."""
+    """MLP encoding -> label (accuracy or validation loss). `fit` trains it (Adam on mean squared error, seeded);
+    `predict` (accuracy) and `predict_label` are vectorised."""
 
     def __init__(self, space: SearchSpace, hidden: Sequence[int] = (400, 400, 400), seed: int = 0,
                  target: str = "log_error") -> None:
@@ -50,6 +79,7 @@ class AccuracyPredictor:
         self.weights = [rng.standard_normal((a, b)) * np.sqrt(2.0 / a) for a, b in zip(sizes, sizes[1:], strict=False)]
         self.biases = [np.zeros(b) for b in sizes[1:]]
         self.mean, self.std = 0.0, 1.0  # target scaling
+        self.calibration: tuple[float, float] | None = None  # loss labels: log error = a + b ln(loss)
         self.figures: dict[str, Any] = {}
 
     def _inputs(self, genes: np.ndarray) -> np.ndarray:
@@ -64,19 +94,43 @@ class AccuracyPredictor:
             activations.append(x)
         return x[:, 0], activations
 
-    def predict(self, genes: np.ndarray) -> np.ndarray:
-        """Predicted accuracy of each gene row."""
+    @property
+    def label(self) -> str:
+        """What the predictor was trained on: `accuracy` or `val_loss`."""
+        return LABELS[self.target]
+
+    def predict_label(self, genes: np.ndarray) -> np.ndarray:
+        """Predicted label (accuracy, or validation loss) of each gene row."""
         x = self._inputs(genes)
         return _from_target(self._forward(x)[0] * self.std + self.mean, self.target)
 
-    def fit(self, genes: np.ndarray, accuracy: np.ndarray, *, epochs: int = 300, lr: float = 1e-3,
-            batch_size: int = 128, weight_decay: float = 1e-2) -> dict[str, float]:
-        """Train on measured (genes, accuracy); returns the training RMSE (of accuracy)."""
-        measured = np.asarray(accuracy, dtype=np.float64)
+    def predict(self, genes: np.ndarray) -> np.ndarray:
+        """Predicted accuracy of each gene row (from a loss-labelled predictor: through its calibration, which keeps
+        the predicted loss's ranking)."""
+        value = self.predict_label(genes)
+        if self.label == "accuracy":
+            return value
+        if self.calibration is None:
+            raise HwnasError("this loss-labelled predictor has no accuracy calibration; fit it first")
+        a, b = self.calibration
+        return 1.0 + _EPS - np.exp(-(a + b * np.log(np.maximum(value, 1e-9))))
+
+    def fit(self, genes: np.ndarray, labels: np.ndarray, *, epochs: int = 300, lr: float = 1e-3,
+            batch_size: int = 128, weight_decay: float = 1e-2, accuracy: np.ndarray | None = None) -> dict[str, float]:
+        """Train on measured (genes, labels) (accuracies, or validation losses with `accuracy` beside them for the
+        calibration); returns the training RMSE (of the label)."""
+        measured = np.asarray(labels, dtype=np.float64)
         y = _to_target(measured, self.target)
         if len(y) != len(genes) or len(y) < 2:
-            raise HwnasError(f"fit needs at least 2 architectures with one accuracy each; got {len(genes)} rows and "
-                             f"{len(y)} accuracies")
+            raise HwnasError(f"fit needs at least 2 architectures with one {self.label} each; got {len(genes)} rows "
+                             f"and {len(y)} labels")
+        if not np.isfinite(y).all():
+            raise HwnasError(f"{int((~np.isfinite(y)).sum())} of the {self.label} labels are missing or not finite "
+                             f"(rows collected before losses were recorded?); collect them again")
+        if self.label == "val_loss":
+            if accuracy is None or len(accuracy) != len(y):
+                raise HwnasError("a loss-labelled predictor needs the subnets' accuracies too (for its calibration)")
+            self.calibration = fit_calibration(measured, np.asarray(accuracy, dtype=np.float64))
         x = self._inputs(genes)
         self.mean, self.std = float(y.mean()), float(y.std()) or 1.0
         target = (y - self.mean) / self.std
@@ -95,13 +149,13 @@ class AccuracyPredictor:
                     if layer:
                         grad = (grad @ self.weights[layer].T) * (acts[layer] > 0)
                 adam.step(grads_w[::-1] + grads_b[::-1])
-        rmse = float(np.sqrt(np.mean((self.predict(genes) - measured) ** 2)))
+        rmse = float(np.sqrt(np.mean((self.predict_label(genes) - measured) ** 2)))
         self.figures = {"train_rmse": rmse, "train_size": len(y), "epochs": epochs, "weight_decay": weight_decay}
         return {"train_rmse": rmse}
 
-    def evaluate(self, genes: np.ndarray, accuracy: np.ndarray) -> dict[str, float]:
-        """RMSE and Kendall tau of the predictions against measured accuracies (held-out subnets)."""
-        predicted, y = self.predict(genes), np.asarray(accuracy, dtype=np.float64)
+    def evaluate(self, genes: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """RMSE and Kendall tau of the predicted labels against measured ones (held-out subnets)."""
+        predicted, y = self.predict_label(genes), np.asarray(labels, dtype=np.float64)
         return {"rmse": float(np.sqrt(np.mean((predicted - y) ** 2))), "kendall_tau": kendall_tau(predicted, y),
                 "n": len(y)}
 
@@ -114,7 +168,8 @@ class AccuracyPredictor:
         with atomic_path(directory / "predictor.npz") as tmp:
             np.savez(tmp, **arrays)
         meta = {"format": FORMAT, "space": self.space.to_dict(), "hidden": list(self.hidden), "seed": self.seed,
-                "target": self.target, "mean": self.mean, "std": self.std, "figures": self.figures}
+                "target": self.target, "mean": self.mean, "std": self.std, "figures": self.figures,
+                "calibration": list(self.calibration) if self.calibration is not None else None}
         atomic_write_text(directory / "predictor.json", json.dumps(meta, indent=1))
         return directory
 
@@ -145,10 +200,15 @@ class AccuracyPredictor:
             raise HwnasError(f"the accuracy predictor in {directory} is corrupt (weight shapes do not match)")
         predictor.weights, predictor.biases = weights, biases
         predictor.mean, predictor.std, predictor.figures = float(meta["mean"]), float(meta["std"]), meta["figures"]
+        if meta.get("calibration") is not None:
+            a, b = meta["calibration"]
+            predictor.calibration = (float(a), float(b))
         return predictor
 
 
-DATA_COLUMNS = ("key", "accuracy", "arch")
+DATA_COLUMNS = ("key", "accuracy", "val_loss", "arch")
+#: The header of data files written before losses were recorded; they still read (their `val_loss` is NaN).
+OLD_DATA_COLUMNS = ("key", "accuracy", "arch")
 
 
 def sample_unique(space: SearchSpace, n: int, seed: int, exclude: Sequence[np.ndarray] = ()) -> np.ndarray:
@@ -175,7 +235,14 @@ def sample_unique(space: SearchSpace, n: int, seed: int, exclude: Sequence[np.nd
 
 
 def read_data(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
-    """The (gene rows, accuracies) of a predictor data file (`key,accuracy,arch` CSV). A last line cut off by an
+    """The (gene rows, accuracies) of a predictor data file (see `read_data_columns`)."""
+    genes, columns = read_data_columns(path, space)
+    return genes, columns["accuracy"]
+
+
+def read_data_columns(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The gene rows and measured columns (`accuracy`, `val_loss`: NaN where not recorded) of a predictor data
+    file (`key,accuracy,val_loss,arch` CSV, or the older `key,accuracy,arch`). A last line cut off by an
     interruption is ignored; any other malformed row, or an architecture outside `space`, is an error naming it."""
     import csv
 
@@ -186,32 +253,63 @@ def read_data(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, np.ndar
         raise HwnasError(f"no predictor data at {path}; collect it with `hwnas predictor collect`")
     with path.open(encoding="utf-8", newline="") as fh:
         lines = fh.read().splitlines()
-    if not lines or tuple(lines[0].split(",")) != DATA_COLUMNS:
+    header = tuple(lines[0].split(",")) if lines else ()
+    if header not in (DATA_COLUMNS, OLD_DATA_COLUMNS):
         raise HwnasError(f"{path} is not predictor data: its header should be {','.join(DATA_COLUMNS)}")
-    genes, accuracy = [], []
+    genes, accuracy, loss = [], [], []
     for number, row in enumerate(csv.reader(lines[1:]), start=2):
         try:
-            key, value, text = row
-            arch = ArchConfig.from_str(text)
-            if arch.key != key:
-                raise ValueError(f"key {key} is not the key of the architecture ({arch.key})")
+            values = dict(zip(header, row, strict=True))
+            arch = ArchConfig.from_str(values["arch"])
+            if arch.key != values["key"]:
+                raise ValueError(f"key {values['key']} is not the key of the architecture ({arch.key})")
             genes.append(space.to_genes(arch))
-            accuracy.append(float(value))
+            accuracy.append(float(values["accuracy"]))
+            loss.append(float(values["val_loss"]) if values.get("val_loss") else np.nan)
         except (ValueError, HwnasError) as err:
             if number == len(lines):  # the last line of an interrupted append
                 break
             raise HwnasError(f"{path} line {number} is malformed ({err}); move the file away or fix the line") from None
     if not genes:
-        return np.zeros((0, len(space.genes)), dtype=np.int64), np.zeros(0)
-    return np.stack(genes).astype(np.int64), np.asarray(accuracy)
+        return np.zeros((0, len(space.genes)), dtype=np.int64), {"accuracy": np.zeros(0), "val_loss": np.zeros(0)}
+    return np.stack(genes).astype(np.int64), {"accuracy": np.asarray(accuracy), "val_loss": np.asarray(loss)}
 
 
-def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed: int = 0, chunk: int = 10,
+def _open_for_append(path: Path, space: SearchSpace) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The rows a data file holds, with the file made ready to append to: created with its header, a torn last
+    line dropped, an older file (no `val_loss` column) rewritten with the column, empty for its rows."""
+    import csv
+    import io
+
+    from search_spaces.files import atomic_write_text
+
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(",".join(DATA_COLUMNS) + "\n", encoding="utf-8")
+        return np.zeros((0, len(space.genes)), dtype=np.int64), {"accuracy": np.zeros(0), "val_loss": np.zeros(0)}
+    genes, columns = read_data_columns(path, space)
+    with path.open("rb+") as fh:  # drop a torn last line before appending
+        text = fh.read()
+        if text and not text.endswith(b"\n"):
+            fh.truncate(text.rfind(b"\n") + 1)
+    if tuple(path.read_text(encoding="utf-8").split("\n", 1)[0].split(",")) == OLD_DATA_COLUMNS:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(DATA_COLUMNS)
+        for row, acc in zip(genes, columns["accuracy"], strict=True):
+            arch = space.from_genes(row)
+            writer.writerow([arch.key, repr(float(acc)), "", arch.to_str()])
+        atomic_write_text(path, out.getvalue())
+    return genes, columns
+
+
+def collect(space: SearchSpace, measure: Any, n: int, path: str | Path, *, seed: int = 0, chunk: int = 10,
             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Make the CSV at `path` hold `n` uniformly sampled subnets measured with `accuracy` (gene rows ->
-    accuracies, e.g. `SupernetEvaluator.accuracy`), one `key,accuracy,arch` row each, appended as they are
-    measured. Rows already there are kept and count towards `n` (an interrupted collection continues; a larger
-    `n` grows it with new samples from `seed`). Returns the file's first `n` rows (gene rows, accuracies)."""
+    """Make the CSV at `path` hold `n` uniformly sampled subnets measured with `measure` (gene rows -> accuracies,
+    or -> columns `accuracy` and `val_loss`, e.g. `SupernetEvaluator.scores`), one `key,accuracy,val_loss,arch`
+    row each, appended as they are measured. Rows already there are kept and count towards `n` (an interrupted
+    collection continues; a larger `n` grows it with new samples from `seed`). Returns the file's first `n` rows
+    (gene rows, accuracies); `read_data_columns` reads the losses too."""
     import csv
 
     from tqdm import tqdm
@@ -219,46 +317,64 @@ def collect(space: SearchSpace, accuracy: Any, n: int, path: str | Path, *, seed
     if n < 1:
         raise HwnasError(f"collect at least one subnet (got {n})")
     path = Path(path)
-    have_genes = np.zeros((0, len(space.genes)), dtype=np.int64)
-    have_acc = np.zeros(0)
-    if path.is_file():
-        have_genes, have_acc = read_data(path, space)
-        with path.open("rb+") as fh:  # drop a torn last line before appending
-            text = fh.read()
-            if text and not text.endswith(b"\n"):
-                fh.truncate(text.rfind(b"\n") + 1)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(",".join(DATA_COLUMNS) + "\n", encoding="utf-8")
+    have_genes, have = _open_for_append(path, space)
     todo = sample_unique(space, max(0, n - len(have_genes)), seed, exclude=list(have_genes))
-    genes, values = [have_genes], [have_acc]
+    genes, values = [have_genes], [have["accuracy"]]
     with tqdm(total=n, initial=min(n, len(have_genes)), desc="predictor data", unit="subnet",
               disable=None if progress else True) as bar, path.open("a", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         for start in range(0, len(todo), chunk):
             rows = todo[start:start + chunk]
-            measured = np.asarray(accuracy(rows), dtype=np.float64)
-            for row, value in zip(rows, measured, strict=True):
+            measured = measure(rows)
+            if not isinstance(measured, dict):
+                measured = {"accuracy": measured}
+            acc = np.asarray(measured["accuracy"], dtype=np.float64)
+            loss = np.asarray(measured.get("val_loss", np.full(len(rows), np.nan)), dtype=np.float64)
+            for row, a, lo in zip(rows, acc, loss, strict=True):
                 arch = space.from_genes(row)
-                writer.writerow([arch.key, repr(float(value)), arch.to_str()])
+                writer.writerow([arch.key, repr(float(a)), "" if np.isnan(lo) else repr(float(lo)), arch.to_str()])
             fh.flush()
             genes.append(rows)
-            values.append(measured)
+            values.append(acc)
             bar.update(len(rows))
     return np.concatenate(genes)[:n], np.concatenate(values)[:n]
 
 
 def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, holdout: int = 200,
                     hidden: Sequence[int] = (400, 400, 400), epochs: int = 300, lr: float = 1e-3,
-                    weight_decay: float = 1e-2, target: str = "log_error",
-                    seed: int = 0) -> tuple[AccuracyPredictor, dict[str, Any]]:
-    """Fit a predictor on all but the last `holdout` rows and report RMSE and Kendall tau on those; returns the
-    predictor and its figures (also kept in `predictor.figures`, saved with it)."""
+                    weight_decay: float = 1e-2, target: str = "log_error", seed: int = 0,
+                    val_loss: np.ndarray | None = None) -> tuple[AccuracyPredictor, dict[str, Any]]:
+    """Fit a predictor on all but the last `holdout` rows and report RMSE and Kendall tau on those (against its
+    label: `accuracy`, or `val_loss` for the loss targets, which need `val_loss`; and, for every predictor, its
+    accuracy estimate's tau against the measured accuracy); returns the predictor and its figures (also kept in
+    `predictor.figures`, saved with it)."""
     if not 0 < holdout < len(genes) - 1:
         raise HwnasError(f"holdout must leave at least 2 training subnets: {len(genes)} collected, holdout {holdout}")
+    if target not in TARGETS:
+        raise HwnasError(f"predictor target {target!r} is not one of {', '.join(TARGETS)}")
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    if LABELS[target] == "val_loss" and val_loss is None:
+        raise HwnasError(f"target {target!r} needs the subnets' validation losses (collect them with this hwnas)")
+    labels = np.asarray(val_loss, dtype=np.float64) if LABELS[target] == "val_loss" else accuracy
     predictor = AccuracyPredictor(space, hidden, seed, target)
-    fit = predictor.fit(genes[:-holdout], accuracy[:-holdout], epochs=epochs, lr=lr, weight_decay=weight_decay)
-    held_out = predictor.evaluate(genes[-holdout:], accuracy[-holdout:])
+    fit = predictor.fit(genes[:-holdout], labels[:-holdout], epochs=epochs, lr=lr, weight_decay=weight_decay,
+                        accuracy=accuracy[:-holdout])
+    held_out = predictor.evaluate(genes[-holdout:], labels[-holdout:])
+    held_out["accuracy_kendall_tau"] = kendall_tau(predictor.predict(genes[-holdout:]), accuracy[-holdout:])
     predictor.figures.update({"held_out_rmse": held_out["rmse"], "held_out_kendall_tau": held_out["kendall_tau"],
-                              "held_out_size": holdout, "lr": lr})
-    return predictor, {**fit, **{f"held_out_{k}": v for k, v in held_out.items()}}
+                              "held_out_accuracy_kendall_tau": held_out["accuracy_kendall_tau"],
+                              "held_out_size": holdout, "lr": lr, "label": predictor.label})
+    return predictor, {**fit, **{f"held_out_{k}": v for k, v in held_out.items()}, "target": target}
+
+
+def select_target(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, label: str, validation: int = 200,
+                  val_loss: np.ndarray | None = None, **options: Any) -> tuple[str, dict[str, float]]:
+    """The target for `label` (`accuracy` or `val_loss`) whose predictor, fitted on all but the last `validation`
+    rows of `genes` (pass training rows only: the held-out ones must not choose), ranks those rows best (Kendall
+    tau against the label); returns it and each candidate's tau. `options` go to `train_predictor`."""
+    candidates = [t for t in TARGETS if LABELS[t] == label]
+    if not candidates:
+        raise HwnasError(f"label {label!r} is not one of {', '.join(sorted(set(LABELS.values())))}")
+    taus = {t: train_predictor(space, genes, accuracy, holdout=validation, target=t, val_loss=val_loss,
+                               **options)[1]["held_out_kendall_tau"] for t in candidates}
+    return max(candidates, key=lambda t: taus[t]), taus

@@ -15,36 +15,56 @@ def _predictor_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_predictor_collect(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from nas.evaluators import SupernetEvaluator
-    from nas.predictor import collect
+    from nas.predictor import collect, read_data_columns
 
     out = _predictor_dir(args)  # (the evaluator runs torch with --threads)
     evaluator = SupernetEvaluator.from_run(args.run_dir, val_images=args.val_images, recal_images=args.recal_images,
                                            cache_path=out / "accuracy_cache.json", threads=args.threads)
-    genes, accuracy = collect(evaluator.space, evaluator.accuracy, args.n, out / "data.csv", seed=args.seed,
+    genes, accuracy = collect(evaluator.space, evaluator.scores, args.n, out / "data.csv", seed=args.seed,
                               progress=not args.no_progress)
+    loss = read_data_columns(out / "data.csv", evaluator.space)[1]["val_loss"][:len(genes)]
+    known = loss[~np.isnan(loss)]
     data = {"data": str(out / "data.csv"), "subnets": len(genes), "evaluated_now": evaluator.evaluated,
             "accuracy_mean": float(accuracy.mean()), "accuracy_min": float(accuracy.min()),
-            "accuracy_max": float(accuracy.max())}
+            "accuracy_max": float(accuracy.max()), "val_loss_mean": float(known.mean()) if len(known) else None,
+            "without_val_loss": int(len(loss) - len(known))}
     lines = [f"{len(genes)} subnets in {out / 'data.csv'} ({evaluator.evaluated} evaluated now): accuracy "
-             f"{accuracy.min():.2%} .. {accuracy.max():.2%}, mean {accuracy.mean():.2%}"]
+             f"{accuracy.min():.2%} .. {accuracy.max():.2%}, mean {accuracy.mean():.2%}"
+             + (f"; validation loss {known.min():.4f} .. {known.max():.4f}" if len(known) else "")
+             + (f"; {data['without_val_loss']} rows from an older collection have no loss" if len(known) < len(loss)
+                else "")]
     print(json.dumps(data, indent=2) if args.json else "\n".join(lines))
 
 
 def cmd_predictor_train(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from nas.evaluators import supernet_space
-    from nas.predictor import read_data, train_predictor
+    from nas.predictor import read_data_columns, select_target, train_predictor
 
     out = _predictor_dir(args)
     space = supernet_space(args.run_dir)[0]
-    genes, accuracy = read_data(Path(args.data) if args.data else out / "data.csv", space)
-    predictor, figures = train_predictor(space, genes, accuracy, holdout=args.holdout,
-                                         hidden=tuple(args.hidden), epochs=args.epochs, lr=args.lr,
-                                         weight_decay=args.weight_decay, seed=args.seed)
+    genes, columns = read_data_columns(Path(args.data) if args.data else out / "data.csv", space)
+    options = {"hidden": tuple(args.hidden), "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
+               "seed": args.seed, "val_loss": columns["val_loss"]}
+    target, chosen = args.target, ""
+    if target == "auto":  # the loss when every row has one (the steadier label); its form chosen on a validation split
+        label = "val_loss" if np.isfinite(columns["val_loss"]).all() else "accuracy"
+        target, taus = select_target(space, genes[:-args.holdout], columns["accuracy"][:-args.holdout], label=label,
+                                     validation=args.holdout, **{**options, "val_loss": options["val_loss"][
+                                         :-args.holdout]})
+        chosen = f"; target {target} chosen on a validation split (tau " + ", ".join(
+            f"{t} {v:.3f}" for t, v in taus.items()) + ")"
+    predictor, figures = train_predictor(space, genes, columns["accuracy"], holdout=args.holdout, target=target,
+                                         **options)
     predictor.save(out)
-    lines = [f"accuracy predictor -> {out}: trained on {len(genes) - args.holdout} subnets; on {args.holdout} "
-             f"held-out ones RMSE {figures['held_out_rmse']:.4f}, Kendall tau {figures['held_out_kendall_tau']:.3f} "
-             f"(train RMSE {figures['train_rmse']:.4f})"]
+    lines = [f"accuracy predictor -> {out}: {predictor.label} labels, trained on {len(genes) - args.holdout} subnets; "
+             f"on {args.holdout} held-out ones RMSE {figures['held_out_rmse']:.4f}, Kendall tau "
+             f"{figures['held_out_kendall_tau']:.3f} (its accuracy estimate against measured accuracy: "
+             f"{figures['held_out_accuracy_kendall_tau']:.3f}; train RMSE {figures['train_rmse']:.4f}){chosen}"]
     print(json.dumps({"predictor": str(out), **figures}, indent=2) if args.json else "\n".join(lines))
 
 
@@ -74,3 +94,7 @@ def register(groups: Any) -> None:
     tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     tr.add_argument("--weight-decay", type=float, default=1e-2, help="L2 weight decay (default 1e-2)")
     tr.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    tr.add_argument("--target", default="auto",
+                    help="what the MLP regresses: accuracy, log_error, val_loss or log_val_loss (default auto: the "
+                         "validation loss when every row has one, else the accuracy, in the form that ranks a "
+                         "validation split best)")

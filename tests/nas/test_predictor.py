@@ -86,3 +86,82 @@ def test_collect_appends_resumes_after_a_torn_line_and_grows(tmp_path):
     path.write_text(path.read_text().replace(",0.", ",zero.", 1))
     with pytest.raises(HwnasError, match="line 2 is malformed"):
         read_data(path, SPACE)
+
+
+def stand_in_loss(genes):
+    """A loss falling as the stand-in accuracy rises (so the two rank subnets alike, as measured ones nearly do)."""
+    return np.exp(-30 * (stand_in_accuracy(genes) - 0.9)) * 0.1
+
+
+def test_fit_calibration_recovers_a_known_line_and_stays_decreasing():
+    from nas.predictor import _EPS, fit_calibration
+
+    log_loss = np.linspace(-3, 0, 7)
+    accuracy = 1 + _EPS - np.exp(-(2.0 - 0.5 * log_loss))  # log error = 2 - 0.5 ln(loss)
+    a, b = fit_calibration(np.exp(log_loss), accuracy)
+    assert a == pytest.approx(2.0) and b == pytest.approx(-0.5)
+    assert fit_calibration(np.exp(log_loss), accuracy[::-1])[1] == -1e-6  # a rising fit is clamped to falling
+    with pytest.raises(HwnasError, match="2 or more distinct losses; got 1"):
+        fit_calibration(np.ones(3), accuracy[:3])
+
+
+def test_a_loss_labelled_predictor_ranks_by_loss_and_predicts_accuracy(tmp_path):
+    from nas.predictor import train_predictor
+
+    genes = SPACE.sample_genes(np.random.default_rng(0), 700)
+    accuracy, loss = stand_in_accuracy(genes), stand_in_loss(genes)
+    predictor, figures = train_predictor(SPACE, genes, accuracy, holdout=200, hidden=(64, 64), epochs=100, lr=3e-3,
+                                         target="log_val_loss", val_loss=loss)
+    assert predictor.label == "val_loss" and figures["target"] == "log_val_loss"
+    assert figures["held_out_kendall_tau"] >= 0.8 and figures["held_out_accuracy_kendall_tau"] >= 0.8, figures
+    held = genes[-200:]
+    predicted_loss, predicted_accuracy = predictor.predict_label(held), predictor.predict(held)
+    assert np.all(np.diff(predicted_accuracy[np.argsort(predicted_loss)]) < 0)  # the loss's ranking, reversed
+    assert np.abs(predicted_accuracy - accuracy[-200:]).mean() < 0.01  # on the accuracy scale
+    predictor.save(tmp_path / "p")
+    loaded = AccuracyPredictor.load(tmp_path / "p", SPACE)
+    assert loaded.calibration == predictor.calibration and np.array_equal(loaded.predict(held), predicted_accuracy)
+    with pytest.raises(HwnasError, match="needs the subnets' validation losses"):
+        train_predictor(SPACE, genes, accuracy, target="val_loss")
+    with pytest.raises(HwnasError, match="needs the subnets' accuracies too"):
+        AccuracyPredictor(SPACE, hidden=(8,), target="val_loss").fit(genes, loss, epochs=1)
+    missing = loss.copy()
+    missing[3] = np.nan
+    with pytest.raises(HwnasError, match="1 of the val_loss labels are missing"):
+        AccuracyPredictor(SPACE, hidden=(8,), target="val_loss").fit(genes, missing, epochs=1, accuracy=accuracy)
+
+
+def test_select_target_chooses_on_the_validation_rows_only():
+    from nas.predictor import select_target
+
+    genes = SPACE.sample_genes(np.random.default_rng(2), 300)
+    accuracy, loss = stand_in_accuracy(genes), stand_in_loss(genes)
+    best, taus = select_target(SPACE, genes, accuracy, label="val_loss", validation=100, val_loss=loss,
+                               hidden=(16,), epochs=20, lr=3e-3)
+    assert set(taus) == {"val_loss", "log_val_loss"} and taus[best] == max(taus.values())
+    assert all(-1 <= t <= 1 for t in taus.values())
+    with pytest.raises(HwnasError, match="label 'latency' is not one of accuracy, val_loss"):
+        select_target(SPACE, genes, accuracy, label="latency")
+
+
+def test_collect_records_losses_and_an_old_data_file_still_reads_and_grows(tmp_path):
+    from nas.predictor import collect, read_data, read_data_columns
+
+    def measure(genes):
+        return {"accuracy": stand_in_accuracy(genes), "val_loss": stand_in_loss(genes)}
+
+    old = tmp_path / "old.csv"
+    genes, _ = collect(SPACE, stand_in_accuracy, 5, tmp_path / "new.csv", seed=3, progress=False)
+    lines = (tmp_path / "new.csv").read_text().splitlines()
+    assert lines[0] == "key,accuracy,val_loss,arch" and all(",," in line for line in lines[1:])  # no loss given
+    rows = [line.split(",", 3) for line in lines[1:]]
+    old.write_text("key,accuracy,arch\n" + "".join(f"{k},{a},{arch}\n" for k, a, _, arch in rows))
+    old_genes, old_columns = read_data_columns(old, SPACE)
+    assert np.array_equal(old_genes, genes) and np.isnan(old_columns["val_loss"]).all()
+    assert np.allclose(read_data(old, SPACE)[1], stand_in_accuracy(genes))
+    grown, acc = collect(SPACE, measure, 8, old, seed=3, progress=False)
+    assert old.read_text().splitlines()[0] == "key,accuracy,val_loss,arch"
+    assert np.array_equal(grown[:5], genes) and np.allclose(acc, stand_in_accuracy(grown))
+    got_genes, got = read_data_columns(old, SPACE)
+    assert np.array_equal(got_genes, grown) and np.isnan(got["val_loss"][:5]).all()
+    assert np.allclose(got["val_loss"][5:], stand_in_loss(grown[5:]))

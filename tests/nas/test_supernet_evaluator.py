@@ -187,3 +187,24 @@ def test_outcomes_are_per_image_and_fill_the_cache(run_dir, tmp_path):
     assert again.evaluated == 0
     assert list(columns["accuracy"]) == [o.score().accuracy for o in outcomes]
     assert list(columns["val_loss"]) == [o.score().loss for o in outcomes]
+
+
+def test_predictor_collect_records_losses_and_train_chooses_the_loss_target(run_dir, tmp_path, capsys):
+    from nas.cli import main
+    from nas.predictor import AccuracyPredictor, read_data_columns
+
+    out = tmp_path / "predictor"
+    assert main(["predictor", "collect", str(run_dir), "--n", "8", "--val-images", "20", "--recal-images", "16",
+                 "--threads", "1", "--out", str(out), "--no-progress", "--json"]) == 0
+    collected = json.loads(capsys.readouterr().out)
+    assert collected["subnets"] == 8 and collected["without_val_loss"] == 0
+    genes, columns = read_data_columns(out / "data.csv", supernet_space(run_dir)[0])
+    assert columns["val_loss"].mean() == pytest.approx(collected["val_loss_mean"]) and len(genes) == 8
+    assert main(["predictor", "train", str(run_dir), "--out", str(out), "--holdout", "2", "--epochs", "2",
+                 "--hidden", "8", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["target"] in ("val_loss", "log_val_loss") and figures["held_out_n"] == 2
+    predictor = AccuracyPredictor.load(out, supernet_space(run_dir)[0])
+    assert predictor.label == "val_loss" and predictor.calibration is not None
+    assert main(["predictor", "train", str(run_dir), "--out", str(out), "--holdout", "2", "--target", "loss"]) == 2
+    assert "predictor target 'loss' is not one of accuracy, log_error, val_loss" in capsys.readouterr().err
