@@ -8,7 +8,14 @@
   (the oldest dies, however good); each candidate mutates the best of `sample_size` random members.
 
 Until `population` results are told, all three propose uniform samples. Candidates pass the strategy's
-screen (cheap cost constraints), with the base class's bounded retries.
+screen (cheap cost constraints), with the base class's bounded retries; all three oversample (their proposals
+are cheap independent draws).
+
+When the population has converged (nearly every feasible proposal is a repeat), the two evolutions widen step by
+step (`explore_levels`, see `nas.strategies.base`): the mutation probability doubled, x4, x8 (at most 1); then a
+restart from the archive (parents, or the tournament's population, drawn from every feasible row told); then
+uniform samples. Each ask starts one level below where the last one ended, so a search that moves again
+narrows back to the paper's recipe.
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ from nas.strategies.base import Columns, Strategy, rank_rows
 from nas.strategies.options import OptionError
 from search_spaces import SearchSpace
 
+#: The levels of proposals of the two evolutions (`Strategy.explore`), narrowest first.
+EVOLUTION_LEVELS = ("the population", "mutation x2", "mutation x4", "mutation x8", "the archive", "uniform samples")
+ARCHIVE, UNIFORM = 4, 5
+
 
 class RandomSearch(Strategy):
     name = "random"
+    oversample = True
 
     def _propose(self, n: int) -> np.ndarray:
         return self.space.sample_genes(self.rng, n)
@@ -77,6 +89,8 @@ class Evolution(Strategy):
     name = "evolution"
     config_class = EvolutionConfig
     config: EvolutionConfig
+    oversample = True
+    explore_levels, explore_names = UNIFORM, EVOLUTION_LEVELS
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
                  **kwargs: Any) -> None:
@@ -89,27 +103,55 @@ class Evolution(Strategy):
 
     def _propose(self, n: int) -> np.ndarray:
         c = self.config
-        if self.told < c.population:
+        if self.told < c.population or self.explore >= UNIFORM:
             return self.space.sample_genes(self.rng, n)
-        parents = self.genes[self.survivors[: max(1, int(round(c.parents_ratio * c.population)))]]
+        if self.explore == ARCHIVE:
+            parents = self.genes[_archive(self.violations, self.survivors)]
+        else:
+            parents = self.genes[self.survivors[: max(1, int(round(c.parents_ratio * c.population)))]]
         mutate = self.rng.random(n) < c.mutation_ratio
         first = parents[self.rng.integers(0, len(parents), n)]
         second = parents[self.rng.integers(0, len(parents), n)]
-        mutants = self.space.mutate_genes(first, self.rng, c.mutate_prob)
-        children = self.space.crossover_genes(first, second, self.rng)
-        return np.where(mutate[:, None], mutants, children)
+        children = np.empty_like(first)
+        children[mutate] = self.space.mutate_genes(first[mutate], self.rng, _widened(c.mutate_prob, self.explore))
+        children[~mutate] = self.space.crossover_genes(first[~mutate], second[~mutate], self.rng)
+        return children
 
 
 class RegularizedEvolution(Strategy):
     name = "regularized-evolution"
     config_class = RegularizedEvolutionConfig
     config: RegularizedEvolutionConfig
+    oversample = True
+    explore_levels, explore_names = UNIFORM, EVOLUTION_LEVELS
 
     def _propose(self, n: int) -> np.ndarray:
-        population = self.config.population
-        if self.told < population:
+        population, k = self.config.population, self.config.sample_size
+        if self.told < population or self.explore >= UNIFORM:
             return self.space.sample_genes(self.rng, n)
         alive = np.arange(self.told - population, self.told)  # aging: the last `population` told
-        samples = alive[np.argsort(self.rng.random((n, population)), axis=1)[:, : self.config.sample_size]]
-        winners = np.array([row[rank_rows(self.scores[row], self.violations[row])[0]] for row in samples])
-        return self.space.mutate_genes(self.genes[winners], self.rng, self.config.mutate_prob)
+        if self.explore == ARCHIVE:  # a population drawn from the archive
+            archive = _archive(self.violations, alive)
+            alive = np.sort(self.rng.choice(archive, size=min(population, len(archive)), replace=False))
+        draws = self.rng.random((n, len(alive)))
+        if len(self.objectives) == 1:  # a total order: the winner is the sampled member ranked first overall
+            rank = np.empty(len(alive), dtype=np.int64)
+            rank[rank_rows(self.scores[alive], self.violations[alive])] = np.arange(len(alive))
+            samples = np.argpartition(draws, min(k, len(alive)) - 1, axis=1)[:, :k]
+            winners = alive[np.take_along_axis(samples, np.argmin(rank[samples], axis=1)[:, None], axis=1)[:, 0]]
+        else:  # Pareto front and crowding depend on the sample: ranked one by one
+            samples = alive[np.argsort(draws, axis=1)[:, :k]]
+            winners = np.array([row[rank_rows(self.scores[row], self.violations[row])[0]] for row in samples])
+        return self.space.mutate_genes(self.genes[winners], self.rng, _widened(self.config.mutate_prob, self.explore))
+
+
+def _widened(p: float, level: int) -> float:
+    """The mutation probability at exploration `level`: doubled per level up to 3 (at most 1); the paper's at the
+    archive."""
+    return min(1.0, p * 2 ** level) if level < ARCHIVE else p
+
+
+def _archive(violations: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Every feasible row told (`fallback` when none is)."""
+    feasible = np.flatnonzero(violations == 0)
+    return feasible if len(feasible) else fallback
