@@ -50,7 +50,9 @@ class Strategy:
     `oversample`: proposals are cheap independent draws, so a round proposes as many as the yield of the last
     round says an ask needs (else exactly the rows still wanted: Optuna's trials, a policy's draws or a ranked
     list are not wasted). `explore_levels`: how many wider levels of proposals than its own (level 0) `_propose`
-    knows (it reads `self.explore`); `explore_names` names each level for messages.
+    knows (it reads `self.explore`); `explore_names` names each level for messages. `exhausts`: the widest level
+proposes uniform samples of the space, so a stop there means the space under the constraints is exhausted (else
+the search has converged).
 
     The options come as `config=` (a `config_class`) or as keywords (checked into one); `self.config` holds them.
     """
@@ -60,7 +62,8 @@ class Strategy:
     config_class: ClassVar[type] = NoOptions
     oversample: ClassVar[bool] = False
     explore_levels: ClassVar[int] = 0
-    explore_names: ClassVar[tuple[str, ...]] = ()
+    explore_names: ClassVar[tuple[str, ...]] = ("its own proposals",)
+    exhausts: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
                  *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100, config: Any = None,
@@ -147,8 +150,8 @@ class Strategy:
             self.explore -= 1
 
     def _round_size(self) -> int:
-        """Rows an oversampling round proposes: enough for the last ask at the yield of this level's last round (a function of
-        the history, not of this ask's `n`, so that a shorter ask gets the first rows of a longer one)."""
+        """Rows an oversampling round proposes: enough for the last ask at the yield of this level's last round (a
+        function of the history, not of this ask's `n`, so that a shorter ask gets the first rows of a longer one)."""
         wanted = 1.25 * self._last_ask / max(self._yield[self.explore], 1.0 / MAX_ROUND)
         return int(min(MAX_ROUND, max(MIN_ROUND, math.ceil(wanted))))
 
@@ -170,9 +173,12 @@ class Strategy:
                 f"{self.name}: after {self.retry_budget} rounds of proposals only 0 of {n} new architecture(s) met "
                 f"the constraints ({what}); loosen them, or raise the retry budget")
         level = self.explore_names[self.explore] if self.explore < len(self.explore_names) else f"level {self.explore}"
-        self.stopped = (f"the space under these constraints is exhausted for {self.name}: after {self.retry_budget} "
-                        f"rounds ({proposed:,} proposals, the last from {level}) only {found} of {n} new "
-                        f"architecture(s) met {what}; {self.told:,} told")
+        if self.exhausts and self.explore == self.explore_levels:
+            state = "the space under these constraints is exhausted"
+        else:
+            state = "the search has converged"
+        self.stopped = (f"{state} for {self.name}: after {self.retry_budget} rounds ({proposed:,} proposals, the "
+                        f"last from {level}) only {found} of {n} new architecture(s) met {what}; {self.told:,} told")
 
     def tell(self, genes: np.ndarray, columns: Columns) -> None:
         """Record the evaluation of rows asked for earlier (`columns`: metric -> one value per row)."""
