@@ -4,6 +4,7 @@
 temporary directory), appends one CSV row per finished key (flushed and fsynced: an interrupted build resumes
 where it stopped and never rewrites a finished row), then measures `fit_networks` random whole networks and
 fits the network-level correction (`latency_tables.validation` checks a finished table on other subnets).
+`refit_correction` fits a finished table's correction again on more networks, measuring only the new ones.
 """
 
 from __future__ import annotations
@@ -430,11 +431,11 @@ def measured_like(table: LatencyTable, csv_path: Path, archs: list[ArchConfig], 
 
 
 def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, seed: int = 0,
-                       progress: bool = True, jobs: int = 1) -> dict[str, float]:
+                       progress: bool = True, jobs: int = 1, pin_cpu: int | None = None) -> dict[str, float]:
     """Measure `networks` random subnets end to end (networks.csv, resumable) and fit the correction."""
     assert table.path is not None
     archs = unique_archs(space, networks, seed)
-    measured = measured_like(table, table.path / "networks.csv", archs, progress, "fit networks", jobs)
+    measured = measured_like(table, table.path / "networks.csv", archs, progress, "fit networks", jobs, pin_cpu)
     genes = np.stack([space.to_genes(a) for a in archs])
     raw = table.raw_sum(space, genes).latency_ms
     table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured), "seed": seed}
@@ -450,3 +451,36 @@ def accuracy_summary(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
             "within_15": float(np.mean(np.abs(rel) <= 0.15)),
             "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
             "kendall_tau": kendall_tau(predicted, measured)}
+
+
+def refit_correction(path: str | Path, networks: int, *, progress: bool = True, jobs: int = 1,
+                     pin_cpu: int | None = None, log: Log = print) -> dict[str, float]:
+    """Fit a finished table's network-level correction again on the first `networks` subnets of its fit seed
+    (e.g. 100 where the build measured 30: only the new ones are measured, into networks.csv), keys untouched.
+
+    Unlike resuming a build, nothing is drift-checked or superseded, so measure the new networks as the old ones
+    were (an idle core; `pin_cpu` picks it) and validate afterwards. The validation summaries were computed with
+    the old correction and are dropped; validating again on the same seeds reuses their measured subnets."""
+    from latency_tables.table import is_shipped
+    from search_spaces import get_space
+
+    path = Path(path)
+    if is_shipped(path):
+        raise TableError(f"{path} is one of the installed package's shipped tables, which are never rewritten; "
+                         f"refit a copy of it elsewhere (copy table.csv, networks.csv and meta.json)")
+    with table_lock(path):
+        table = LatencyTable.load(path)
+        space = get_space(table.space_name)
+        if table.meta.get("status") != "complete" or "correction" not in table.meta:
+            raise TableError(f"{path} is not a finished table with a correction; finish it with hwnas lut build")
+        if networks < table.meta["correction"]["networks"]:
+            raise TableError(f"{path}'s correction is fitted on {table.meta['correction']['networks']} networks; "
+                             f"refit on as many or more (asked for {networks})")
+        before = dict(table.meta["correction"])
+        table.meta.pop("validation", None)
+        table.meta.pop("validations", None)
+        fit = fit_correction_for(table, space, networks, int(before.get("seed", 0)), progress, jobs, pin_cpu)
+    log(f"{path}: correction refitted on {fit['networks']} networks (was {before['networks']}): scale "
+        f"{before['scale']:.4f} -> {fit['scale']:.4f}, fit MAPE {before['fit_mape']:.2%} -> {fit['fit_mape']:.2%}; "
+        f"validate it again")
+    return fit

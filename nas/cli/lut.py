@@ -63,7 +63,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> None:
     from latency_tables.validation import validate_table
 
     summary = validate_table(args.table, args.samples, seed=args.seed, progress=not args.no_progress,
-                             jobs=args.jobs, save=args.save, out=args.out)
+                             jobs=args.jobs, save=args.save, out=args.out, pin_cpu=args.pin_cpu)
     stored = f" (stored in {args.out or args.table})" if args.save else " (not stored; --save stores it)"
     print(json.dumps(summary, indent=2) if args.json else "\n".join([f"table {args.table}{stored}:"] +
                                                                      _summary_lines(summary)))
@@ -153,6 +153,8 @@ def register(groups: Any) -> None:
     val.add_argument("--save", action="store_true", help="store the validation (meta.json, validation-s<seed>.csv)"
                      " beside the table, or with --out in a copy of it (needed for a shipped table)")
     val.add_argument("--out", help="with --save: a directory for a copy of the table with this validation")
+    val.add_argument("--pin-cpu", type=int, metavar="CPU",
+                     help="time on this CPU instead of the one in the table's protocol (an idle one)")
     val.add_argument("--no-progress", action="store_true", help="no progress bars")
     show = add_command(lut, "show", cmd_lut_show, "describe a table")
     show.add_argument("table", help="table directory")
