@@ -50,9 +50,10 @@ class Strategy:
     `oversample`: proposals are cheap independent draws, so a round proposes as many as the yield of the last
     round says an ask needs (else exactly the rows still wanted: Optuna's trials, a policy's draws or a ranked
     list are not wasted). `explore_levels`: how many wider levels of proposals than its own (level 0) `_propose`
-    knows (it reads `self.explore`); `explore_names` names each level for messages. `exhausts`: the widest level
-proposes uniform samples of the space, so a stop there means the space under the constraints is exhausted (else
-the search has converged).
+    knows (it reads `self.explore`); `explore_names` names each level for messages. `proposes_canonical`:
+    `_propose` returns canonical rows already (else `ask` makes them so). `exhausts`: the widest level proposes
+    uniform samples of the space, so a stop there means the space under the constraints is exhausted (else the
+    search has converged).
 
     The options come as `config=` (a `config_class`) or as keywords (checked into one); `self.config` holds them.
     """
@@ -64,6 +65,7 @@ the search has converged).
     explore_levels: ClassVar[int] = 0
     explore_names: ClassVar[tuple[str, ...]] = ("its own proposals",)
     exhausts: ClassVar[bool] = False
+    proposes_canonical: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
                  *, seed: int = 0, screen: Screen | None = None, retry_budget: int = 100, config: Any = None,
@@ -125,14 +127,18 @@ the search has converged).
         found_keys, proposed = self._keys.empty(), 0
         for _ in range(self.retry_budget):
             size = self._round_size() if self.oversample else n - len(found)
-            rows = self.space.canonical_genes(self._propose(size))
+            rows = self._propose(size)
+            rows = rows if self.proposes_canonical else self.space.canonical_genes(rows)
             proposed += len(rows)
-            feasible = rows if self.screen is None else rows[np.asarray(self.screen(rows), dtype=bool)]
-            new, keys = self._new_rows(feasible, found_keys)
+            new, keys = self._new_rows(rows, found_keys)  # repeats are dropped before the screen prices anything
+            repeats = len(rows) - len(new)
+            if self.screen is not None and len(new):
+                feasible = np.asarray(self.screen(new), dtype=bool)
+                new, keys = new[feasible], keys[feasible]
             take = n - len(found)
             found = np.concatenate([found, new[:take]])
             found_keys = np.sort(np.concatenate([found_keys, keys[:take]]))
-            self._next_level(len(rows), len(feasible), len(new))
+            self._next_level(len(rows), len(new), repeats)
             if len(found) >= n:
                 break
         else:
@@ -140,13 +146,14 @@ the search has converged).
         self._last_ask = n
         return found
 
-    def _next_level(self, proposed: int, feasible: int, new: int) -> None:
-        """Note a round's yield; widen after a round whose feasible proposals were nearly all repeats, narrow
-        after one where nearly all were new (hysteresis: a level that works is kept)."""
+    def _next_level(self, proposed: int, new: int, repeats: int) -> None:
+        """Note a round's yield; widen after a round whose feasible proposals were nearly all repeats (of rows told,
+        found, or proposed earlier in the round: what was told met the constraints), narrow after one where nearly
+        all were new (hysteresis: a level that works is kept)."""
         self._yield[self.explore] = new / max(proposed, 1)
-        if new < SCARCE_SHARE * max(feasible, 1) and self.explore < self.explore_levels:
+        if new < SCARCE_SHARE * max(new + repeats, 1) and self.explore < self.explore_levels:
             self.explore += 1
-        elif new >= RICH_SHARE * feasible and self.explore > 0:
+        elif new >= RICH_SHARE * (new + repeats) and self.explore > 0:
             self.explore -= 1
 
     def _round_size(self) -> int:
@@ -158,11 +165,10 @@ the search has converged).
     def _new_rows(self, rows: np.ndarray, found_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows (and their keys) that are new: first occurrences, in order, neither told nor found already."""
         keys = self._keys(rows)
-        _, first = np.unique(keys, return_index=True)
-        first.sort()
-        keys = keys[first]
-        fresh = ~(self._keys.contains(self._told_keys, keys) | self._keys.contains(found_keys, keys))
-        return rows[first[fresh]], keys[fresh]
+        fresh = np.flatnonzero(~(self._keys.contains(self._told_keys, keys) | self._keys.contains(found_keys, keys)))
+        _, first = np.unique(keys[fresh], return_index=True)  # told rows go first: fewer keys to sort
+        fresh = fresh[np.sort(first)]
+        return rows[fresh], keys[fresh]
 
     def _give_up(self, n: int, found: int, proposed: int) -> None:
         """The retry budget is spent with `found` < `n` rows: raise when nothing proposed before anything was told

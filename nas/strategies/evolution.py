@@ -38,7 +38,7 @@ ARCHIVE, UNIFORM = 4, 5
 
 class RandomSearch(Strategy):
     name = "random"
-    oversample = exhausts = True
+    oversample = exhausts = proposes_canonical = True
     explore_names = ("uniform samples",)
 
     def _propose(self, n: int) -> np.ndarray:
@@ -90,7 +90,7 @@ class Evolution(Strategy):
     name = "evolution"
     config_class = EvolutionConfig
     config: EvolutionConfig
-    oversample = exhausts = True
+    oversample = exhausts = proposes_canonical = True
     explore_levels, explore_names = UNIFORM, EVOLUTION_LEVELS
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
@@ -123,7 +123,7 @@ class RegularizedEvolution(Strategy):
     name = "regularized-evolution"
     config_class = RegularizedEvolutionConfig
     config: RegularizedEvolutionConfig
-    oversample = exhausts = True
+    oversample = exhausts = proposes_canonical = True
     explore_levels, explore_names = UNIFORM, EVOLUTION_LEVELS
 
     def _propose(self, n: int) -> np.ndarray:
