@@ -13,10 +13,10 @@ search that converges finds new feasible rows scarce (nearly every proposal is a
    proposals are nearly all repeats (evolution: a larger mutation probability, then parents from the whole
    archive, then uniform samples); each ask starts one level below where the last one ended;
 2. when even the widest level leaves the ask short after `retry_budget` rounds, `ask` returns the rows it found
-   (possibly none) and `stopped` says why; a stopped strategy asks for nothing more.
+   (possibly none) and `stopped` says why; the caller tells them and ends its loop.
 
-A `StrategyError` is kept for misuse: `n < 1`, an inconsistent `tell`, or constraints that no architecture
-proposed before anything was told meets.
+A `StrategyError` is kept for misuse: `n < 1`, an inconsistent `tell`, asking a stopped strategy again, or
+constraints that no architecture proposed before anything was told meets.
 """
 
 from __future__ import annotations
@@ -118,12 +118,13 @@ class Strategy:
 
     def ask(self, n: int = 1) -> np.ndarray:
         """Up to `n` canonical gene rows to evaluate next: each passing `screen` (if one was given), none told
-        before and none twice. Fewer (possibly none) only once the strategy has `stopped`."""
+        before and none twice. Fewer (possibly none) only when the strategy stops (`stopped` says why); asking a
+        stopped strategy again is an error."""
         if n < 1:
             raise StrategyError(f"ask for at least one architecture (got {n})")
+        if self.stopped is not None:  # a caller that goes on asking would loop for ever on empty asks
+            raise StrategyError(f"{self.name} has stopped and asks for nothing more: {self.stopped}")
         found = np.zeros((0, len(self.space.genes)), dtype=np.int64)
-        if self.stopped is not None:
-            return found
         found_keys, proposed = self._keys.empty(), 0
         for _ in range(self.retry_budget):
             size = self._round_size() if self.oversample else n - len(found)

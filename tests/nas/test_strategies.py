@@ -161,7 +161,7 @@ def converge(name, seed, space, costs, constraint, batch=8, **options):
                                            ("random", {})])
 def test_a_search_that_exhausts_its_space_stops_cleanly_and_says_why(name, options):
     """Run to convergence on a space of 80 architectures: no error; every feasible architecture told exactly
-    once; the reason given; an ask after the stop returns nothing; the same seed tells the same rows."""
+    once; the reason given; asking again after the stop is an error; the same seed tells the same rows."""
     space = tiny_space()
     costs = CostEvaluator(space)
     everything = every_architecture(space)
@@ -176,7 +176,8 @@ def test_a_search_that_exhausts_its_space_stops_cleanly_and_says_why(name, optio
     assert strategy.stopped.startswith(f"the space under these constraints is exhausted for {name}: after 10 rounds")
     assert f"only 0 of 8 new architecture(s) met macs<={median:g}; 40 told" in strategy.stopped
     assert strategy.describe()["stopped"] == strategy.stopped
-    assert strategy.ask(8).shape == (0, len(space.genes))
+    with pytest.raises(StrategyError, match=f"{name} has stopped and asks for nothing more: the space under"):
+        strategy.ask(8)  # a loop that ignored `stopped` would spin on empty asks
     again = converge(name, 0, space, costs, limit, **options)
     assert np.array_equal(again.genes, strategy.genes) and again.stopped == strategy.stopped
 
