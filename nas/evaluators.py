@@ -80,10 +80,16 @@ def supernet_space(run_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
     return space, meta
 
 
+#: The lower-is-better signals an evaluation gives beside accuracy (`supernets.evaluation.SIGNALS`): the
+#: validation cross-entropy and the robust cross-entropy, mean ln(1 + NLL).
+LOSS_SIGNALS = ("val_loss", "val_robust_loss")
+
+
 class SupernetEvaluator:
-    """Validation accuracy and cross-entropy (`val_loss`, the lower-variance signal) of subnets taken from a
-    trained supernet, each after BatchNorm recalibration on `recal_images` training images, on `data`'s validation
-    split, both from one forward pass. Results are cached by architecture key, in memory and, with `cache_path`,
+    """Validation accuracy, cross-entropy (`val_loss`) and robust cross-entropy (`val_robust_loss`, mean
+    ln(1 + NLL)) of subnets taken from a trained supernet, each after BatchNorm recalibration on `recal_images`
+    training images, on `data`'s validation split, all from one forward pass (the losses are the lower-variance
+    signals: `benchmarks/bench_signal.py`). Results are cached by architecture key, in memory and, with `cache_path`,
     in a JSON file tied to the supernet's weights (sha256), written atomically: a search that resumes does not
     evaluate a subnet twice. A cache written before losses were kept still serves accuracies; a loss it lacks is
     measured (with the accuracy again, which evaluation repeats exactly). `from_run` loads all of it from a run
@@ -92,13 +98,13 @@ class SupernetEvaluator:
 
     def __init__(self, net: Any, data: Any, *, recal_images: int, seed: int, weights_sha256: str = "",
                  cache: dict[str, float] | None = None, cache_path: str | Path | None = None,
-                 threads: int | None = None, losses: dict[str, float] | None = None) -> None:
+                 threads: int | None = None, losses: dict[str, dict[str, float]] | None = None) -> None:
         self.net, self.space, self.data, self.seed = net, net.space, data, seed
         self.recal_images, self.weights_sha256, self.threads = recal_images, weights_sha256, threads
         self.settings = cache_settings(weights_sha256, data, recal_images)
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self.cache: dict[str, float] = dict(cache or {})  # key -> accuracy
-        self.losses: dict[str, float] = dict(losses or {})  # key -> validation cross-entropy
+        self.losses = {name: dict((losses or {}).get(name, {})) for name in LOSS_SIGNALS}  # signal -> key -> loss
         self.evaluated = 0  # subnets evaluated (not taken from the cache) by this evaluator
 
     @classmethod
@@ -129,32 +135,41 @@ class SupernetEvaluator:
         from search_spaces.files import atomic_write_text
 
         stored, stored_losses = read_cache_file(self.cache_path, self.settings)
-        self.cache, self.losses = {**stored, **self.cache}, {**stored_losses, **self.losses}
+        self.cache = {**stored, **self.cache}
+        self.losses = {name: {**stored_losses[name], **self.losses[name]} for name in LOSS_SIGNALS}
         atomic_write_text(self.cache_path, json.dumps({"settings": self.settings, "accuracy": self.cache,
-                                                       "val_loss": self.losses}, indent=1))
+                                                       **self.losses}, indent=1))
 
     def scores(self, genes: np.ndarray, *, need_loss: bool = True) -> dict[str, np.ndarray]:
-        """`accuracy` (a fraction) and `val_loss` (mean cross-entropy of the true class, nats) of each gene row's
-        subnet. With `need_loss=False`, a cached accuracy whose loss is not cached is not measured again (its
-        `val_loss` is NaN)."""
+        """`accuracy` (a fraction), `val_loss` (mean cross-entropy of the true class, nats) and `val_robust_loss`
+        of each gene row's subnet. With `need_loss=False`, a cached accuracy whose losses are not cached is not
+        measured again (its losses are NaN)."""
         from supernets.evaluation import evaluate_subnet_score
         from supernets.threads import torch_threads
 
         genes = self.space.canonical_genes(genes)
-        accuracy, loss = np.empty(len(genes)), np.empty(len(genes))
+        out = {name: np.empty(len(genes)) for name in ("accuracy", *LOSS_SIGNALS)}
         fresh = False
         with torch_threads(self.threads):
             for i, row in enumerate(genes):
                 arch = self.space.from_genes(row)
-                if arch.key not in self.cache or (need_loss and arch.key not in self.losses):
-                    score = evaluate_subnet_score(self.net, arch, self.data, self.recal_images, self.seed)
-                    self.cache[arch.key], self.losses[arch.key] = score.accuracy, score.loss
-                    self.evaluated += 1
+                if arch.key not in self.cache or (need_loss and any(arch.key not in self.losses[name]
+                                                                    for name in LOSS_SIGNALS)):
+                    self._store(arch.key, evaluate_subnet_score(self.net, arch, self.data, self.recal_images,
+                                                                self.seed))
                     fresh = True
-                accuracy[i], loss[i] = self.cache[arch.key], self.losses.get(arch.key, np.nan)
+                out["accuracy"][i] = self.cache[arch.key]
+                for name in LOSS_SIGNALS:
+                    out[name][i] = self.losses[name].get(arch.key, np.nan)
         if fresh:
             self._write_cache()
-        return {"accuracy": accuracy, "val_loss": loss}
+        return out
+
+    def _store(self, key: str, score: Any) -> None:
+        """Cache one evaluation's `SubnetScore`."""
+        self.cache[key] = score.accuracy
+        self.losses["val_loss"][key], self.losses["val_robust_loss"][key] = score.loss, score.robust_loss
+        self.evaluated += 1
 
     def outcomes(self, genes: np.ndarray) -> list[Any]:
         """Per-image outcomes (`supernets.evaluation.ImageOutcomes`) of each gene row's subnet, measured now (not
@@ -167,9 +182,7 @@ class SupernetEvaluator:
             for row in self.space.canonical_genes(genes):
                 arch = self.space.from_genes(row)
                 outcomes = evaluate_subnet_outcomes(self.net, arch, self.data, self.recal_images, self.seed)[0]
-                score = outcomes.score()
-                self.cache[arch.key], self.losses[arch.key] = score.accuracy, score.loss
-                self.evaluated += 1
+                self._store(arch.key, outcomes.score())
                 out.append(outcomes)
         if out:
             self._write_cache()
@@ -182,6 +195,10 @@ class SupernetEvaluator:
     def val_loss(self, genes: np.ndarray) -> np.ndarray:
         """Validation cross-entropy (nats) of each gene row's subnet."""
         return self.scores(genes)["val_loss"]
+
+    def val_robust_loss(self, genes: np.ndarray) -> np.ndarray:
+        """Robust validation cross-entropy (mean ln(1 + NLL)) of each gene row's subnet."""
+        return self.scores(genes)["val_robust_loss"]
 
     def columns(self, genes: np.ndarray) -> dict[str, np.ndarray]:
         return self.scores(genes)
@@ -198,15 +215,17 @@ def read_cache(path: str | Path | None, settings: dict[str, Any]) -> dict[str, f
     return read_cache_file(path, settings)[0]
 
 
-def read_cache_file(path: str | Path | None, settings: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """The accuracies and validation losses cached in `path` (none if there is no file; no losses in a file
-    written before they were kept); a `HwnasError` when the file is corrupt or was made with other `settings`."""
+def read_cache_file(path: str | Path | None,
+                    settings: dict[str, Any]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The accuracies and (per signal of `LOSS_SIGNALS`) validation losses cached in `path` (none if there is no
+    file; no losses in a file written before they were kept); a `HwnasError` when the file is corrupt or was made
+    with other `settings`."""
     if path is None or not Path(path).is_file():
-        return {}, {}
+        return {}, {name: {} for name in LOSS_SIGNALS}
     try:
         stored = json.loads(Path(path).read_text(encoding="utf-8"))
         accuracy = {str(k): float(v) for k, v in stored["accuracy"].items()}
-        losses = {str(k): float(v) for k, v in stored.get("val_loss", {}).items()}
+        losses = {name: {str(k): float(v) for k, v in stored.get(name, {}).items()} for name in LOSS_SIGNALS}
         made_with = stored["settings"]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise HwnasError(f"accuracy cache {path} is corrupt ({err}); move it away to start a new one") from None

@@ -1,8 +1,9 @@
 """Accuracy predictor: a small MLP on the space's one-hot encoding (once-for-all's: ReLU hidden layers of 400),
 trained on subnets measured with the supernet evaluator, in numpy (a search that uses it needs no torch).
 
-Its labels are the measured accuracy or, better, the validation cross-entropy (`val_loss`: a less noisy signal,
-see `benchmarks/bench_signal.py`). `predict` always returns an accuracy estimate, higher is better, so that a
+Its labels are the measured accuracy or one of the lower-variance losses (`val_loss`, the validation
+cross-entropy; `val_robust_loss`, mean ln(1 + NLL); see `benchmarks/bench_signal.py`). `predict` always returns
+an accuracy estimate, higher is better, so that a
 search can tell it to a strategy as accuracy: a loss-labelled predictor maps its predicted loss through a
 decreasing calibration fitted on its training subnets (the log error against the log loss), which keeps the
 loss's ranking exactly; `predict_label` gives the label itself.
@@ -29,10 +30,12 @@ FORMAT = "hwnas accuracy predictor 1"
 #: Targets the MLP can regress: the accuracy itself, or its log error `-log(1 - accuracy + 0.005)`, which
 #: spreads out the crowded top of the range (most subnets of a trained supernet are within a few points of
 #: the best) and shrinks the few very poor subnets that would dominate a squared error on accuracy. On
-#: validation cross-entropy labels: the loss itself, or its logarithm (`log_val_loss`, the same spreading).
-TARGETS = ("accuracy", "log_error", "val_loss", "log_val_loss")
+#: loss labels: the loss itself, or its logarithm (`log_...`, the same spreading).
+TARGETS = ("accuracy", "log_error", "val_loss", "log_val_loss", "val_robust_loss", "log_val_robust_loss")
+#: The loss labels (lower is better), as `SupernetEvaluator.scores` names them.
+LOSS_LABELS = ("val_loss", "val_robust_loss")
 #: The label each target is a function of.
-LABELS = {"accuracy": "accuracy", "log_error": "accuracy", "val_loss": "val_loss", "log_val_loss": "val_loss"}
+LABELS = {t: t.removeprefix("log_") if t != "log_error" else "accuracy" for t in TARGETS}
 _EPS = 0.005
 
 
@@ -43,13 +46,13 @@ def _log_error(accuracy: np.ndarray) -> np.ndarray:
 def _to_target(label: np.ndarray, target: str) -> np.ndarray:
     if target == "log_error":
         return _log_error(label)
-    return np.log(np.maximum(label, 1e-9)) if target == "log_val_loss" else label
+    return np.log(np.maximum(label, 1e-9)) if target.startswith("log_") else label
 
 
 def _from_target(value: np.ndarray, target: str) -> np.ndarray:
     if target == "log_error":
         return 1.0 + _EPS - np.exp(-value)
-    return np.exp(value) if target == "log_val_loss" else value
+    return np.exp(value) if target.startswith("log_") else value
 
 
 def fit_calibration(loss: np.ndarray, accuracy: np.ndarray) -> tuple[float, float]:
@@ -96,7 +99,7 @@ class AccuracyPredictor:
 
     @property
     def label(self) -> str:
-        """What the predictor was trained on: `accuracy` or `val_loss`."""
+        """What the predictor was trained on: `accuracy` or a loss of `LOSS_LABELS`."""
         return LABELS[self.target]
 
     def predict_label(self, genes: np.ndarray) -> np.ndarray:
@@ -127,7 +130,7 @@ class AccuracyPredictor:
         if not np.isfinite(y).all():
             raise HwnasError(f"{int((~np.isfinite(y)).sum())} of the {self.label} labels are missing or not finite "
                              f"(rows collected before losses were recorded?); collect them again")
-        if self.label == "val_loss":
+        if self.label != "accuracy":
             if accuracy is None or len(accuracy) != len(y):
                 raise HwnasError("a loss-labelled predictor needs the subnets' accuracies too (for its calibration)")
             self.calibration = fit_calibration(measured, np.asarray(accuracy, dtype=np.float64))
@@ -206,9 +209,18 @@ class AccuracyPredictor:
         return predictor
 
 
-DATA_COLUMNS = ("key", "accuracy", "val_loss", "arch")
-#: The header of data files written before losses were recorded; they still read (their `val_loss` is NaN).
-OLD_DATA_COLUMNS = ("key", "accuracy", "arch")
+DATA_COLUMNS = ("key", "accuracy", *LOSS_LABELS, "arch")
+
+
+def _data_header(line: str) -> tuple[str, ...] | None:
+    """The columns of a data file's first line, if it is a data file's header: `key,accuracy,[losses,]arch`
+    (files written before losses were recorded have none)."""
+    header = tuple(line.split(","))
+    middle = header[2:-1]
+    if header[:2] != ("key", "accuracy") or header[-1:] != ("arch",) or len(set(middle)) != len(middle) \
+            or not set(middle) <= set(LOSS_LABELS):
+        return None
+    return header
 
 
 def sample_unique(space: SearchSpace, n: int, seed: int, exclude: Sequence[np.ndarray] = ()) -> np.ndarray:
@@ -241,9 +253,10 @@ def read_data(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, np.ndar
 
 
 def read_data_columns(path: str | Path, space: SearchSpace) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The gene rows and measured columns (`accuracy`, `val_loss`: NaN where not recorded) of a predictor data
-    file (`key,accuracy,val_loss,arch` CSV, or the older `key,accuracy,arch`). A last line cut off by an
-    interruption is ignored; any other malformed row, or an architecture outside `space`, is an error naming it."""
+    """The gene rows and measured columns (`accuracy` and each of `LOSS_LABELS`, NaN where not recorded) of a
+    predictor data file (`key,accuracy,val_loss,val_robust_loss,arch` CSV, or an older one with fewer losses). A
+    last line cut off by an interruption is ignored; any other malformed row, or an architecture outside `space`,
+    is an error naming it."""
     import csv
 
     from search_spaces import ArchConfig
@@ -253,31 +266,35 @@ def read_data_columns(path: str | Path, space: SearchSpace) -> tuple[np.ndarray,
         raise HwnasError(f"no predictor data at {path}; collect it with `hwnas predictor collect`")
     with path.open(encoding="utf-8", newline="") as fh:
         lines = fh.read().splitlines()
-    header = tuple(lines[0].split(",")) if lines else ()
-    if header not in (DATA_COLUMNS, OLD_DATA_COLUMNS):
+    header = _data_header(lines[0]) if lines else None
+    if header is None:
         raise HwnasError(f"{path} is not predictor data: its header should be {','.join(DATA_COLUMNS)}")
-    genes, accuracy, loss = [], [], []
+    genes: list[np.ndarray] = []
+    values: dict[str, list[float]] = {name: [] for name in ("accuracy", *LOSS_LABELS)}
     for number, row in enumerate(csv.reader(lines[1:]), start=2):
         try:
-            values = dict(zip(header, row, strict=True))
-            arch = ArchConfig.from_str(values["arch"])
-            if arch.key != values["key"]:
-                raise ValueError(f"key {values['key']} is not the key of the architecture ({arch.key})")
-            genes.append(space.to_genes(arch))
-            accuracy.append(float(values["accuracy"]))
-            loss.append(float(values["val_loss"]) if values.get("val_loss") else np.nan)
+            fields = dict(zip(header, row, strict=True))
+            arch = ArchConfig.from_str(fields["arch"])
+            if arch.key != fields["key"]:
+                raise ValueError(f"key {fields['key']} is not the key of the architecture ({arch.key})")
+            parsed = {name: float(fields[name]) if fields.get(name) else np.nan for name in values}
+            if np.isnan(parsed["accuracy"]):
+                raise ValueError("no accuracy")
+            gene_row = space.to_genes(arch)
         except (ValueError, HwnasError) as err:
             if number == len(lines):  # the last line of an interrupted append
                 break
             raise HwnasError(f"{path} line {number} is malformed ({err}); move the file away or fix the line") from None
-    if not genes:
-        return np.zeros((0, len(space.genes)), dtype=np.int64), {"accuracy": np.zeros(0), "val_loss": np.zeros(0)}
-    return np.stack(genes).astype(np.int64), {"accuracy": np.asarray(accuracy), "val_loss": np.asarray(loss)}
+        genes.append(gene_row)
+        for name, value in parsed.items():
+            values[name].append(value)
+    stacked = np.stack(genes).astype(np.int64) if genes else np.zeros((0, len(space.genes)), dtype=np.int64)
+    return stacked, {name: np.asarray(v, dtype=np.float64) for name, v in values.items()}
 
 
 def _open_for_append(path: Path, space: SearchSpace) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The rows a data file holds, with the file made ready to append to: created with its header, a torn last
-    line dropped, an older file (no `val_loss` column) rewritten with the column, empty for its rows."""
+    line dropped, an older file (fewer loss columns) rewritten with every column, empty where not recorded."""
     import csv
     import io
 
@@ -286,30 +303,34 @@ def _open_for_append(path: Path, space: SearchSpace) -> tuple[np.ndarray, dict[s
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(",".join(DATA_COLUMNS) + "\n", encoding="utf-8")
-        return np.zeros((0, len(space.genes)), dtype=np.int64), {"accuracy": np.zeros(0), "val_loss": np.zeros(0)}
     genes, columns = read_data_columns(path, space)
     with path.open("rb+") as fh:  # drop a torn last line before appending
         text = fh.read()
         if text and not text.endswith(b"\n"):
             fh.truncate(text.rfind(b"\n") + 1)
-    if tuple(path.read_text(encoding="utf-8").split("\n", 1)[0].split(",")) == OLD_DATA_COLUMNS:
+    if _data_header(path.read_text(encoding="utf-8").split("\n", 1)[0]) != DATA_COLUMNS:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(DATA_COLUMNS)
-        for row, acc in zip(genes, columns["accuracy"], strict=True):
-            arch = space.from_genes(row)
-            writer.writerow([arch.key, repr(float(acc)), "", arch.to_str()])
+        for i, row in enumerate(genes):
+            writer.writerow(_data_row(space, row, {name: c[i] for name, c in columns.items()}))
         atomic_write_text(path, out.getvalue())
     return genes, columns
+
+
+def _data_row(space: SearchSpace, genes: np.ndarray, values: dict[str, float]) -> list[str]:
+    arch = space.from_genes(genes)
+    cells = ["" if np.isnan(values.get(name, np.nan)) else repr(float(values[name])) for name in DATA_COLUMNS[1:-1]]
+    return [arch.key, *cells, arch.to_str()]
 
 
 def collect(space: SearchSpace, measure: Any, n: int, path: str | Path, *, seed: int = 0, chunk: int = 10,
             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Make the CSV at `path` hold `n` uniformly sampled subnets measured with `measure` (gene rows -> accuracies,
-    or -> columns `accuracy` and `val_loss`, e.g. `SupernetEvaluator.scores`), one `key,accuracy,val_loss,arch`
-    row each, appended as they are measured. Rows already there are kept and count towards `n` (an interrupted
-    collection continues; a larger `n` grows it with new samples from `seed`). Returns the file's first `n` rows
-    (gene rows, accuracies); `read_data_columns` reads the losses too."""
+    or -> columns `accuracy` and losses, e.g. `SupernetEvaluator.scores`), one `DATA_COLUMNS` row each, appended
+    as they are measured. Rows already there are kept and count towards `n` (an interrupted collection continues;
+    a larger `n` grows it with new samples from `seed`). Returns the file's first `n` rows (gene rows,
+    accuracies); `read_data_columns` reads the losses too."""
     import csv
 
     from tqdm import tqdm
@@ -326,13 +347,11 @@ def collect(space: SearchSpace, measure: Any, n: int, path: str | Path, *, seed:
         for start in range(0, len(todo), chunk):
             rows = todo[start:start + chunk]
             measured = measure(rows)
-            if not isinstance(measured, dict):
-                measured = {"accuracy": measured}
-            acc = np.asarray(measured["accuracy"], dtype=np.float64)
-            loss = np.asarray(measured.get("val_loss", np.full(len(rows), np.nan)), dtype=np.float64)
-            for row, a, lo in zip(rows, acc, loss, strict=True):
-                arch = space.from_genes(row)
-                writer.writerow([arch.key, repr(float(a)), "" if np.isnan(lo) else repr(float(lo)), arch.to_str()])
+            measured = {name: np.asarray(v, dtype=np.float64)
+                        for name, v in (measured if isinstance(measured, dict) else {"accuracy": measured}).items()}
+            acc = measured["accuracy"]
+            for i, row in enumerate(rows):
+                writer.writerow(_data_row(space, row, {name: float(v[i]) for name, v in measured.items()}))
             fh.flush()
             genes.append(rows)
             values.append(acc)
@@ -343,9 +362,9 @@ def collect(space: SearchSpace, measure: Any, n: int, path: str | Path, *, seed:
 def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, holdout: int = 200,
                     hidden: Sequence[int] = (400, 400, 400), epochs: int = 300, lr: float = 1e-3,
                     weight_decay: float = 1e-2, target: str = "log_error", seed: int = 0,
-                    val_loss: np.ndarray | None = None) -> tuple[AccuracyPredictor, dict[str, Any]]:
+                    losses: dict[str, np.ndarray] | None = None) -> tuple[AccuracyPredictor, dict[str, Any]]:
     """Fit a predictor on all but the last `holdout` rows and report RMSE and Kendall tau on those (against its
-    label: `accuracy`, or `val_loss` for the loss targets, which need `val_loss`; and, for every predictor, its
+    label: `accuracy`, or for a loss target its loss, from `losses` (label -> values); and, for every predictor, its
     accuracy estimate's tau against the measured accuracy); returns the predictor and its figures (also kept in
     `predictor.figures`, saved with it)."""
     if not 0 < holdout < len(genes) - 1:
@@ -353,9 +372,10 @@ def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray,
     if target not in TARGETS:
         raise HwnasError(f"predictor target {target!r} is not one of {', '.join(TARGETS)}")
     accuracy = np.asarray(accuracy, dtype=np.float64)
-    if LABELS[target] == "val_loss" and val_loss is None:
-        raise HwnasError(f"target {target!r} needs the subnets' validation losses (collect them with this hwnas)")
-    labels = np.asarray(val_loss, dtype=np.float64) if LABELS[target] == "val_loss" else accuracy
+    label = LABELS[target]
+    if label != "accuracy" and label not in (losses or {}):
+        raise HwnasError(f"target {target!r} needs the subnets' {label} (collect them with this hwnas)")
+    labels = np.asarray((losses or {})[label], dtype=np.float64) if label != "accuracy" else accuracy
     predictor = AccuracyPredictor(space, hidden, seed, target)
     fit = predictor.fit(genes[:-holdout], labels[:-holdout], epochs=epochs, lr=lr, weight_decay=weight_decay,
                         accuracy=accuracy[:-holdout])
@@ -368,13 +388,13 @@ def train_predictor(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray,
 
 
 def select_target(space: SearchSpace, genes: np.ndarray, accuracy: np.ndarray, *, label: str, validation: int = 200,
-                  val_loss: np.ndarray | None = None, **options: Any) -> tuple[str, dict[str, float]]:
-    """The target for `label` (`accuracy` or `val_loss`) whose predictor, fitted on all but the last `validation`
-    rows of `genes` (pass training rows only: the held-out ones must not choose), ranks those rows best (Kendall
-    tau against the label); returns it and each candidate's tau. `options` go to `train_predictor`."""
+                  losses: dict[str, np.ndarray] | None = None, **options: Any) -> tuple[str, dict[str, float]]:
+    """The target for `label` (`accuracy` or a loss of `LOSS_LABELS`) whose predictor, fitted on all but the last
+    `validation` rows of `genes` (pass training rows only: the held-out ones must not choose), ranks those rows
+    best (Kendall tau against the label); returns it and each candidate's tau. `options` go to `train_predictor`."""
     candidates = [t for t in TARGETS if LABELS[t] == label]
     if not candidates:
         raise HwnasError(f"label {label!r} is not one of {', '.join(sorted(set(LABELS.values())))}")
-    taus = {t: train_predictor(space, genes, accuracy, holdout=validation, target=t, val_loss=val_loss,
+    taus = {t: train_predictor(space, genes, accuracy, holdout=validation, target=t, losses=losses,
                                **options)[1]["held_out_kendall_tau"] for t in candidates}
     return max(candidates, key=lambda t: taus[t]), taus

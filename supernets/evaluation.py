@@ -1,8 +1,10 @@
 """BatchNorm recalibration and accuracy of subnets taken from the supernet.
 
-Beside top-1 accuracy, an evaluation gives the validation cross-entropy (mean negative log-likelihood of the true
-class) from the same forward pass: a lower-variance signal, since every image moves it a little instead of only
-the few near the decision boundary moving the accuracy by a whole image (`bench_signal.py` measures both).
+Beside top-1 accuracy, an evaluation gives, from the same forward pass, the validation cross-entropy (mean negative
+log-likelihood of the true class: lower variance, since every image moves it a little instead of only the few near
+the decision boundary moving the accuracy by a whole image) and a robust cross-entropy, the mean of ln(1 + NLL)
+per image (lower variance still: the few confidently wrong images, whose NLL runs to several nats, no longer
+dominate it). `benchmarks/bench_signal.py` measures how reliably each ranks subnets.
 """
 
 from __future__ import annotations
@@ -75,15 +77,17 @@ class ImageOutcomes:
         """The score over the images `index` selects (all by default)."""
         correct, nll = self.correct[index], self.nll[index]
         n = max(1, len(correct))
-        return SubnetScore(float(correct.sum()) / n, float(nll.sum()) / n)
+        return SubnetScore(float(correct.sum()) / n, float(nll.sum()) / n, float(np.log1p(nll).sum()) / n)
 
 
 @dataclass(frozen=True)
 class SubnetScore:
-    """Top-1 accuracy (a fraction) and validation cross-entropy (mean NLL of the true class, nats)."""
+    """Top-1 accuracy (a fraction), validation cross-entropy (mean NLL of the true class, nats) and robust
+    cross-entropy (mean ln(1 + NLL))."""
 
     accuracy: float
     loss: float
+    robust_loss: float
 
 
 @torch.no_grad()
@@ -130,10 +134,16 @@ def evaluate_subnet_score(supernet: Supernet, arch: ArchConfig, data: Dataset, r
     return evaluate_subnet_outcomes(supernet, arch, data, recal_images, seed)[0].score()
 
 
+#: The signals an evaluation gives: name -> the `SubnetScore` field; `accuracy` is higher-better, the rest lower.
+SIGNALS = {"accuracy": "accuracy", "val_loss": "loss", "val_robust_loss": "robust_loss"}
+
+
 def split_half_reliability(outcomes: list[ImageOutcomes], images: int | None = None) -> dict[str, float]:
     """How reliably each signal ranks subnets: Kendall tau between its values on the even- and the odd-indexed
     images (two independent halves) of the first `images` validation images (all by default), over the subnets
-    whose `outcomes` are given. Returns `accuracy` and `val_loss` taus and `images_per_half`."""
+    whose `outcomes` are given. Returns each signal's tau (`SIGNALS`), each one's tau against the accuracy on the
+    other half (`NAME_vs_accuracy`: how well it predicts accuracy on images it has not seen, the mean of both
+    directions, sign-adjusted so that higher is better) and `images_per_half`."""
     from latency_tables.table import kendall_tau
     from search_spaces.errors import HwnasError
 
@@ -145,6 +155,11 @@ def split_half_reliability(outcomes: list[ImageOutcomes], images: int | None = N
         raise HwnasError(f"split-half reliability needs 2 .. {total} images (the outcomes' shortest split); "
                          f"got {images}")
     halves = [[o.score(slice(start, images, 2)) for o in outcomes] for start in (0, 1)]
-    return {"accuracy": kendall_tau(*(np.array([s.accuracy for s in h]) for h in halves)),
-            "val_loss": kendall_tau(*(np.array([s.loss for s in h]) for h in halves)),
-            "images_per_half": images // 2}
+    values = {name: [np.array([getattr(s, field) for s in h]) for h in halves] for name, field in SIGNALS.items()}
+    out: dict[str, float] = {name: kendall_tau(*pair) for name, pair in values.items()}
+    acc = values["accuracy"]
+    for name, (even, odd) in values.items():
+        sign = 1.0 if name == "accuracy" else -1.0
+        out[f"{name}_vs_accuracy"] = sign * (kendall_tau(even, acc[1]) + kendall_tau(odd, acc[0])) / 2
+    out["images_per_half"] = images // 2
+    return out

@@ -25,7 +25,8 @@ def cmd_predictor_collect(args: argparse.Namespace) -> None:
                                            cache_path=out / "accuracy_cache.json", threads=args.threads)
     genes, accuracy = collect(evaluator.space, evaluator.scores, args.n, out / "data.csv", seed=args.seed,
                               progress=not args.no_progress)
-    loss = read_data_columns(out / "data.csv", evaluator.space)[1]["val_loss"][:len(genes)]
+    columns = read_data_columns(out / "data.csv", evaluator.space)[1]
+    loss = columns["val_loss"][:len(genes)]
     known = loss[~np.isnan(loss)]
     data = {"data": str(out / "data.csv"), "subnets": len(genes), "evaluated_now": evaluator.evaluated,
             "accuracy_mean": float(accuracy.mean()), "accuracy_min": float(accuracy.min()),
@@ -43,23 +44,26 @@ def cmd_predictor_train(args: argparse.Namespace) -> None:
     import numpy as np
 
     from nas.evaluators import supernet_space
-    from nas.predictor import read_data_columns, select_target, train_predictor
+    from nas.predictor import LOSS_LABELS, read_data_columns, select_target, train_predictor
 
     out = _predictor_dir(args)
     space = supernet_space(args.run_dir)[0]
     genes, columns = read_data_columns(Path(args.data) if args.data else out / "data.csv", space)
+    losses = {name: columns[name] for name in LOSS_LABELS if np.isfinite(columns[name]).all()}
     options = {"hidden": tuple(args.hidden), "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
-               "seed": args.seed, "val_loss": columns["val_loss"]}
+               "seed": args.seed}
     target, chosen = args.target, ""
-    if target == "auto":  # the loss when every row has one (the steadier label); its form chosen on a validation split
-        label = "val_loss" if np.isfinite(columns["val_loss"]).all() else "accuracy"
+    if target == "auto":  # the target for the label that ranks a validation split best (never the held-out rows)
+        label = args.label if args.label == "accuracy" or args.label in losses else "accuracy"
+        if label != args.label:
+            chosen = f"; {args.label} labels missing from some rows (an older collection): accuracy labels used"
         target, taus = select_target(space, genes[:-args.holdout], columns["accuracy"][:-args.holdout], label=label,
-                                     validation=args.holdout, **{**options, "val_loss": options["val_loss"][
-                                         :-args.holdout]})
-        chosen = f"; target {target} chosen on a validation split (tau " + ", ".join(
+                                     validation=args.holdout,
+                                     losses={k: v[:-args.holdout] for k, v in losses.items()}, **options)
+        chosen += f"; target {target} chosen on a validation split (tau " + ", ".join(
             f"{t} {v:.3f}" for t, v in taus.items()) + ")"
     predictor, figures = train_predictor(space, genes, columns["accuracy"], holdout=args.holdout, target=target,
-                                         **options)
+                                         losses=losses, **options)
     predictor.save(out)
     lines = [f"accuracy predictor -> {out}: {predictor.label} labels, trained on {len(genes) - args.holdout} subnets; "
              f"on {args.holdout} held-out ones RMSE {figures['held_out_rmse']:.4f}, Kendall tau "
@@ -94,7 +98,10 @@ def register(groups: Any) -> None:
     tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     tr.add_argument("--weight-decay", type=float, default=1e-2, help="L2 weight decay (default 1e-2)")
     tr.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    tr.add_argument("--label", default="val_robust_loss",
+                    help="what the predictor learns: accuracy, val_loss or val_robust_loss (default: the robust "
+                         "validation cross-entropy, the most reliable label; accuracy for data without it)")
     tr.add_argument("--target", default="auto",
-                    help="what the MLP regresses: accuracy, log_error, val_loss or log_val_loss (default auto: the "
-                         "validation loss when every row has one, else the accuracy, in the form that ranks a "
-                         "validation split best)")
+                    help="the form the MLP regresses, which sets the label: accuracy, log_error, val_loss, "
+                         "log_val_loss, val_robust_loss or log_val_robust_loss (default auto: the form of --label "
+                         "that ranks a validation split best)")

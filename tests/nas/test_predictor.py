@@ -111,7 +111,7 @@ def test_a_loss_labelled_predictor_ranks_by_loss_and_predicts_accuracy(tmp_path)
     genes = SPACE.sample_genes(np.random.default_rng(0), 700)
     accuracy, loss = stand_in_accuracy(genes), stand_in_loss(genes)
     predictor, figures = train_predictor(SPACE, genes, accuracy, holdout=200, hidden=(64, 64), epochs=100, lr=3e-3,
-                                         target="log_val_loss", val_loss=loss)
+                                         target="log_val_loss", losses={"val_loss": loss})
     assert predictor.label == "val_loss" and figures["target"] == "log_val_loss"
     assert figures["held_out_kendall_tau"] >= 0.8 and figures["held_out_accuracy_kendall_tau"] >= 0.8, figures
     held = genes[-200:]
@@ -121,7 +121,7 @@ def test_a_loss_labelled_predictor_ranks_by_loss_and_predicts_accuracy(tmp_path)
     predictor.save(tmp_path / "p")
     loaded = AccuracyPredictor.load(tmp_path / "p", SPACE)
     assert loaded.calibration == predictor.calibration and np.array_equal(loaded.predict(held), predicted_accuracy)
-    with pytest.raises(HwnasError, match="needs the subnets' validation losses"):
+    with pytest.raises(HwnasError, match="needs the subnets' val_loss"):
         train_predictor(SPACE, genes, accuracy, target="val_loss")
     with pytest.raises(HwnasError, match="needs the subnets' accuracies too"):
         AccuracyPredictor(SPACE, hidden=(8,), target="val_loss").fit(genes, loss, epochs=1)
@@ -136,11 +136,11 @@ def test_select_target_chooses_on_the_validation_rows_only():
 
     genes = SPACE.sample_genes(np.random.default_rng(2), 300)
     accuracy, loss = stand_in_accuracy(genes), stand_in_loss(genes)
-    best, taus = select_target(SPACE, genes, accuracy, label="val_loss", validation=100, val_loss=loss,
+    best, taus = select_target(SPACE, genes, accuracy, label="val_loss", validation=100, losses={"val_loss": loss},
                                hidden=(16,), epochs=20, lr=3e-3)
     assert set(taus) == {"val_loss", "log_val_loss"} and taus[best] == max(taus.values())
     assert all(-1 <= t <= 1 for t in taus.values())
-    with pytest.raises(HwnasError, match="label 'latency' is not one of accuracy, val_loss"):
+    with pytest.raises(HwnasError, match="label 'latency' is not one of accuracy, val_loss, val_robust_loss"):
         select_target(SPACE, genes, accuracy, label="latency")
 
 
@@ -148,20 +148,29 @@ def test_collect_records_losses_and_an_old_data_file_still_reads_and_grows(tmp_p
     from nas.predictor import collect, read_data, read_data_columns
 
     def measure(genes):
-        return {"accuracy": stand_in_accuracy(genes), "val_loss": stand_in_loss(genes)}
+        return {"accuracy": stand_in_accuracy(genes), "val_loss": stand_in_loss(genes),
+                "val_robust_loss": np.log1p(stand_in_loss(genes))}
 
     old = tmp_path / "old.csv"
     genes, _ = collect(SPACE, stand_in_accuracy, 5, tmp_path / "new.csv", seed=3, progress=False)
     lines = (tmp_path / "new.csv").read_text().splitlines()
-    assert lines[0] == "key,accuracy,val_loss,arch" and all(",," in line for line in lines[1:])  # no loss given
-    rows = [line.split(",", 3) for line in lines[1:]]
-    old.write_text("key,accuracy,arch\n" + "".join(f"{k},{a},{arch}\n" for k, a, _, arch in rows))
+    assert lines[0] == "key,accuracy,val_loss,val_robust_loss,arch"
+    assert all(",,," in line for line in lines[1:])  # no loss given
+    rows = [line.split(",", 4) for line in lines[1:]]
+    old.write_text("key,accuracy,arch\n" + "".join(f"{k},{a},{arch}\n" for k, a, _, _, arch in rows))
     old_genes, old_columns = read_data_columns(old, SPACE)
     assert np.array_equal(old_genes, genes) and np.isnan(old_columns["val_loss"]).all()
     assert np.allclose(read_data(old, SPACE)[1], stand_in_accuracy(genes))
     grown, acc = collect(SPACE, measure, 8, old, seed=3, progress=False)
-    assert old.read_text().splitlines()[0] == "key,accuracy,val_loss,arch"
+    assert old.read_text().splitlines()[0] == "key,accuracy,val_loss,val_robust_loss,arch"
     assert np.array_equal(grown[:5], genes) and np.allclose(acc, stand_in_accuracy(grown))
     got_genes, got = read_data_columns(old, SPACE)
     assert np.array_equal(got_genes, grown) and np.isnan(got["val_loss"][:5]).all()
     assert np.allclose(got["val_loss"][5:], stand_in_loss(grown[5:]))
+    assert np.allclose(got["val_robust_loss"][5:], np.log1p(stand_in_loss(grown[5:])))
+    middle = tmp_path / "middle.csv"  # a header with some of the losses reads too
+    middle.write_text("key,accuracy,val_loss,arch\n" + "".join(f"{k},{a},0.5,{arch}\n" for k, a, _, _, arch in rows))
+    assert np.array_equal(read_data_columns(middle, SPACE)[1]["val_loss"], np.full(5, 0.5))
+    middle.write_text("key,accuracy,latency,arch\n")
+    with pytest.raises(HwnasError, match="is not predictor data: its header should be key,accuracy,val_loss"):
+        read_data_columns(middle, SPACE)

@@ -147,15 +147,16 @@ def test_val_loss_is_the_subnets_cross_entropy_cached_beside_accuracy(run_dir, t
     evaluator = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
     genes = evaluator.space.sample_genes(np.random.default_rng(4), 2)
     columns = evaluator.columns(genes)
-    assert set(columns) == {"accuracy", "val_loss"} and evaluator.evaluated == 2
+    assert set(columns) == {"accuracy", "val_loss", "val_robust_loss"} and evaluator.evaluated == 2
     for i, row in enumerate(genes):
         score = evaluate_subnet_score(evaluator.net, evaluator.space.from_genes(row), evaluator.data,
                                       evaluator.recal_images, 0)
         assert columns["accuracy"][i] == score.accuracy and columns["val_loss"][i] == score.loss
-        assert score.loss > 0
+        assert columns["val_robust_loss"][i] == score.robust_loss and 0 < score.robust_loss < score.loss
     stored = json.loads(cache.read_text())
     keys = [evaluator.space.from_genes(row).key for row in genes]
-    assert stored["val_loss"] == dict(zip(keys, columns["val_loss"], strict=True))
+    for name in ("val_loss", "val_robust_loss"):
+        assert stored[name] == dict(zip(keys, columns[name], strict=True))
     again = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
     assert np.array_equal(again.val_loss(genes), columns["val_loss"]) and again.evaluated == 0
 
@@ -166,11 +167,12 @@ def test_an_old_cache_without_losses_still_serves_accuracy_and_measures_a_missin
     genes = first.space.sample_genes(np.random.default_rng(5), 2)
     columns = first.columns(genes)
     stored = json.loads(cache.read_text())
-    del stored["val_loss"]  # as written before losses were kept
+    del stored["val_loss"], stored["val_robust_loss"]  # as written before losses were kept
     cache.write_text(json.dumps(stored))
     old = SupernetEvaluator.from_run(run_dir, data=tiny_digits(), val_images=40, cache_path=cache)
     assert np.array_equal(old.accuracy(genes), columns["accuracy"]) and old.evaluated == 0
     assert np.isnan(old.scores(genes, need_loss=False)["val_loss"]).all() and old.evaluated == 0
+    assert np.isnan(old.scores(genes, need_loss=False)["val_robust_loss"]).all()
     assert np.array_equal(old.val_loss(genes[:1]), columns["val_loss"][:1]) and old.evaluated == 1
     assert len(json.loads(cache.read_text())["val_loss"]) == 1
     assert np.array_equal(old.accuracy(genes), columns["accuracy"])  # measured again: the same accuracy
@@ -203,8 +205,8 @@ def test_predictor_collect_records_losses_and_train_chooses_the_loss_target(run_
     assert main(["predictor", "train", str(run_dir), "--out", str(out), "--holdout", "2", "--epochs", "2",
                  "--hidden", "8", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
-    assert figures["target"] in ("val_loss", "log_val_loss") and figures["held_out_n"] == 2
+    assert figures["target"] in ("val_robust_loss", "log_val_robust_loss") and figures["held_out_n"] == 2
     predictor = AccuracyPredictor.load(out, supernet_space(run_dir)[0])
-    assert predictor.label == "val_loss" and predictor.calibration is not None
+    assert predictor.label == "val_robust_loss" and predictor.calibration is not None
     assert main(["predictor", "train", str(run_dir), "--out", str(out), "--holdout", "2", "--target", "loss"]) == 2
     assert "predictor target 'loss' is not one of accuracy, log_error, val_loss" in capsys.readouterr().err

@@ -33,6 +33,8 @@ def test_the_loss_is_the_cross_entropy_of_the_materialised_models_logits(trained
             logits = model(to_tensor(data.val.images, arch.resolution, data.mean, data.std))
         labels = torch.from_numpy(data.val.labels)
         assert score.loss == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+        per_image = F.cross_entropy(logits, labels, reduction="none")
+        assert score.robust_loss == pytest.approx(float(torch.log1p(per_image).mean()), rel=1e-5)
         assert score.accuracy == evaluate_subnet(net, arch, data, 64, 0)[0]
         assert score.accuracy == int((logits.argmax(1) == labels).sum()) / 48
         outcomes = evaluate_subnet_outcomes(net, arch, data, 64, 0)[0]
@@ -43,6 +45,7 @@ def test_the_loss_is_the_cross_entropy_of_the_materialised_models_logits(trained
 def test_image_outcomes_score_a_subset():
     outcomes = ImageOutcomes(np.array([True, False, True, True]), np.array([0.1, 2.0, 0.3, 0.5]))
     assert outcomes.score().accuracy == 0.75 and outcomes.score().loss == pytest.approx(0.725)
+    assert outcomes.score().robust_loss == pytest.approx(np.log([1.1, 3.0, 1.3, 1.5]).mean())
     even = outcomes.score(slice(0, 4, 2))
     assert even.accuracy == 1.0 and even.loss == pytest.approx(0.2)
 
@@ -55,6 +58,9 @@ def test_split_half_reliability_on_a_known_input():
     outcomes = [ImageOutcomes(np.array(c, dtype=bool), np.array(n)) for c, n in zip(correct, nll, strict=True)]
     got = split_half_reliability(outcomes)
     assert got["accuracy"] == pytest.approx(-1.0) and got["val_loss"] == pytest.approx(1.0)
+    assert got["val_robust_loss"] == pytest.approx(1.0) and got["accuracy_vs_accuracy"] == pytest.approx(-1.0)
+    # the even half's loss against the odd half's accuracy: tau 1/3 (sign flipped: -1/3); the other way -1/3 (1/3)
+    assert got["val_loss_vs_accuracy"] == pytest.approx(0.0, abs=1e-12)
     assert got["images_per_half"] == 2
     first_two = split_half_reliability(outcomes, images=2)  # image 0 against image 1
     assert first_two["images_per_half"] == 1 and first_two["val_loss"] == pytest.approx(1.0)
