@@ -7,11 +7,17 @@ the mean).
 Hypervolume reference point: accuracy `--hv-accuracy` (default 0.9: a subnet below it adds nothing) and the
 table latency of the slowest of 10,000 random subnets; the volume is in accuracy x milliseconds.
 
+Issue 17, before and after: with `--signals accuracy val_loss`, each strategy also runs ranking subnets by the
+lower-variance signal, the validation cross-entropy, told to the strategy as the accuracy objective in the form
+exp(-val_loss) (the geometric mean probability of the true class: higher is better, the loss's ranking); the
+hypervolume of every run is computed on the measured accuracy of its subnets, so that the two rows compare what
+each search found, not what it was told. That table goes to its own section.
+
 Each run is a study in RUN_DIR/study.db (resumable: run the script again after an interruption); measured
 accuracies are cached by architecture key in one file, so a subnet two runs both ask for is measured once.
 
 Usage: .venv/bin/python benchmarks/bench_hypervolume.py [--supernet runs/bench-supernet] [--budget 80]
-       [--seeds 0 1 2] [--strategies ...] [--no-write]
+       [--seeds 0 1 2] [--strategies ...] [--signals accuracy val_loss] [--no-write]
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=DEFAULT)
+    parser.add_argument("--signals", nargs="+", default=["accuracy"], choices=["accuracy", "val_loss"],
+                        help="what the strategies rank by (issue 17: accuracy val_loss, before and after)")
     parser.add_argument("--hv-accuracy", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--predictor-data", default="runs/bench-predictor/data.csv",
@@ -80,37 +88,53 @@ def main() -> None:
 
     results: dict[str, list[float]] = {}
     best: dict[str, list[float]] = {}
-    for name in args.strategies:
-        strategy, options = RUNS[name]
-        for seed in args.seeds:
-            settings = SearchSettings(strategy, objectives, (), budget=args.budget, batch=args.batch, seed=seed,
-                                      options=options)
-            Search(space, settings, costs, evaluator.accuracy, storage=storage, study_name=f"{name}-s{seed}",
-                   progress=True).run()
-            study = open_study(storage, f"{name}-s{seed}", objectives, space)
-            trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-            columns = {m: np.array([t.user_attrs[m] for t in trials], dtype=np.float64)
-                       for m in ("accuracy", "latency_ms")}
-            hv = hypervolume(minimised(columns, objectives), reference)
-            results.setdefault(name, []).append(hv)
-            best.setdefault(name, []).append(float(columns["accuracy"].max()))
-            print(f"{name:22s} seed {seed}: {len(trials)} measured, hypervolume {hv:.5f}, best accuracy "
-                  f"{columns['accuracy'].max():.4f}", flush=True)
+    told = {"accuracy": evaluator.accuracy, "val_loss": lambda genes: np.exp(-evaluator.val_loss(genes))}
+    for signal in args.signals:
+        for name in args.strategies:
+            strategy, options = RUNS[name]
+            label = name if signal == "accuracy" else f"{name} ({signal})"
+            for seed in args.seeds:
+                study_name = f"{name}-s{seed}" if signal == "accuracy" else f"{name}-{signal}-s{seed}"
+                settings = SearchSettings(strategy, objectives, (), budget=args.budget, batch=args.batch, seed=seed,
+                                          options=options)
+                Search(space, settings, costs, told[signal], storage=storage, study_name=study_name,
+                       progress=True).run()
+                study = open_study(storage, study_name, objectives, space)
+                trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+                columns = {"accuracy": np.array([evaluator.cache[t.user_attrs["key"]] for t in trials]),  # measured
+                           "latency_ms": np.array([t.user_attrs["latency_ms"] for t in trials], dtype=np.float64)}
+                hv = hypervolume(minimised(columns, objectives), reference)
+                results.setdefault(label, []).append(hv)
+                best.setdefault(label, []).append(float(columns["accuracy"].max()))
+                print(f"{label:30s} seed {seed}: {len(trials)} measured, hypervolume {hv:.5f}, best accuracy "
+                      f"{columns['accuracy'].max():.4f}", flush=True)
 
-    base = float(np.mean(results["random"])) if "random" in results else None
+    base = {signal: results.get("random" if signal == "accuracy" else f"random ({signal})") for signal in args.signals}
     rows = ["| strategy | hypervolume per seed | mean | vs random | best accuracy per seed |", "|---|---|---|---|---|"]
-    for name, values in results.items():
-        ratio = f"{np.mean(values) / base:.3f}x" if base else "-"
-        rows.append(f"| {name} | {' / '.join(f'{v:.5f}' for v in values)} | {np.mean(values):.5f} | {ratio} | "
-                    f"{' / '.join(f'{b:.3f}' for b in best[name])} |")
+    for label, values in results.items():
+        signal = label.split("(")[-1].rstrip(")") if "(" in label else "accuracy"
+        ratio = f"{np.mean(values) / np.mean(base[signal]):.3f}x" if base[signal] else "-"  # type: ignore[arg-type]
+        rows.append(f"| {label} | {' / '.join(f'{v:.5f}' for v in values)} | {np.mean(values):.5f} | {ratio} | "
+                    f"{' / '.join(f'{b:.3f}' for b in best[label])} |")
+    signals = ("; the strategies rank by " + " and, in the rows marked so, by ".join(
+        "measured accuracy" if s == "accuracy" else "exp(-validation cross-entropy)" for s in args.signals)
+        + "; every hypervolume is on measured accuracy") if "val_loss" in args.signals else ""
     body = "\n".join([
         f"Two objectives, accuracy (measured on the supernet `{args.supernet}`, BN recalibrated, "
         f"{len(evaluator.data.val)} validation images) and latency (table `{table.table_id}`), "
-        f"{args.budget} measured subnets per run in batches of {args.batch}, seeds {args.seeds}. Hypervolume "
+        f"{args.budget} measured subnets per run in batches of {args.batch}, seeds {args.seeds}{signals}. Hypervolume "
         f"reference: accuracy {args.hv_accuracy}, latency {slowest:.3f} ms (the slowest of 10,000 random "
         f"subnets); units "
         f"accuracy x ms. Measured accuracies are cached by key across runs (evaluation is deterministic); each "
         f"run is a study in {run_dir}/study.db (`hwnas dashboard {run_dir}`).", "", *rows])
+    if "val_loss" in args.signals:
+        print(body)
+        if not args.no_write:
+            write_section("Search quality: accuracy signal before and after (issue 17)",
+                          f"python benchmarks/bench_hypervolume.py --supernet {args.supernet} --table {args.table} "
+                          f"--strategies {' '.join(args.strategies)} --signals {' '.join(args.signals)}", body,
+                          threads=f"{args.threads} torch thread(s)")
+        return
     surrogate = surrogate_table(args, space, costs, objectives, reference) if Path(args.predictor_data).is_file() \
         else ""
     body += surrogate
