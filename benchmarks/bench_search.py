@@ -183,9 +183,9 @@ recipe; 1-3: mutation x2-x8; 4: the archive; 5: uniform samples).
 
 {ofa_note}
 
-Before issue 17 the same loop with the screen raised `StrategyError` once the population converged (at
-generation 105 at population 100, 32 at population 500 on this table, seed 0); a converged search now widens,
-and ends with a reason when even uniform samples find nothing new (nas/strategies/base.py).
+Before issue 17 the same loop with the screen raised `StrategyError` once the population converged (seed 0,
+told the stand-in accuracy itself: at generation 105 at population 100, 32 at population 500); a converged
+search now widens, and ends with a reason when even uniform samples find nothing new (nas/strategies/base.py).
 """
     print(body)
     if not args.no_write:
