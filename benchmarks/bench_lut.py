@@ -34,11 +34,13 @@ def quality_cells(v: dict[str, Any] | None) -> str:
     from latency_tables.validation import within_10_interval
 
     if not v:
-        return "not measured | | |"
+        return "not measured | | | |"
     low, high = within_10_interval(v)
-    load = v.get("load_1min")
+    load, drift = v.get("load_1min"), v.get("key_drift")
+    load_text = f"{load[0]:.1f} / {load[1]:.1f}" if load else "not recorded"
+    drift_text = f"{drift['ratio']:.3f}" if drift else "not checked"
     return (f"{v['within_10']:.0%} ({100 * low:.1f}-{100 * high:.1f}%, n={v['samples']}) | {v['mape']:.1%} | "
-            f"{v['kendall_tau']:.3f} | {f'{load[0]:.1f} / {load[1]:.1f}' if load else 'not recorded'}")
+            f"{v['kendall_tau']:.3f} | {load_text} | {drift_text}")
 
 
 def stored_validation(meta: dict[str, Any], seed: int) -> dict[str, Any] | None:
@@ -74,8 +76,8 @@ def main() -> None:
         build = meta.get("build", {})
         cells = []
         for seed in args.seeds:  # shipped tables keep their stored validations; a fresh one is only printed
-            v = (validate_table(path, args.revalidate, seed=seed, progress=False, pin_cpu=cpu) if args.revalidate
-                 else stored_validation(meta, seed))
+            v = (validate_table(path, args.revalidate, seed=seed, progress=False, pin_cpu=cpu, drift_check=24)
+                 if args.revalidate else stored_validation(meta, seed))
             if v:
                 print(f"{path.name} seed {seed}: {describe_share(v)}, MAPE {v['mape']:.1%}, "
                       f"load {v.get('load_1min', 'not recorded')}", flush=True)
@@ -105,8 +107,9 @@ def main() -> None:
     wanted = [("small", "ort", "fp32"), ("small", "ort", "int8"), ("small", "litert", "fp32"),
               ("small", "litert", "fp16"), ("small", "litert", "int8"), ("imagenet", "ort", "fp32")]
     missing = ", ".join(" ".join(w) for w in wanted if w not in have) or "none"
-    seed_heads = " | ".join(f"seed {s}: within +-10% (95% CI) | MAPE | Kendall tau | load" for s in args.seeds)
-    seed_rules = "---|---|---|---|" * len(args.seeds)
+    seed_heads = " | ".join(f"seed {s}: within +-10% (95% CI) | MAPE | Kendall tau | load | key drift"
+                            for s in args.seeds)
+    seed_rules = "---|---|---|---|---|" * len(args.seeds)
     seeds_text = (f"{args.revalidate} subnets per seed measured now" if args.revalidate else
                   "as stored with each table (per seed; measured when and as its record says)")
     body = f"""
@@ -117,7 +120,9 @@ correction fitted on the "fit nets" other subnets; compared with the same subnet
 runtime: {seeds_text}.
 Each share within +-10% is given with its 95% Wilson score interval; "load" is the 1-minute load average
 before / after that seed's measurement (2 cores; 1-thread timings are only trustworthy near 1 or below:
-anything else on the measuring core inflates them).
+anything else on the measuring core inflates them); "key drift" is the median ratio now / table of 24 keys timed
+again just before (1.000: the machine runs as when the table was built; a validation on a drifted machine measures
+the drift, not the table).
 
 | table | runtime | keys | s per key | build min | fit nets | {seed_heads} |
 |---|---|---|---|---|---|{seed_rules}

@@ -7,6 +7,7 @@ only when asked, beside the table or in a copy of it elsewhere. A table shipped 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import os
@@ -16,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from latency_tables.build import accuracy_summary, measured_like, read_networks, table_lock, unique_archs
+from latency_tables.build import (
+    accuracy_summary,
+    measured_like,
+    read_networks,
+    remeasured_drift,
+    table_lock,
+    unique_archs,
+)
+from latency_tables.runtimes import Protocol
 from latency_tables.table import LatencyTable, TableError, is_shipped, kendall_tau
 from search_spaces import SearchSpace, get_space
 from search_spaces.errors import HwnasError
@@ -27,7 +36,8 @@ TABLE_FILES = ("table.csv", "networks.csv", "meta.json")
 
 
 def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True, jobs: int = 1, *,
-                   save: bool = False, out: str | Path | None = None, pin_cpu: int | None = None) -> dict[str, Any]:
+                   save: bool = False, out: str | Path | None = None, pin_cpu: int | None = None,
+                   drift_check: int = 0) -> dict[str, Any]:
     """Measure `samples` random subnets (none used to fit the correction) end to end, compare them with the
     prediction and return the summary.
 
@@ -37,7 +47,9 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
     is written anywhere but a temporary directory.
 
     `pin_cpu` times on that CPU instead of the one in the table's protocol (the same kind of core: on a shared
-    machine, the one nothing else is pinned to)."""
+    machine, the one nothing else is pinned to). `drift_check` first times that many of the table's keys again
+    and records their median ratio now / then (`key_drift`): a validation on a machine that runs slower or
+    faster than when the table was built (load, clock) measures that, not the table."""
     path = Path(path)
     table = LatencyTable.load(path)
     space = get_space(table.space_name)
@@ -47,16 +59,17 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
     archs = unique_archs(space, samples, seed, exclude=read_networks(path / "networks.csv"))
     genes = np.stack([space.to_genes(a) for a in archs])
     csv_name, load_before = f"validation-s{seed}.csv", _load_1min()
+    drift = key_drift(table, drift_check, pin_cpu) if drift_check > 0 else None
     if target is None:
         with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
             measured = measured_like(table, Path(tmp) / csv_name, archs, progress, "validate", jobs, pin_cpu)
-        return _with_load(validation_summary(table, space, genes, measured, seed), load_before, pin_cpu)
+        return _conditions(validation_summary(table, space, genes, measured, seed), load_before, pin_cpu, drift)
     with table_lock(target):
         if target != path:
             _copy_table(path, target)
         stored = LatencyTable.load(target)
         measured = measured_like(stored, target / csv_name, archs, progress, "validate", jobs, pin_cpu)
-        summary = _with_load(validation_summary(stored, space, genes, measured, seed), load_before, pin_cpu)
+        summary = _conditions(validation_summary(stored, space, genes, measured, seed), load_before, pin_cpu, drift)
         stored.save_meta()  # the summary is the dict the meta holds: it is stored with the load
     return summary
 
@@ -65,14 +78,27 @@ def _load_1min() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def _with_load(summary: dict[str, Any], load_before: float | None, pin_cpu: int | None) -> dict[str, Any]:
-    """Record the machine's 1-minute load average before and after the measurement (1-thread timings depend on
-    what else runs), and the CPU timed on when it was not the protocol's."""
+def key_drift(table: LatencyTable, sample: int, pin_cpu: int | None = None) -> dict[str, float]:
+    """Median ratio (now / table) of `sample` of the table's keys timed again under its protocol (a seeded choice,
+    the build's drift check), with how many were timed."""
+    protocol = Protocol.from_dict(table.meta["protocol"])
+    if pin_cpu is not None:
+        protocol = dataclasses.replace(protocol, pin_cpu=pin_cpu)
+    ratio = remeasured_drift(table.rows, table.profile.runtime, table.profile.precision, protocol, sample)
+    return {"ratio": round(ratio, 4), "keys": min(sample, len(table.rows))}
+
+
+def _conditions(summary: dict[str, Any], load_before: float | None, pin_cpu: int | None,
+                drift: dict[str, float] | None) -> dict[str, Any]:
+    """Record what the measurement ran under: the machine's 1-minute load average before and after it (1-thread
+    timings depend on what else runs), the CPU timed on when it was not the protocol's, and the keys' drift."""
     load_after = _load_1min()
     if load_before is not None and load_after is not None:
         summary["load_1min"] = [round(load_before, 2), round(load_after, 2)]
     if pin_cpu is not None:
         summary["pin_cpu"] = pin_cpu
+    if drift is not None:
+        summary["key_drift"] = drift
     return summary
 
 

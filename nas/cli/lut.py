@@ -29,11 +29,12 @@ def _out(args: argparse.Namespace) -> Path:
 def _summary_lines(summary: dict[str, Any]) -> list[str]:
     from latency_tables.validation import describe_share
 
-    load = summary.get("load_1min")
+    load, drift = summary.get("load_1min"), summary.get("key_drift")
     return [f"  seed {summary['seed']}: {describe_share(summary)}; MAPE {summary['mape']:.1%}, RMSPE "
             f"{summary['rmspe']:.1%}, within +-5/15%: {summary['within_5']:.0%} / {summary['within_15']:.0%}, "
             f"Kendall tau {summary['kendall_tau']:.3f} (MACs alone: {summary['macs_kendall_tau']:.3f})"
-            + (f"; load {load[0]:.2f} -> {load[1]:.2f}" if load else "")]
+            + (f"; load {load[0]:.2f} -> {load[1]:.2f}" if load else "")
+            + (f"; {drift['keys']} keys re-timed at {drift['ratio']:.3f}x the table's" if drift else "")]
 
 
 def cmd_lut_build(args: argparse.Namespace) -> None:
@@ -63,7 +64,8 @@ def cmd_lut_validate(args: argparse.Namespace) -> None:
     from latency_tables.validation import validate_table
 
     summary = validate_table(args.table, args.samples, seed=args.seed, progress=not args.no_progress,
-                             jobs=args.jobs, save=args.save, out=args.out, pin_cpu=args.pin_cpu)
+                             jobs=args.jobs, save=args.save, out=args.out, pin_cpu=args.pin_cpu,
+                             drift_check=args.drift_check)
     stored = f" (stored in {args.out or args.table})" if args.save else " (not stored; --save stores it)"
     print(json.dumps(summary, indent=2) if args.json else "\n".join([f"table {args.table}{stored}:"] +
                                                                      _summary_lines(summary)))
@@ -155,6 +157,8 @@ def register(groups: Any) -> None:
     val.add_argument("--out", help="with --save: a directory for a copy of the table with this validation")
     val.add_argument("--pin-cpu", type=int, metavar="CPU",
                      help="time on this CPU instead of the one in the table's protocol (an idle one)")
+    val.add_argument("--drift-check", type=int, default=24, metavar="N",
+                     help="first time N of the table's keys again and report how far they moved (default 24; 0: no)")
     val.add_argument("--no-progress", action="store_true", help="no progress bars")
     show = add_command(lut, "show", cmd_lut_show, "describe a table")
     show.add_argument("table", help="table directory")

@@ -38,7 +38,8 @@ def test_cli_validate_on_a_shipped_table_leaves_it_byte_identical(capsys, tmp_pa
 def test_saving_a_shipped_tables_validation_goes_to_a_copy_elsewhere(tmp_path):
     table, copy = shipped_ort(), tmp_path / "copy"
     before = snapshot(table)
-    summary = validate_table(table, samples=2, seed=7, progress=False, save=True, out=copy, pin_cpu=0)
+    summary = validate_table(table, samples=2, seed=7, progress=False, save=True, out=copy, pin_cpu=0,
+                             drift_check=3)
     assert snapshot(table) == before
     stored = LatencyTable.load(copy)
     assert stored.meta["validation"] == summary and summary["samples"] == 2 and summary["seed"] == 7
@@ -46,6 +47,7 @@ def test_saving_a_shipped_tables_validation_goes_to_a_copy_elsewhere(tmp_path):
     assert summary["within_10_ci95"] == [round(v, 6) for v in wilson_interval(round(2 * summary["within_10"]), 2)]
     assert stored.meta["validations"]["7"] == summary and set(stored.meta["validations"]) == {"1", "7"}
     assert summary["pin_cpu"] == 0 and len(summary["load_1min"]) == 2 and min(summary["load_1min"]) >= 0
+    assert summary["key_drift"]["keys"] == 3 and 0.2 < summary["key_drift"]["ratio"] < 5  # 3 keys timed again
     assert stored.rows == LatencyTable.load(table).rows and stored.table_id == "amd-epyc-2c-ort-fp32-t1"
     assert len((copy / "validation-s7.csv").read_text().splitlines()) == 3  # header + 2 subnets
     with pytest.raises(TableError, match="shipped tables"):
