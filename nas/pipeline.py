@@ -748,7 +748,8 @@ class Pipeline:
         picks = write_picks(self.run_dir, result.picks)
         best = result.picks[0] if result.picks else None
         return ({"storage": storage, "study": s["study"], "picks_csv": str(picks)},
-                f"{result.trials} trials; best {best['accuracy']:.2%} {best['key']}" if best else "no picks")
+                (f"{result.trials} trials; best {best['accuracy']:.2%} {best['key']}" if best else "no picks")
+                + (f"; stopped before the budget: {result.stopped}" if result.stopped else ""))
 
     def picks(self) -> list[dict[str, Any]]:
         """The search's picks as written (numbers read back as numbers)."""

@@ -89,6 +89,7 @@ class SearchResult:
     trials: int  # trials in the study (all workers)
     hypervolume: float | None = None
     generations: list[dict[str, Any]] = field(default_factory=list)  # predictor mode: one summary per batch
+    stopped: str | None = None  # why the strategy stopped before the budget (`Strategy.stopped`), or None
 
 
 def cost_screen(costs: CostEvaluator, constraints: Sequence[Constraint]) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -194,7 +195,7 @@ class Search:
             replayed, strategy, generations = 0, *self._run_predicted(study)
         picks, hv = self.picks(study)
         return SearchResult(self.evaluated, replayed, strategy.told, picks, len(study.get_trials(deepcopy=False)), hv,
-                            generations)
+                            generations, strategy.stopped)
 
     def _run_true(self, study: Any) -> tuple[int, Strategy]:
         from tqdm import tqdm
@@ -214,6 +215,8 @@ class Search:
                 if cut is not None:
                     size = int(cut[1]["batch_rows"][0])
                 genes = strategy.ask(size)
+                if not len(genes):  # the strategy stopped (`strategy.stopped` says why)
+                    break
                 done = 0
                 if cut is not None:
                     done = len(cut[0])
@@ -234,6 +237,8 @@ class Search:
                 strategy.tell(genes, columns)
                 index += 1
                 bar.update(len(genes) - done)
+                if strategy.stopped is not None:
+                    break
         return replayed, strategy
 
     def _run_predicted(self, study: Any) -> tuple[Strategy, list[dict[str, Any]]]:
@@ -249,6 +254,8 @@ class Search:
                   disable=None if self.progress else True) as bar:
             while strategy.told < s.budget:
                 genes = strategy.ask(min(s.batch, s.budget - strategy.told))
+                if not len(genes):  # the strategy stopped (`strategy.stopped` says why)
+                    break
                 columns = self.measure(genes, self.predictor)
                 strategy.tell(genes, columns)
                 generations.append(self._summary(len(generations), columns, strategy.told))
@@ -256,6 +263,8 @@ class Search:
                     study.set_user_attr(attr, generations)
                     last_write = time.monotonic()
                 bar.update(len(genes))
+                if strategy.stopped is not None:
+                    break
         study.set_user_attr(attr, generations)
         self._measure_picks(study, strategy)
         return strategy, generations

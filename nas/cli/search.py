@@ -73,11 +73,13 @@ def _search(args: argparse.Namespace) -> None:
     picks_path = write_picks(Path(args.run_dir), result.picks)
     data = {"study": args.study, "storage": storage, "strategy": settings.strategy, "worker": settings.worker,
             "evaluated": result.evaluated, "replayed": result.replayed, "told": result.told, "trials": result.trials,
-            "hypervolume": result.hypervolume, "picks": result.picks, "picks_csv": str(picks_path)}
+            "hypervolume": result.hypervolume, "picks": result.picks, "picks_csv": str(picks_path),
+            "stopped": result.stopped}
     lines = [f"search {settings.strategy} (worker {settings.worker}, seed {settings.seed}): {result.told} told "
              f"({result.replayed} replayed from the study, {result.evaluated} measured now); study {args.study!r} "
              f"holds {result.trials} trials" + (f"; hypervolume {result.hypervolume:.5g}"
                                                  if result.hypervolume is not None else ""),
+             *([f"stopped before the budget: {result.stopped}"] if result.stopped else []),
              f"picks ({picks_path}):"]
     for p in result.picks:
         lat = f"  latency {p['latency_ms']:.4f} ms" if "latency_ms" in p else ""

@@ -260,3 +260,36 @@ def test_a_locked_database_is_retried_not_fatal(tmp_path):
         holder.close()
     assert time.monotonic() - started >= 1.4
     assert [t.user_attrs["key"] for t in study.get_trials()] == [trial.user_attrs["key"]]
+
+
+@pytest.mark.parametrize("mode", ["true", "predictor"])
+def test_a_search_that_exhausts_its_space_ends_with_its_picks_and_says_why(tmp_path, mode):
+    """A budget larger than the feasible space: the loop ends cleanly when the strategy stops (no error, no
+    spinning on empty asks), every feasible architecture told once, the reason in the result; run again, the
+    study replays and stops the same way without measuring anything."""
+    from tests.nas.test_strategies import every_architecture, tiny_space
+
+    space = tiny_space()
+    costs = CostEvaluator(space)
+    everything = every_architecture(space)
+    median = float(np.median(costs.columns(everything)["macs"]))
+    feasible = int((costs.columns(everything)["macs"] <= median).sum())
+
+    def accuracy(genes):
+        return 0.8 + 0.02 * np.log(costs.columns(genes)["macs"] / 1e6)
+
+    chosen = settings(constraints=parse_constraints([f"macs<={median}"]), budget=200, batch=8)
+
+    def run():
+        return Search(space, chosen, costs, accuracy, storage=f"sqlite:///{tmp_path / 'study.db'}",
+                      study_name="s", progress=False,
+                      predictor=accuracy if mode == "predictor" else None).run()
+
+    result = run()
+    assert result.told == feasible == 40
+    assert result.stopped is not None and result.stopped.startswith("the space under these constraints is exhausted")
+    assert result.picks and result.picks[0]["macs"] <= median
+    if mode == "true":
+        assert result.evaluated == 40 and result.trials == 40
+        again = run()
+        assert again.evaluated == 0 and again.replayed == 40 and again.stopped == result.stopped
