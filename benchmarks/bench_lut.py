@@ -11,7 +11,8 @@ Validation figures are the ones stored with each table, per seed (meta.json 'val
 benchmark is pinned to (run it under `taskset -c C` to pick one), and prints the machine's load beside each:
 1-thread timings are sensitive to anything else running on that core.
 
-Usage: .venv/bin/python benchmarks/bench_lut.py [--tables DIR ...] [--revalidate N] [--seeds 1 2] [--no-write]
+Usage: .venv/bin/python benchmarks/bench_lut.py [--tables DIR ...] [--revalidate N] [--seeds 1 2] [--out DIR]
+       [--no-write]
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--tables", nargs="*", help="table directories (default: all in latency_tables/data)")
     parser.add_argument("--revalidate", type=int, default=0, metavar="N", help="measure N subnets per seed again now")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="validation seeds (default 1 2)")
+    parser.add_argument("--out", metavar="DIR", help="with --revalidate: store each table's validations in a copy "
+                        "of it under DIR/<table> (shipped tables are never written; copy meta.json and "
+                        "validation-s*.csv back by hand to ship them)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     pin_one_core()
@@ -76,7 +80,8 @@ def main() -> None:
         build = meta.get("build", {})
         cells = []
         for seed in args.seeds:  # shipped tables keep their stored validations; a fresh one is only printed
-            v = (validate_table(path, args.revalidate, seed=seed, progress=False, pin_cpu=cpu, drift_check=24)
+            v = (validate_table(path, args.revalidate, seed=seed, progress=False, pin_cpu=cpu, drift_check=24,
+                                save=args.out is not None, out=Path(args.out) / path.name if args.out else None)
                  if args.revalidate else stored_validation(meta, seed))
             if v:
                 print(f"{path.name} seed {seed}: {describe_share(v)}, MAPE {v['mape']:.1%}, "
