@@ -15,9 +15,8 @@ from search_spaces.errors import HwnasError
 #: checkpoint says which recipe made it. Checkpoints record it as `recipe_revision` (absent: 1). A run is resumed
 #: only at the revision that started it (the error names both); a checkpoint of any revision loads for evaluation
 #: and search when its blocks have not changed (`check_block_revisions`), since it records its whole recipe.
-#: 1: issues 3-16 (54 epochs; a step's subnet losses averaged). 2: issue 17 (a step's subnet losses summed, as
-#: once-for-all and BigNAS do, so that each subnet weighs as much as the largest; 38 epochs rebalanced towards the
-#: all-elastic phase, 2 random subnets per step there; BN recalibration on 2,000 images).
+#: 1: issues 3-16 (a step's subnet losses averaged, before `step_losses` existed). 2: issue 17 (`step_losses`,
+#: "sum" by default, as once-for-all and BigNAS do; the default recipe's phases and BN recalibration images).
 RECIPE_REVISION = 2
 
 #: What each progressive-shrinking phase samples at random (the rest stays at its largest value).
@@ -95,6 +94,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     kd_weight: float = 0.5
     kd_temperature: float = 1.0
+    #: How a progressive step combines the losses of its subnets: "sum" (once-for-all, BigNAS: every subnet weighs
+    #: as much as the largest) or "mean" (the random and smallest subnets share one subnet's weight; recipe revision
+    #: 1 did this, and its checkpoints read as "mean"). The sandwich rule always sums.
+    step_losses: str = "sum"
     sandwich_random: int = 2
     augment_shift: int = 2  # whole-pixel translation, up to +-N in each direction
     augment_rotate: float = 0.0  # random rotation, up to +-N degrees
@@ -126,6 +129,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
                 raise HwnasError(f"{name} must be a number in [0, {high:g}]; got {value!r}")
+        if self.step_losses not in ("sum", "mean"):
+            raise HwnasError(f"step_losses must be 'sum' or 'mean'; got {self.step_losses!r}")
         if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
             raise HwnasError("kd_weight must be in [0, 1] and kd_temperature > 0")
 

@@ -240,7 +240,9 @@ class SupernetTrainer:
                 with torch.no_grad():
                     soft = self.teacher(xr, teacher_arch)
                 loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(logits, soft, cfg.kd_temperature)
-            loss.backward()  # summed, not averaged: every subnet of the step weighs as much as the largest
+            if cfg.step_losses == "mean":
+                loss = loss / len(students)
+            loss.backward()
             total += float(loss.detach())
         return total
 
@@ -401,7 +403,10 @@ def run_config(meta_or_run_dir: dict[str, Any] | str | Path) -> TrainConfig:
     if not isinstance(meta.get("config"), dict):
         raise HwnasError("the supernet checkpoint's metadata has no training config (key 'config'); the "
                          "checkpoint is damaged or not from hwnas supernet train")
-    return TrainConfig.from_dict(meta["config"])
+    config = dict(meta["config"])
+    if recipe_revision(meta) == 1:  # before `step_losses`: a step's subnet losses were averaged
+        config.setdefault("step_losses", "mean")
+    return TrainConfig.from_dict(config)
 
 
 def run_dataset(meta_or_run_dir: dict[str, Any] | str | Path, *, data_path: str | Path | None = None) -> Dataset:

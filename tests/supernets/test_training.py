@@ -53,6 +53,7 @@ def test_default_recipe_and_yaml_round_trip(tmp_path):
      "phase full: families must be 'random' or 'first'; got 'all'"),
     ({"augment_rotate": -5}, "augment_rotate must be a number in [0, 180]"),
     ({"augment_scale": "big"}, "augment_scale must be a number in [0, 0.5]"),
+    ({"step_losses": "max"}, "step_losses must be 'sum' or 'mean'; got 'max'"),
 ])
 def test_bad_recipes_name_the_field(data, message):
     with pytest.raises(HwnasError, match=re.escape(message)):
@@ -209,6 +210,9 @@ def test_a_checkpoint_of_another_recipe_revision_loads_but_does_not_resume(tmp_p
     meta_file.write_text(json.dumps(meta))
     net, loaded = load_supernet(tmp_path)  # evaluation and search: fine, it records its whole recipe
     assert run_config(loaded) == config and net.space.name == config.space
+    before_the_field = {**loaded, "config": {k: v for k, v in loaded["config"].items() if k != "step_losses"}}
+    assert run_config(before_the_field).step_losses == "mean"  # revision 1 averaged a step's subnet losses
+    assert run_config({**before_the_field, "recipe_revision": RECIPE_REVISION}).step_losses == "sum"
     message = re.escape(f"started at recipe revision 1; this hwnas trains at recipe revision {RECIPE_REVISION}")
     with pytest.raises(HwnasError, match=message):
         SupernetTrainer(config, tmp_path, data=tiny_digits(), progress=False, log=quiet).run(resume=True)
