@@ -69,6 +69,7 @@ def main() -> None:
     from nas.objectives import hypervolume, minimised, parse_objectives
     from nas.search import Search, SearchSettings
     from nas.study import open_study
+    from search_spaces import ArchConfig
 
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
@@ -101,7 +102,8 @@ def main() -> None:
                        progress=True).run()
                 study = open_study(storage, study_name, objectives, space)
                 trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-                columns = {"accuracy": np.array([evaluator.cache[t.user_attrs["key"]] for t in trials]),  # measured
+                measured = np.stack([space.to_genes(ArchConfig.from_str(t.user_attrs["arch"])) for t in trials])
+                columns = {"accuracy": evaluator.accuracy(measured),  # from the cache (measured again if not there)
                            "latency_ms": np.array([t.user_attrs["latency_ms"] for t in trials], dtype=np.float64)}
                 hv = hypervolume(minimised(columns, objectives), reference)
                 results.setdefault(label, []).append(hv)
