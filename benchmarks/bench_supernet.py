@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the random subnets")
     parser.add_argument("--alone-dir", default=str(ROOT / "runs" / "bench-alone"))
     parser.add_argument("--alone-only", action="store_true", help="only train (or find) the subnets trained alone")
+    parser.add_argument("--alone-order", type=int, nargs="+", help="with --alone-only: the subnets to train, in this "
+                        "order (indices; a second process can start from the other end)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the recipe's)")
     parser.add_argument("--step-rounds", type=int, default=5)
     parser.add_argument("--step-n", type=int, default=10)
@@ -167,7 +169,8 @@ def main() -> None:
         data = load_dataset(recipe.dataset, recipe.data_path, val_fraction=recipe.val_fraction, seed=recipe.seed)
         space = get_space(recipe.space, in_channels=data.in_channels, num_classes=data.num_classes)
         archs, _ = select_subnets(space, args.subnets, args.seed)
-        for i, arch in enumerate(archs):
+        for i in args.alone_order or range(len(archs)):
+            arch = archs[i]
             result = alone_result(arch, recipe, data, recipe.total_epochs, recipe.phases[0].lr, recipe.seed + i,
                                   alone_dir, threads)
             print(f"{i} {arch.key} alone {result['accuracy']:.2%} ({result['seconds']:.0f} s)", flush=True)
