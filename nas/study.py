@@ -30,7 +30,8 @@ from search_spaces.errors import HwnasError
 #: User attributes hwnas sets on each trial besides the metric values. `worker` tells apart the workers that
 #: share a study (each its own strategy and seed stream), `batch` and `row` place a trial in its worker's
 #: history, `evaluator` says what measured it (`supernet`; `pick`: a candidate of a predictor-driven search
-#: measured at its end, not part of the strategy's history), `predicted_accuracy` what the predictor said.
+#: measured at its end, not part of the strategy's history), `predicted_accuracy` what the predictor said. A search
+#: ranked by val_loss also keeps `rank_score`, what its strategy was told for accuracy (a column `history` returns).
 _ATTRS = ("arch", "key", "strategy", "seed", "worker", "batch", "row", "evaluator", "predicted_accuracy",
           "latency_table", "feasible")
 _LOCK_RETRIES = 20
@@ -97,6 +98,21 @@ def _open_study(storage: str, name: str, objectives: Sequence[Objective], space:
     if study.metric_names is None:  # also a study made before hwnas named them
         set_metric_names(study, [o.metric for o in objectives])
     return study
+
+
+def claim_setting(study: Any, name: str, key: str, value: Any, *, before: Any) -> None:
+    """Record the search setting `key` (e.g. `rank_by`) as a study user attribute, or refuse a study that holds
+    another value (every worker and resumption of a study must agree). `before`: the value of a study that has
+    trials but no record of `key` (made before hwnas recorded it)."""
+    have = study.user_attrs.get(key)
+    if have is None and study.get_trials(deepcopy=False):
+        have = before
+    if have is None:
+        with quiet_optuna():
+            study.set_user_attr(key, value)
+    elif have != value:
+        raise HwnasError(f"study {name!r} holds a search with {key} {have!r}, not {value!r}; resume it with "
+                         f"{key} {have!r} (hwnas search --{key.replace('_', '-')} {have}) or give another --study name")
 
 
 def set_metric_names(study: Any, names: Sequence[str]) -> None:

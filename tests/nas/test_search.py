@@ -293,3 +293,97 @@ def test_a_search_that_exhausts_its_space_ends_with_its_picks_and_says_why(tmp_p
         assert result.evaluated == 40 and result.trials == 40
         again = run()
         assert again.evaluated == 0 and again.replayed == 40 and again.stopped == result.stopped
+
+
+# ---------------------------------------------------------------------------------- the ranking signal (issue 17)
+
+def loss_stand_in(genes):
+    """A deterministic validation loss per architecture, in another order than `stand_in`'s accuracy."""
+    canonical = SPACE.canonical_genes(np.atleast_2d(genes))
+    code = canonical @ (np.arange(canonical.shape[1]) + 1.0)
+    return 0.05 + 0.3 * np.modf(code * 0.6180339887)[0]
+
+
+def scores_stand_in(genes):
+    return {"accuracy": stand_in(genes), "val_loss": loss_stand_in(genes), "val_robust_loss": loss_stand_in(genes) / 2}
+
+
+class Spy(Search):
+    """A search that keeps its strategy, to read what it was told."""
+
+    def make_strategy(self):
+        self.strategy = super().make_strategy()
+        return self.strategy
+
+
+def scored(tmp_path, db="study.db", **kw):
+    return Spy(SPACE, settings(**kw), COSTS, scores=scores_stand_in, storage=f"sqlite:///{tmp_path / db}",
+               study_name="s", progress=False)
+
+
+def test_a_search_given_scores_ranks_by_the_validation_loss_and_reports_measured_accuracy(tmp_path):
+    first = scored(tmp_path, budget=16)
+    result = first.run()
+    assert result.rank_by == "val_loss" and result.evaluated == 16
+    told = first.strategy
+    # the strategy was told exp(-val_loss) for the objective accuracy, row by row
+    assert np.allclose(-told.scores[:, 0], np.exp(-loss_stand_in(told.genes)), rtol=0, atol=1e-12)
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", settings().objectives, SPACE)
+    assert study.user_attrs["rank_by"] == "val_loss"
+    for t in study.get_trials():
+        genes = SPACE.to_genes(SPACE.from_genes(np.array([t.params[g.name] for g in SPACE.genes])))[None]
+        assert t.values[0] == pytest.approx(stand_in(genes)[0], abs=1e-12) == t.user_attrs["accuracy"]
+        assert t.user_attrs["val_loss"] == pytest.approx(loss_stand_in(genes)[0], abs=1e-12)
+        assert t.user_attrs["rank_score"] == pytest.approx(np.exp(-t.user_attrs["val_loss"]), abs=1e-12)
+    # picks: feasible, by the loss; the hypervolume on measured accuracy
+    feasible = [t.user_attrs for t in study.get_trials() if t.user_attrs["latency_ms"] <= 0.2]
+    losses = [p["val_loss"] for p in result.picks]
+    assert len(losses) == 5 and all(p["feasible"] for p in result.picks) and losses == sorted(losses)
+    assert losses[0] == min(a["val_loss"] for a in feasible)
+    assert [p["key"] for p in result.picks] != [a["key"] for a in sorted(feasible, key=lambda a: -a["accuracy"])][:5]
+    assert result.hypervolume == pytest.approx(max(a["accuracy"] for a in feasible))
+    assert all("rank_score" not in p for p in result.picks)
+    # resumed: the recorded batches replay exactly what was told; the trace is the uncut search's
+    resumed = scored(tmp_path, budget=24)
+    again = resumed.run()
+    assert (again.replayed, again.evaluated) == (16, 8)
+    assert np.array_equal(resumed.strategy.scores[:16], told.scores)
+    whole = scored(tmp_path, db="whole.db", budget=24)
+    whole.run()
+    assert np.array_equal(resumed.strategy.genes, whole.strategy.genes)
+    assert np.array_equal(resumed.strategy.scores, whole.strategy.scores)
+
+
+def test_a_search_ranked_by_accuracy_tells_the_measured_accuracy_and_keeps_the_loss(tmp_path):
+    spy = scored(tmp_path, budget=16, rank_by="accuracy")
+    result = spy.run()
+    assert result.rank_by == "accuracy"
+    assert np.allclose(-spy.strategy.scores[:, 0], stand_in(spy.strategy.genes), rtol=0, atol=1e-12)
+    accuracies = [p["accuracy"] for p in result.picks]
+    assert accuracies == sorted(accuracies, reverse=True) and all(p["val_loss"] > 0 for p in result.picks)
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", settings().objectives, SPACE)
+    assert all("rank_score" not in t.user_attrs for t in study.get_trials())
+
+
+def test_a_lower_bound_on_accuracy_is_kept_on_the_measured_accuracy():
+    s = Search(SPACE, settings(constraints=parse_constraints(["latency_ms<=0.2", "accuracy>=0.8"])), COSTS,
+               scores=scores_stand_in, storage="sqlite://", study_name="s")
+    told = s.rank_score({"accuracy": np.array([0.9, 0.7, 0.8]), "val_loss": np.array([0.2, 0.1, 3.0])})
+    assert told == pytest.approx([0.8 + 0.2 * np.exp(-0.2), 0.7, 0.8 + 0.2 * np.exp(-3.0)], abs=1e-12)
+
+
+def test_a_study_ranked_by_another_signal_is_refused_and_bad_settings_named(tmp_path):
+    scored(tmp_path, budget=8).run()
+    with pytest.raises(HwnasError, match="holds a search with rank_by 'val_loss', not 'accuracy'.*--rank-by val_loss"):
+        scored(tmp_path, budget=8, rank_by="accuracy").run()
+    # a study made before rank_by was recorded was ranked by accuracy
+    old = open_study(f"sqlite:///{tmp_path / 'old.db'}", "s", settings().objectives, SPACE)
+    old.add_trials(open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", settings().objectives, SPACE).get_trials())
+    with pytest.raises(HwnasError, match="holds a search with rank_by 'accuracy', not 'val_loss'"):
+        scored(tmp_path, db="old.db", budget=8).run()
+    with pytest.raises(HwnasError, match="rank_by val_loss needs each subnet's validation loss"):
+        search(tmp_path, rank_by="val_loss")
+    with pytest.raises(HwnasError, match="constraint accuracy<=0.99 bounds accuracy from above"):
+        scored(tmp_path, constraints=parse_constraints(["accuracy<=0.99"]))
+    with pytest.raises(HwnasError, match="rank_by 'loss' is not a ranking signal; use one of val_loss, accuracy"):
+        settings(rank_by="loss")
