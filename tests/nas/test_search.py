@@ -209,6 +209,14 @@ def test_hwnas_search_and_export_on_a_trained_supernet(trained_supernet, tmp_pat
     assert out["trials"] == 8 and out["evaluated"] == 8 and len(out["picks"]) == 1
     (pick,) = out["picks"]
     assert pick["latency_ms"] <= 0.3 and pick["feasible"]
+    # ranked by the validation loss (the default): told exp(-val_loss), the trials' values measured accuracies
+    assert out["rank_by"] == "val_loss"
+    study = open_study(f"sqlite:///{run / 'study.db'}", "search", settings().objectives, SPACE)
+    feasible = [t for t in study.get_trials() if t.user_attrs["feasible"]]
+    assert pick["val_loss"] == min(t.user_attrs["val_loss"] for t in feasible) > 0
+    for t in study.get_trials():
+        assert t.user_attrs["rank_score"] == pytest.approx(np.exp(-t.user_attrs["val_loss"]), abs=1e-12)
+        assert t.values[0] == t.user_attrs["accuracy"] and 0 < t.values[0] <= 1
     metrics = json.loads((run / "subnets" / pick["key"] / "metrics.json").read_text())
     verdict = metrics["latency"]["constraint"]
     assert verdict["meets_constraint_measured"] == (verdict["measured_ms"] <= 0.3) == pick["meets_constraint_measured"]
