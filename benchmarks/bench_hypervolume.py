@@ -8,10 +8,12 @@ Hypervolume reference point: accuracy `--hv-accuracy` (default 0.9: a subnet bel
 table latency of the slowest of 10,000 random subnets; the volume is in accuracy x milliseconds.
 
 Issue 17, before and after: with `--signals accuracy val_loss`, each strategy also runs ranking subnets by the
-lower-variance signal, the validation cross-entropy, told to the strategy as the accuracy objective in the form
-exp(-val_loss) (the geometric mean probability of the true class: higher is better, the loss's ranking); the
-hypervolume of every run is computed on the measured accuracy of its subnets, so that the two rows compare what
-each search found, not what it was told. That table goes to its own section.
+lower-variance signal, the validation cross-entropy, as `hwnas search --rank-by val_loss` does (`Search` with
+`rank_by="val_loss"`: told to the strategy as the accuracy objective in the form exp(-val_loss), the geometric mean
+probability of the true class: higher is better, the loss's ranking; studies `NAME-val_loss-ranked-sSEED`, whose
+trial values are measured accuracies); the hypervolume of every run is computed on the measured accuracy of its
+subnets, so that the two rows compare what each search found, not what it was told. That table goes to its own
+section.
 
 Each run is a study in RUN_DIR/study.db (resumable: run the script again after an interruption); measured
 accuracies are cached by architecture key in one file, so a subnet two runs both ask for is measured once.
@@ -89,16 +91,17 @@ def main() -> None:
 
     results: dict[str, list[float]] = {}
     best: dict[str, list[float]] = {}
-    told = {"accuracy": evaluator.accuracy, "val_loss": lambda genes: np.exp(-evaluator.val_loss(genes))}
     for signal in args.signals:
         for name in args.strategies:
             strategy, options = RUNS[name]
             label = name if signal == "accuracy" else f"{name} ({signal})"
             for seed in args.seeds:
-                study_name = f"{name}-s{seed}" if signal == "accuracy" else f"{name}-{signal}-s{seed}"
+                study_name = f"{name}-s{seed}" if signal == "accuracy" else f"{name}-{signal}-ranked-s{seed}"
                 settings = SearchSettings(strategy, objectives, (), budget=args.budget, batch=args.batch, seed=seed,
-                                          options=options)
-                Search(space, settings, costs, told[signal], storage=storage, study_name=study_name,
+                                          options=options, rank_by=signal)
+                by_loss = signal == "val_loss"  # accuracy alone otherwise: no loss measured for cached accuracies
+                Search(space, settings, costs, None if by_loss else evaluator.accuracy,
+                       scores=evaluator.scores if by_loss else None, storage=storage, study_name=study_name,
                        progress=True).run()
                 study = open_study(storage, study_name, objectives, space)
                 trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
