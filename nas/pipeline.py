@@ -92,7 +92,8 @@ class TablesSection:
 
 @dataclass(frozen=True)
 class SearchSection:
-    """The search (as `hwnas search`): strategy and its options, objectives, constraints, budget, picks."""
+    """The search (as `hwnas search`): strategy and its options, objectives, constraints, budget, picks, and what
+    ranks the measured subnets (`rank_by`: val_loss or accuracy, `nas.search.RANK_SIGNALS`)."""
 
     strategy: str = "evolution"
     options: dict = field(default_factory=dict)
@@ -106,6 +107,7 @@ class SearchSection:
     recal_images: Union[int, None] = None  # noqa: UP007
     study: str = "search"
     storage: Union[str, None] = None  # noqa: UP007
+    rank_by: str = "val_loss"
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ def load_config(path: str | Path) -> tuple[RunConfig, Path]:
 def check_config(config: RunConfig) -> None:
     """Values a type cannot check: names, choices, counts; the strategy's options and the budget texts."""
     from nas.objectives import parse_constraints, parse_objectives
+    from nas.search import RANK_SIGNALS
     from nas.strategies import STRATEGY_NAMES, strategy_config
     from search_spaces import REFERENCES
 
@@ -263,6 +266,7 @@ def check_config(config: RunConfig) -> None:
     for i, text in enumerate(config.tables.runtimes):
         _runtime_precision(f"tables.runtimes[{i}]", text)
     _choice("search.strategy", config.search.strategy, STRATEGY_NAMES)
+    _choice("search.rank_by", config.search.rank_by, RANK_SIGNALS)
     try:
         strategy_config(config.search.strategy, dict(config.search.options))
         parse_objectives(list(config.search.objectives))
@@ -720,7 +724,8 @@ class Pipeline:
         space = supernet_space(self.supernet_dir)[0]
         settings = SearchSettings(s["strategy"], parse_objectives(list(s["objectives"])),
                                   parse_constraints(list(s["constraints"])), budget=s["budget"], batch=s["batch"],
-                                  seed=self.resolved["seed"], picks=s["picks"], options=dict(s["options"]))
+                                  seed=self.resolved["seed"], picks=s["picks"], options=dict(s["options"]),
+                                  rank_by=s["rank_by"])
         return space, settings, CostEvaluator(space, self.tables())
 
     def _stage_search(self) -> tuple[dict[str, Any], str]:
@@ -742,13 +747,14 @@ class Pipeline:
             predictor = AccuracyPredictor.load(self.path(s["predictor"]), space).predict
         storage = s["storage"] or f"sqlite:///{self.run_dir / 'study.db'}"
         attrs = {"command": self.command, "config": str(self.run_dir / CONFIG_FILE)}
-        search = Search(space, settings, costs, evaluator.accuracy, storage=storage, study_name=s["study"],
+        search = Search(space, settings, costs, scores=evaluator.scores, storage=storage, study_name=s["study"],
                         predictor=predictor, progress=self._progress(), strategy_inputs=inputs, study_attrs=attrs)
         result = search.run()
         picks = write_picks(self.run_dir, result.picks)
         best = result.picks[0] if result.picks else None
         return ({"storage": storage, "study": s["study"], "picks_csv": str(picks)},
-                (f"{result.trials} trials; best {best['accuracy']:.2%} {best['key']}" if best else "no picks")
+                (f"{result.trials} trials ranked by {result.rank_by}; best {best['accuracy']:.2%} {best['key']}"
+                 if best else "no picks")
                 + (f"; stopped before the budget: {result.stopped}" if result.stopped else ""))
 
     def picks(self) -> list[dict[str, Any]]:

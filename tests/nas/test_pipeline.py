@@ -37,6 +37,7 @@ def _config(tmp_path: Path, edit: dict | None = None, base: Path = SMOKE) -> Pat
     ({"search.budget": "ten"}, "search.budget: 'ten' is not an integer"),
     ({"search.budget": 0}, "search.budget: 0 must be at least 1"),
     ({"search.strategy": "anneal"}, "search.strategy: 'anneal' is not allowed; allowed: "),
+    ({"search.rank_by": "loss"}, "search.rank_by: 'loss' is not allowed; allowed: val_loss, accuracy"),
     ({"references.names": ["mobilenet_v2", "resnet50"]}, "references.names[1]: 'resnet50' is not allowed; allowed: "
                                                           "mobilenet_v2, mobilenet_v3_large"),
     ({"tables.runtimes": ["ort:fp64"]}, "tables.runtimes[0]: 'ort:fp64' is not RUNTIME:PRECISION"),
@@ -81,6 +82,7 @@ def test_resolved_config_fills_every_default_and_inlines_the_recipe(tmp_path):
     config, root = load_config(_config(tmp_path, {"search": {"budget": 7}}))
     resolved = resolve(config, root)
     assert resolved["search"]["budget"] == 7 and resolved["search"]["strategy"] == "evolution"  # default kept
+    assert resolved["search"]["rank_by"] == "val_loss"
     assert resolved["supernet"]["recipe"]["dataset"] == "digits"  # the data section reaches the recipe
     assert resolved["supernet"]["recipe"]["batch_size"] == 32
     assert resolved["supernet"]["recipe"]["momentum"] == 0.9  # a recipe default filled in
