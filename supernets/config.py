@@ -15,9 +15,8 @@ from search_spaces.errors import HwnasError
 #: checkpoint says which recipe made it. Checkpoints record it as `recipe_revision` (absent: 1). A run is resumed
 #: only at the revision that started it (the error names both); a checkpoint of any revision loads for evaluation
 #: and search when its blocks have not changed (`check_block_revisions`), since it records its whole recipe.
-#: 1: issues 3-16 (a step's subnet losses averaged, before `step_losses` existed). 2: issue 17 (`step_losses`,
-#: "sum" by default, as once-for-all and BigNAS do; the default recipe's phases and BN recalibration images).
-RECIPE_REVISION = 2
+#: 1: issues 3-17 (issue 17 added `step_losses`, whose default "mean" is what revision 1 always did).
+RECIPE_REVISION = 1
 
 #: What each progressive-shrinking phase samples at random (the rest stays at its largest value).
 #: Resolution and family are elastic from the start (once-for-all: elastic resolution throughout).
@@ -34,8 +33,8 @@ PHASE_ELASTIC: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class PhaseConfig:
     """One phase: what is elastic, how long, its peak learning rate (cosine to 0 within the phase), and how many
-    random subnets each step trains (gradients summed; once-for-all uses 1, 2 and 4 in its kernel, depth and
-    expand phases). `largest`: each step also trains the largest subnet (random families, hard labels), which
+    random subnets each step trains (losses combined by `TrainConfig.step_losses`; once-for-all uses 1, 2 and 4 in
+    its kernel, depth and expand phases). `largest`: each step also trains the largest subnet (random families, hard labels), which
     keeps it from drifting while the smaller subnets that share its weights learn; `smallest`: each step also
     trains the smallest subnet the phase allows (random families, distilled), so the low end of the space is
     not left to chance (both BigNAS's sandwich rule inside each phase; once-for-all samples only at random).
@@ -71,9 +70,9 @@ class PhaseConfig:
 
 
 def _default_phases() -> tuple[PhaseConfig, ...]:
-    return (PhaseConfig("full", 6, 0.1, families="first"), PhaseConfig("align", 2, 0.1), PhaseConfig("full", 10, 0.1),
-            PhaseConfig("kernel", 3, 0.05, 1, True, True),
-            PhaseConfig("depth", 3, 0.05, 1, True, True), PhaseConfig("expand", 14, 0.05, 2, True, True))
+    return (PhaseConfig("full", 12, 0.1, families="first"), PhaseConfig("align", 3, 0.1), PhaseConfig("full", 21, 0.1),
+            PhaseConfig("kernel", 4, 0.05, 1, True, True),
+            PhaseConfig("depth", 4, 0.05, 1, True, True), PhaseConfig("expand", 10, 0.05, 1, True, True))
 
 
 @dataclass(frozen=True)
@@ -94,16 +93,17 @@ class TrainConfig:
     label_smoothing: float = 0.0
     kd_weight: float = 0.5
     kd_temperature: float = 1.0
-    #: How a progressive step combines the losses of its subnets: "sum" (once-for-all, BigNAS: every subnet weighs
-    #: as much as the largest) or "mean" (the random and smallest subnets share one subnet's weight; recipe revision
-    #: 1 did this, and its checkpoints read as "mean"). The sandwich rule always sums.
-    step_losses: str = "sum"
+    #: How a progressive step combines the losses of its subnets: "mean" (the random and smallest subnets share one
+    #: subnet's weight beside the largest's; what hwnas has always done) or "sum" (once-for-all, BigNAS: every
+    #: subnet weighs as much as the largest; with the 38-epoch experiment of issue 17 it did not help, see
+    #: configs/mnist5k-38ep-sum.yaml). The sandwich rule always sums.
+    step_losses: str = "mean"
     sandwich_random: int = 2
     augment_shift: int = 2  # whole-pixel translation, up to +-N in each direction
     augment_rotate: float = 0.0  # random rotation, up to +-N degrees
     augment_scale: float = 0.0  # random zoom by a factor in [1 - N, 1 + N]
     val_fraction: float = 0.2
-    bn_recal_images: int = 2000  # once-for-all's 2,000 (half of mnist5k's training split)
+    bn_recal_images: int = 1000
     eval_every: int = 6  # evaluate largest and smallest every N epochs and at every phase's end (0: phase ends)
     seed: int = 0
     threads: int = 0  # 0: torch's default

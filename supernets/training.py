@@ -403,10 +403,8 @@ def run_config(meta_or_run_dir: dict[str, Any] | str | Path) -> TrainConfig:
     if not isinstance(meta.get("config"), dict):
         raise HwnasError("the supernet checkpoint's metadata has no training config (key 'config'); the "
                          "checkpoint is damaged or not from hwnas supernet train")
-    config = dict(meta["config"])
-    if recipe_revision(meta) == 1:  # before `step_losses`: a step's subnet losses were averaged
-        config.setdefault("step_losses", "mean")
-    return TrainConfig.from_dict(config)
+    recipe_revision(meta)  # a damaged record is refused; a config of any revision reads with today's defaults for
+    return TrainConfig.from_dict(meta["config"])  # fields it predates (they default to what it did)
 
 
 def run_dataset(meta_or_run_dir: dict[str, Any] | str | Path, *, data_path: str | Path | None = None) -> Dataset:
