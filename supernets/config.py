@@ -34,9 +34,9 @@ PHASE_ELASTIC: dict[str, tuple[str, ...]] = {
 class PhaseConfig:
     """One phase: what is elastic, how long, its peak learning rate (cosine to 0 within the phase), and how many
     random subnets each step trains (losses combined by `TrainConfig.step_losses`; once-for-all uses 1, 2 and 4 in
-    its kernel, depth and expand phases). `largest`: each step also trains the largest subnet (random families, hard labels), which
-    keeps it from drifting while the smaller subnets that share its weights learn; `smallest`: each step also
-    trains the smallest subnet the phase allows (random families, distilled), so the low end of the space is
+    its kernel, depth and expand phases). `largest`: each step also trains the largest subnet (random families, hard
+    labels), which keeps it from drifting while the smaller subnets that share its weights learn; `smallest`: each
+    step also trains the smallest subnet the phase allows (random families, distilled), so the low end of the space is
     not left to chance (both BigNAS's sandwich rule inside each phase; once-for-all samples only at random).
     `families`: "random" draws each stage's family afresh for every subnet; "first" keeps each stage at its
     first-listed family (the space's default network). A multi-family supernet learns slowly from scratch when
