@@ -36,7 +36,7 @@ from common import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 #: The settings of a recipe that shape a subnet trained alone (with the epochs and the learning rate).
 ALONE_FIELDS = ("dataset", "data_path", "batch_size", "momentum", "weight_decay", "label_smoothing", "augment_shift",
-                "augment_rotate", "augment_scale", "val_fraction", "bn_recal_images", "seed")
+                "augment_rotate", "augment_scale", "val_fraction", "seed")
 
 
 def step_times(space, arch, batch: int, rounds: int, steps: int) -> tuple[float, float]:  # noqa: ANN001
@@ -100,7 +100,8 @@ def select_subnets(space, n: int, seed: int) -> tuple[list[Any], float]:  # noqa
 
 def alone_result(arch, config, data, epochs: int, lr: float, seed: int, directory: Path,  # noqa: ANN001
                  threads: int) -> dict[str, Any]:
-    """The subnet `arch` trained alone (cached in `directory`): accuracy after BN recalibration, seconds."""
+    """The subnet `arch` trained alone (its weights cached in `directory`): accuracy after BN recalibration on the
+    recipe's number of images (evaluated from the saved weights every time), training seconds."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -112,25 +113,24 @@ def alone_result(arch, config, data, epochs: int, lr: float, seed: int, director
                 **{name: getattr(config, name) for name in ALONE_FIELDS}}
     name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     result_path, weights_path = directory / f"{name}.json", directory / f"{name}.safetensors"
+    result: dict[str, Any] = {}
     if result_path.is_file() and weights_path.is_file():
         result = json.loads(result_path.read_text())
-        if result.get("settings") == settings:
-            return result
-    started = time.perf_counter()
-    model = train_alone(arch, data, config, epochs=epochs, lr=lr, seed=seed)
-    seconds = time.perf_counter() - started
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_path))
-    model = build_model(arch)  # evaluated from the saved weights, as a cached result is
+    if result.get("settings") != settings:
+        started = time.perf_counter()
+        model = train_alone(arch, data, config, epochs=epochs, lr=lr, seed=seed)
+        seconds = time.perf_counter() - started
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_path))
+        result = {"settings": settings, "seconds": round(seconds, 1), "threads": threads,
+                  "torch_threads": torch.get_num_threads()}
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(result_path)
+    model = build_model(arch)  # evaluated from the saved weights, fresh or cached alike
     model.load_state_dict(load_file(str(weights_path)))
     recalibrate_bn(model, recalibration_images(data, arch.resolution, config.bn_recal_images, config.seed))
-    acc = accuracy(model, data.val, arch.resolution, data.mean, data.std)
-    result = {"settings": settings, "accuracy": acc, "seconds": round(seconds, 1), "threads": threads,
-              "torch_threads": torch.get_num_threads()}
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(result_path)
-    return result
+    return {**result, "accuracy": accuracy(model, data.val, arch.resolution, data.mean, data.std)}
 
 
 def main() -> None:
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--alone-only", action="store_true", help="only train (or find) the subnets trained alone")
     parser.add_argument("--alone-order", type=int, nargs="+", help="with --alone-only: the subnets to train, in this "
                         "order (indices; a second process can start from the other end)")
+    parser.add_argument("--alone-epochs", type=int, help="train the subnets alone for this many epochs instead of the "
+                        "recipe's (the section says so: the comparison is then not at equal epochs)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the recipe's)")
     parser.add_argument("--step-rounds", type=int, default=5)
     parser.add_argument("--step-n", type=int, default=10)
@@ -171,8 +173,8 @@ def main() -> None:
         archs, _ = select_subnets(space, args.subnets, args.seed)
         for i in args.alone_order or range(len(archs)):
             arch = archs[i]
-            result = alone_result(arch, recipe, data, recipe.total_epochs, recipe.phases[0].lr, recipe.seed + i,
-                                  alone_dir, threads)
+            result = alone_result(arch, recipe, data, args.alone_epochs or recipe.total_epochs, recipe.phases[0].lr,
+                                  recipe.seed + i, alone_dir, threads)
             print(f"{i} {arch.key} alone {result['accuracy']:.2%} ({result['seconds']:.0f} s)", flush=True)
         return
 
@@ -195,11 +197,14 @@ def main() -> None:
     print(f"training {train_seconds / 60:.1f} min; largest {acc_largest:.2%}, smallest {acc_smallest:.2%}", flush=True)
 
     archs, quartile = select_subnets(space, args.subnets, args.seed)
+    alone_epochs = args.alone_epochs or config.total_epochs
+    epochs_note = ("" if alone_epochs == config.total_epochs else
+                   f" (**not the recipe's {config.total_epochs}**: the comparison is not at equal epochs)")
     rows, gaps, ours, theirs = [], [], [], []
     for i, arch in enumerate(archs):
         from_supernet = evaluate_subnet(net, arch, data, config.bn_recal_images, config.seed)[0]
-        alone = alone_result(arch, config, data, config.total_epochs, config.phases[0].lr, config.seed + i,
-                             alone_dir, threads)
+        alone = alone_result(arch, config, data, alone_epochs, config.phases[0].lr, config.seed + i, alone_dir,
+                             threads)
         ours.append(from_supernet)
         theirs.append(alone["accuracy"])
         gaps.append(from_supernet - alone["accuracy"])
@@ -240,9 +245,9 @@ recalibration on {config.bn_recal_images} training images.
 
 Once-for-all quality: {len(archs)} random subnets (seed {args.seed}; the first draws with a ShuffleNet stage and from
 the smallest quartile of MACs, <= {quartile / 1e6:.2f} M, marked q1, are taken first) from the supernet (BN
-recalibrated, no fine-tuning) against the same architectures trained alone for {config.total_epochs} epochs (cosine
-from lr {config.phases[0].lr}, same batch, optimiser and augmentation; BN recalibrated the same way; seconds are
-the training's wall time, {threads} torch threads).
+recalibrated, no fine-tuning) against the same architectures trained alone for {alone_epochs}
+epochs{epochs_note} (cosine from lr {config.phases[0].lr}, same batch, optimiser and augmentation; BN recalibrated
+the same way; seconds are the training's wall time, on a shared machine).
 
 | # | subnet | MMACs | ShuffleNet | from supernet | trained alone | gap (points) | seconds alone |
 |---|---|---|---|---|---|---|---|
