@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the recipe's)")
     parser.add_argument("--step-rounds", type=int, default=5)
     parser.add_argument("--step-n", type=int, default=10)
+    parser.add_argument("--note", default="", help="a sentence for the section (how the run was made, its load)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
@@ -252,6 +253,8 @@ the same way; seconds are the training's wall time, on a shared machine).
 | # | subnet | MMACs | ShuffleNet | from supernet | trained alone | gap (points) | seconds alone |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+{args.note}
 """
     print(body)
     if not args.no_write:
