@@ -119,8 +119,8 @@ def report(outcomes: list, args: argparse.Namespace, timing: str) -> str:
         "nats, ln(1 + NLL), the mean true-class probability, the Brier term) on these same subnets; its figure "
         "holds on each half of them alike (above), so the choice did not flatter it.", "",
         "Defaults. The search should rank by the cross-entropy: more reliable than accuracy at no loss of validity "
-        "(the accuracy is still measured and reported beside it; `SupernetEvaluator.val_loss`, the design for "
-        "`nas/search.py` is in the issue-17 notes). The accuracy predictor learns the robust cross-entropy "
+        "(the accuracy is still measured and reported beside it; `hwnas search` and `hwnas run` rank by it by "
+        "default, `--rank-by` / `search.rank_by`). The accuracy predictor learns the robust cross-entropy "
         "(`hwnas predictor train --label val_robust_loss`, the only label "
         "here whose split-half reliability reaches 0.85), its predictions mapped to the accuracy scale by a fitted "
         "decreasing calibration; `--label val_loss` or `accuracy` train on the others."])
