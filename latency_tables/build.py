@@ -47,6 +47,8 @@ from search_spaces import ArchConfig, SearchSpace
 from search_spaces.codec import arch_from_str
 from search_spaces.files import atomic_write_text
 
+#: From this many fit networks on, the correction also fits a cost per million weights (`table.fit_correction`).
+WEIGHTS_TERM_NETWORKS = 20
 NETWORK_COLUMNS = ("arch_key", "arch", "latency_ms_median", "latency_ms_iqr", "runs")
 Log = Callable[[str], None]
 
@@ -438,7 +440,8 @@ def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, s
     measured = measured_like(table, table.path / "networks.csv", archs, progress, "fit networks", jobs, pin_cpu)
     genes = np.stack([space.to_genes(a) for a in archs])
     raw = table.raw_sum(space, genes).latency_ms
-    table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured), "seed": seed}
+    mparams = table.mparams(space, genes) if networks >= WEIGHTS_TERM_NETWORKS else None
+    table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured, mparams), "seed": seed}
     table.save_meta()
     return table.meta["correction"]
 

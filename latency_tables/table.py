@@ -223,6 +223,18 @@ class LatencyTable:
         fit = self.meta.get("correction") or {}
         return float(fit.get("scale", 1.0)), float(fit.get("per_piece_ms", 0.0)), float(fit.get("offset_ms", 0.0))
 
+    @property
+    def per_mparam_ms(self) -> float:
+        """The correction's cost per million weights of the whole network (0 in tables fitted without it): a piece
+        timed alone runs with its weights already in cache, a whole network streams them in."""
+        return float((self.meta.get("correction") or {}).get("per_mparam_ms", 0.0))
+
+    def mparams(self, space: SearchSpace, genes: np.ndarray) -> np.ndarray:
+        """Millions of weights of each gene row's network (the correction's weights term)."""
+        from latency_tables.analytic import AnalyticCostModel
+
+        return AnalyticCostModel().estimate_genes(space, genes)["params"] / 1e6
+
     def _values(self, space: SearchSpace) -> tuple[SpaceIndex, np.ndarray]:
         """The space's key index and per-key medians (NaN where the table lacks a key; last entry 0 for -1)."""
         if space not in self._cache:
@@ -259,7 +271,9 @@ class LatencyTable:
         ids = self._values(space)[0].ids(genes)  # once: the sum and the piece count both need it
         raw = self._sum(space, ids, estimate_missing)
         scale, per_piece, offset = self.correction
-        return Prediction(scale * raw.latency_ms + per_piece * (ids >= 0).sum(axis=1) + offset, raw.estimated)
+        weights = self.per_mparam_ms * self.mparams(space, genes) if self.per_mparam_ms else 0.0
+        return Prediction(scale * raw.latency_ms + per_piece * (ids >= 0).sum(axis=1) + weights + offset,
+                          raw.estimated)
 
     def pieces(self, space: SearchSpace, genes: np.ndarray) -> np.ndarray:
         """How many keys (stem, blocks, head) each gene row's network is made of."""
@@ -290,7 +304,12 @@ class LatencyTable:
                              f"for estimates (estimate_missing=True / --estimate-missing)")
         parts = [self.rows[k][0] if k in self.rows else self.estimate_key(k) for k in keys]
         scale, per_piece, offset = self.correction
-        return scale * sum(parts) + per_piece * len(keys) + offset, bool(missing)
+        weights = 0.0
+        if self.per_mparam_ms:
+            from latency_tables.analytic import key_summary
+
+            weights = self.per_mparam_ms * sum(key_summary(k)[0] for k in keys) / 1e6
+        return scale * sum(parts) + per_piece * len(keys) + weights + offset, bool(missing)
 
     def estimate_key(self, key: LutKey) -> float:
         """Estimated median (ms) of a key the table lacks. A block with explicit widths (off the search grid, e.g.
@@ -365,19 +384,26 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fit_correction(raw_ms: Sequence[float] | np.ndarray, pieces: Sequence[int] | np.ndarray,
-                   measured_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Fit `measured = scale * raw + per_piece_ms * pieces + offset_ms` over whole networks, minimising the
-    relative error (small and large networks count alike); with its fit error."""
+                   measured_ms: Sequence[float] | np.ndarray,
+                   mparams: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
+    """Fit `measured = scale * raw + per_piece_ms * pieces [+ per_mparam_ms * mparams] + offset_ms` over whole
+    networks, minimising the relative error (small and large networks count alike); with its fit error. The
+    weights term (millions of parameters) is fitted when `mparams` is given."""
     raw, n, measured = np.asarray(raw_ms, float), np.asarray(pieces, float), np.asarray(measured_ms, float)
-    if len(raw) < 3:
-        raise HwnasError("fitting the network-level correction needs at least 3 measured networks")
-    a = np.stack([raw, n, np.ones_like(raw)], axis=1)
-    if np.linalg.matrix_rank(a) < 3:  # e.g. every network has as many pieces: fold the per-piece term away
+    columns = [raw, n, np.ones_like(raw)] + ([np.asarray(mparams, float)] if mparams is not None else [])
+    if len(raw) < len(columns):
+        raise HwnasError(f"fitting the network-level correction on {len(columns)} terms needs at least "
+                         f"{len(columns)} measured networks; got {len(raw)}")
+    a = np.stack(columns, axis=1)
+    if np.linalg.matrix_rank(a[:, :3]) < 3:  # e.g. every network has as many pieces: fold the per-piece term away
         a[:, 1] = 0.0
-    (scale, per_piece, offset), *_ = np.linalg.lstsq(a / measured[:, None], np.ones_like(measured), rcond=None)
-    fitted = a @ np.array([scale, per_piece, offset])
-    return {"scale": float(scale), "per_piece_ms": float(per_piece), "offset_ms": float(offset),
-            "networks": int(len(raw)), "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}
+    coef, *_ = np.linalg.lstsq(a / measured[:, None], np.ones_like(measured), rcond=None)
+    fitted = a @ coef
+    out = {"scale": float(coef[0]), "per_piece_ms": float(coef[1]), "offset_ms": float(coef[2]),
+           "networks": int(len(raw)), "fit_mape": float(np.mean(np.abs(fitted - measured) / measured))}
+    if mparams is not None:
+        out["per_mparam_ms"] = float(coef[3])
+    return out
 
 
 def current_revisions(runtime: str, precision: str) -> dict[str, Any]:

@@ -188,3 +188,26 @@ def test_the_shipped_tables_load_and_are_found_by_their_settings():
         assert found.path == path
     with pytest.raises(TableError, match="no table for space 'small' on ort int8, 4 thread"):
         find_table("small", "ort", "int8", threads=4)
+
+
+def test_the_weights_term_is_fitted_and_predicted_alike_vectorised_and_per_architecture(tmp_path):
+    """The correction's cost per million weights (a whole network streams its weights; a piece timed alone keeps
+    them in cache): recovered exactly from networks that follow it, and added by both prediction paths."""
+    raw, pieces = np.array([1.0, 2.0, 3.0, 5.0, 4.0, 2.5]), np.array([10, 12, 9, 14, 11, 13])
+    mparams = np.array([0.3, 1.2, 0.8, 2.0, 0.5, 1.7])
+    fit = fit_correction(raw, pieces, 1.1 * raw + 0.004 * pieces + 0.25 * mparams + 0.05, mparams)
+    assert fit["scale"] == pytest.approx(1.1) and fit["per_piece_ms"] == pytest.approx(0.004)
+    assert fit["per_mparam_ms"] == pytest.approx(0.25) and fit["offset_ms"] == pytest.approx(0.05)
+    assert "per_mparam_ms" not in fit_correction(raw, pieces, 1.1 * raw + 0.05)  # three terms unless asked
+    with pytest.raises(HwnasError, match="on 4 terms needs at least 4 measured networks; got 3"):
+        fit_correction(raw[:3], pieces[:3], raw[:3], mparams[:3])
+    space = get_space("small")
+    correction = {"scale": 1.5, "per_piece_ms": -0.002, "offset_ms": 0.2, "per_mparam_ms": 0.3}
+    table = LatencyTable.load(write_table(tmp_path / "t", space, correction=correction))
+    genes = space.sample_genes(np.random.default_rng(4), 200)
+    params = AnalyticCostModel().estimate_genes(space, genes)["params"] / 1e6
+    expected = [1.5 * sum(fake_latency(k) for k in arch_keys(space.from_genes(g)))
+                - 0.002 * len(arch_keys(space.from_genes(g))) + 0.3 * p + 0.2
+                for g, p in zip(genes, params, strict=True)]
+    np.testing.assert_allclose(table.predict(space, genes).latency_ms, expected, rtol=1e-5)
+    assert table.predict_arch(space.from_genes(genes[5])) == pytest.approx(expected[5], rel=1e-5)
