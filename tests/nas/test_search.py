@@ -216,7 +216,7 @@ def test_hwnas_search_and_export_on_a_trained_supernet(trained_supernet, tmp_pat
     assert pick["val_loss"] == min(t.user_attrs["val_loss"] for t in feasible) > 0
     for t in study.get_trials():
         assert t.user_attrs["rank_score"] == pytest.approx(np.exp(-t.user_attrs["val_loss"]), abs=1e-12)
-        assert t.values[0] == t.user_attrs["accuracy"] and 0 < t.values[0] <= 1
+        assert t.values[0] == t.user_attrs["accuracy"] and 0 <= t.values[0] <= 1  # a chance-level subnet may score 0
     metrics = json.loads((run / "subnets" / pick["key"] / "metrics.json").read_text())
     verdict = metrics["latency"]["constraint"]
     assert verdict["meets_constraint_measured"] == (verdict["measured_ms"] <= 0.3) == pick["meets_constraint_measured"]
