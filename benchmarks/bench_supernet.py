@@ -153,19 +153,23 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
+    from supernets.config import TrainConfig
+    from supernets.threads import torch_threads
+
+    recipe = TrainConfig.load(args.config)
+    with torch_threads(args.threads or recipe.threads):  # restored afterwards, as the package does
+        measure(args, recipe)
+
+
+def measure(args: argparse.Namespace, recipe: Any) -> None:
+    """The benchmark's body, run with the torch threads `main` chose."""
     import torch
     from scipy.stats import kendalltau
 
     from search_spaces import get_space
-    from supernets.config import TrainConfig
     from supernets.data import load_dataset
     from supernets.training import SupernetTrainer, evaluate_subnet, load_run
 
-    recipe = TrainConfig.load(args.config)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif recipe.threads:
-        torch.set_num_threads(recipe.threads)
     threads = torch.get_num_threads()
     alone_dir = Path(args.alone_dir)
     if args.alone_only:
@@ -198,6 +202,9 @@ def main() -> None:
     print(f"training {train_seconds / 60:.1f} min; largest {acc_largest:.2%}, smallest {acc_smallest:.2%}", flush=True)
 
     archs, quartile = select_subnets(space, args.subnets, args.seed)
+    from latency_tables.analytic import AnalyticCostModel
+
+    costs = AnalyticCostModel("fp32")
     alone_epochs = args.alone_epochs or config.total_epochs
     epochs_note = ("" if alone_epochs == config.total_epochs else
                    f" (**not the recipe's {config.total_epochs}**: the comparison is not at equal epochs)")
@@ -210,9 +217,7 @@ def main() -> None:
         theirs.append(alone["accuracy"])
         gaps.append(from_supernet - alone["accuracy"])
         shuffle = "yes" if any(stage[0].family == "shufflev2" for stage in arch.stages) else ""
-        from latency_tables.analytic import AnalyticCostModel
-
-        macs = float(AnalyticCostModel("fp32").estimate_genes(space, space.to_genes(arch)[None])["macs"][0])
+        macs = float(costs.estimate_genes(space, space.to_genes(arch)[None])["macs"][0])
         rows.append(f"| {i} | `{arch.to_str()}` | {macs / 1e6:.2f}{' (q1)' if macs <= quartile else ''} | {shuffle} | "
                     f"{from_supernet:.2%} | {alone['accuracy']:.2%} | {100 * gaps[-1]:+.1f} | {alone['seconds']:.0f} |")
         print(rows[-1], flush=True)
