@@ -58,7 +58,11 @@ def test_fidelity_of_identical_and_opposite_outputs():
 
 
 @pytest.mark.runtime
-def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latency(parent_dir, tmp_path, capsys):
+def test_compress_prune_writes_a_pruned_subnet_with_its_plan_and_measured_latency(parent_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    # the drift check before measuring on demand refuses a busy machine (tested in test_ondemand); here the keys are
+    # measured whatever the load, so that the run always reaches the part this test is about
+    monkeypatch.setattr("latency_tables.ondemand.remeasured_drift", lambda *args, **kwargs: 1.0)
     parent, spec = load_subnet(parent_dir)
     table = find_table("small", "ort", "fp32")
     before_ms, _ = predicted_latency(table, spec.arch)
@@ -179,8 +183,10 @@ def test_quantize_and_sequential_reach_the_budget_on_the_runtime_tables(parent_d
                             log=str)  # the protocol `_int8_budget` measured with: its cached switch costs, not new ones
         return
     teacher = str(parent_dir) if method == "sequential" else None  # an exported subnet named as the teacher
+    # the tables as shipped (missing keys estimated): keys measured on demand would make the plan, and so the
+    # exported model, depend on the machine's load at the time
     config = CompressConfig(method, budget, find_table("small", "ort", "fp32"), max_steps=3, protocol=FAST,
-                            teacher=teacher, other_runtime=False, parity_images=300)
+                            teacher=teacher, other_runtime=False, parity_images=300, measure_keys=False)
     path = compress_subnet(parent_dir, tmp_path, config, log=str)
     summary = json.loads((path / COMPRESS_FILE).read_text())
     _, got = load_subnet(path)
@@ -333,9 +339,20 @@ def test_the_cost_of_a_change_of_precision_is_measured_and_charged(parent_dir, t
     logged: list[str] = []
     fitted = fit_switch_cost(model, calibration, "ort", tables, FAST, tmp_path, log=logged.append)
     assert len(fitted.samples) == 5 and fitted.per_switch_ms >= 0 and fitted.per_element_ms >= 0
-    assert fitted.per_switch_ms + fitted.per_element_ms > 0 and "measuring the cost" in logged[0]
+    assert "measuring the cost" in logged[0]
+    # the fit is the least-squares line through its own samples (a negative term clipped to 0 and the other refit):
+    # whatever the timings were, no sample's excess is further from the line than from a line through 0
+    a = np.array([[r[0], r[1]] for r in fitted.samples])
+    excess = np.array([r[2] for r in fitted.samples])
+    assert a[:, 0].min() >= 1 and len({tuple(row) for row in a}) == 5  # five distinct mixed plans, each switching
+    line = a @ np.array([fitted.per_switch_ms, fitted.per_element_ms])
+    assert np.sum((excess - line) ** 2) <= np.sum(excess ** 2) + 1e-12
     again = fit_switch_cost(model, calibration, "ort", tables, FAST, tmp_path, log=logged.append)
     assert again == fitted and len(logged) == 2  # reused from the cache: nothing measured
+    # whether a switch costs measurable time here depends on the machine's load at the moment (a busy run fits 0);
+    # the charging below is checked with a positive cost of the fitted form
+    fitted = dataclasses.replace(fitted, per_switch_ms=max(fitted.per_switch_ms, 0.002),
+                                 per_element_ms=max(fitted.per_element_ms, 1e-7))
     # allocate_bits charges it at every change of precision, the fp32 input and output included
     costs, _ = latency_costs(spec.arch, tables, ("fp32", "int8"))
     names = [n for n, _ in arch_pieces(spec.arch)]
