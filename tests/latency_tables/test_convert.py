@@ -91,6 +91,7 @@ def litert_ops(path) -> tuple[list[str], tuple[str, str]]:
     return ops, (ends[0]["dtype"].__name__, ends[1]["dtype"].__name__)
 
 
+@pytest.mark.slow  # 20 s; test_runtime_conformance converts and runs an int8 LiteRT piece in the default run
 @pytest.mark.runtime
 def test_int8_tflite_pieces_run_in_int8_like_a_whole_network(tiny_space, tmp_path):
     """Inside an int8 TFLite network the tensors between blocks are int8, a residual add runs as an int8 ADD and

@@ -219,8 +219,9 @@ def test_joint_chooses_pruning_and_precision_together_and_is_never_worse_than_se
     table = find_table("small", "ort", "fp32")
     budget = 0.9 * _fastest(spec.arch)  # quantising alone does not reach it
     size = 0.3 * float(layer_costs(spec.arch, ("fp32",), "size_bytes").sum())  # nor int8 alone: both are needed
+    # 32 images judge each layer's sensitivity (the default is 128): each pruning step allocates afresh
     config = CompressConfig("joint", budget, table, max_steps=3, protocol=FAST, candidates=4, parity_images=300,
-                            measure_keys=False, size_budget=size)
+                            measure_keys=False, size_budget=size, images=32)
     path = compress_subnet(parent_dir, tmp_path, config, log=str)
     summary = json.loads((path / COMPRESS_FILE).read_text())
     candidates = summary["candidates"]
@@ -230,7 +231,7 @@ def test_joint_chooses_pruning_and_precision_together_and_is_never_worse_than_se
     assert chosen["damage_kl"] == min(c["damage_kl"] for c in candidates)
     # the sequential plan is the first candidate (the path's first point whose fastest precisions reach the budget)
     seq = CompressConfig("sequential", budget, table, max_steps=3, protocol=FAST, parity_images=300,
-                         measure_keys=False, other_runtime=False, size_budget=size)
+                         measure_keys=False, other_runtime=False, size_budget=size, images=32)
     shutil.copytree(tmp_path / ".measured-tables", tmp_path / "seq" / ".measured-tables")  # the same switch costs
     seq_path = compress_subnet(parent_dir, tmp_path / "seq", seq, log=str)
     seq_summary = json.loads((seq_path / COMPRESS_FILE).read_text())
