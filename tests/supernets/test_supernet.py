@@ -8,12 +8,18 @@ from supernets.supernet import Supernet
 
 
 def warmed(space_name, seed=0):
-    """A supernet whose BatchNorm statistics have moved, so parity checks see real statistics."""
+    """A supernet whose BatchNorm statistics have moved and whose BatchNorm scales and shifts are random, so parity
+    checks see real statistics and every branch counts (a fresh supernet zeroes the scale ending each residual
+    branch, which would hide a branch that materialises wrong)."""
     torch.manual_seed(seed)
     space = get_space(space_name)
     net = Supernet(space).train()
     rng = np.random.default_rng(seed)
     with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
         for _ in range(4):
             arch = space.sample(rng)
             net(torch.randn(4, space.in_channels, arch.resolution, arch.resolution), arch)
