@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import math
 import os
 import tempfile
@@ -26,18 +27,20 @@ from latency_tables.build import (
     unique_archs,
 )
 from latency_tables.runtimes import Protocol
-from latency_tables.table import LatencyTable, TableError, is_shipped, kendall_tau
+from latency_tables.table import LatencyTable, TableError, fit_correction, is_shipped, kendall_tau
 from search_spaces import SearchSpace, get_space
 from search_spaces.errors import HwnasError
 from search_spaces.files import atomic_write_bytes
 
 #: The files that make a table directory complete enough to load, predict and validate again.
 TABLE_FILES = ("table.csv", "networks.csv", "meta.json")
+#: Whole-network timings of the latest recalibration (`recalibrate_table`), beside the table.
+RECALIBRATION_CSV = "recalibration.csv"
 
 
 def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress: bool = True, jobs: int = 1, *,
                    save: bool = False, out: str | Path | None = None, pin_cpu: int | None = None,
-                   drift_check: int = 0) -> dict[str, Any]:
+                   drift_check: int = 0, repeat: int = 0) -> dict[str, Any]:
     """Measure `samples` random subnets (none used to fit the correction) end to end, compare them with the
     prediction and return the summary.
 
@@ -49,7 +52,9 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
     `pin_cpu` times on that CPU instead of the one in the table's protocol (the same kind of core: on a shared
     machine, the one nothing else is pinned to). `drift_check` first times that many of the table's keys again
     and records their median ratio now / then (`key_drift`): a validation on a machine that runs slower or
-    faster than when the table was built (load, clock) measures that, not the table."""
+    faster than when the table was built (load, clock) measures that, not the table. `repeat` then times the first
+    that many subnets again and records how far the two timings agree (`repeat`): a machine whose whole-network
+    timings do not repeat to +-10% cannot show a table within +-10% either (docs/latency-tables.md)."""
     path = Path(path)
     table = LatencyTable.load(path)
     space = get_space(table.space_name)
@@ -63,15 +68,108 @@ def validate_table(path: str | Path, samples: int = 100, seed: int = 1, progress
     if target is None:
         with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
             measured = measured_like(table, Path(tmp) / csv_name, archs, progress, "validate", jobs, pin_cpu)
-        return _conditions(validation_summary(table, space, genes, measured, seed), load_before, pin_cpu, drift)
+        summary = validation_summary(table, space, genes, measured, seed)
+        _repeat(summary, table, archs, measured, repeat, jobs, pin_cpu)
+        return _conditions(summary, load_before, pin_cpu, drift)
     with table_lock(target):
         if target != path:
             _copy_table(path, target)
         stored = LatencyTable.load(target)
         measured = measured_like(stored, target / csv_name, archs, progress, "validate", jobs, pin_cpu)
-        summary = _conditions(validation_summary(stored, space, genes, measured, seed), load_before, pin_cpu, drift)
+        summary = validation_summary(stored, space, genes, measured, seed)
+        _repeat(summary, stored, archs, measured, repeat, jobs, pin_cpu)
+        _conditions(summary, load_before, pin_cpu, drift)
         stored.save_meta()  # the summary is the dict the meta holds: it is stored with the load
     return summary
+
+
+def _repeat(summary: dict[str, Any], table: LatencyTable, archs: list[Any], measured: np.ndarray, n: int,
+            jobs: int, pin_cpu: int | None) -> None:
+    """Time the first `n` validated subnets again (into a temporary file) and record in `summary['repeat']` the
+    share of them whose two timings agree within +-10%, and the median ratio second / first."""
+    if n <= 0:
+        return
+    with tempfile.TemporaryDirectory(prefix="hwnas-repeat-") as tmp:
+        again = measured_like(table, Path(tmp) / "repeat.csv", archs[:n], False, "repeat", jobs, pin_cpu)
+    ratio = again / np.asarray(measured[:n], dtype=float)
+    summary["repeat"] = {"subnets": len(ratio), "within_10": float(np.mean(np.abs(ratio - 1) <= 0.10)),
+                         "median_ratio": round(float(np.median(ratio)), 4)}
+
+
+def recalibrate_table(path: str | Path, out: str | Path | None = None, *, progress: bool = True, jobs: int = 1,
+                      pin_cpu: int | None = None, drift_check: int = 24) -> dict[str, Any]:
+    """Time the networks the table's correction was fitted on again now, and fit the correction on those timings;
+    the keys are untouched. Returns the new correction.
+
+    Why: on a shared machine, whole networks run faster or slower from one day to the next while the keys do not
+    (docs/latency-tables.md: the same 100 ImageNet-scale subnets ran 0.92-0.96x their build-time timings a week
+    later, their keys 1.00x). The correction is where whole networks meet the keys, so it is what to measure again
+    before trusting predictions on another day: it takes as many network timings as the build's fit (30).
+
+    The table (or with `out`, a copy of it there, which a shipped table needs) gets the new correction, the one it
+    replaces appended to `meta['corrections']`, and the timings in `recalibration.csv` (resumable: an interrupted
+    recalibration times only what is missing; a finished one started again times every network afresh, the
+    earlier file kept as `recalibration-<UTC time>.csv`). Validations stored before are moved, with their
+    measurements, into `superseded-<UTC time>/`: they judged the old correction with timings of another session.
+    `drift_check` first times that many keys again (recorded as `key_drift`): the keys should not have moved."""
+    path = Path(path)
+    target = Path(out) if out is not None else path
+    if is_shipped(target):
+        raise TableError(f"{target} is inside the installed hwnas package's shipped tables, which are never "
+                         f"rewritten; recalibrate a copy elsewhere with --out DIR (e.g. --out runs/lut/{path.name})")
+    table = LatencyTable.load(path)
+    if table.meta.get("status") != "complete" or "correction" not in table.meta:
+        raise TableError(f"{path} is not a finished table with a correction; finish it with hwnas lut build")
+    space = get_space(table.space_name)
+    with table_lock(target):
+        if target != path:
+            _copy_table(path, target)
+        stored = LatencyTable.load(target)
+        meta, csv_path = stored.meta, target / RECALIBRATION_CSV
+        before = dict(meta["correction"])
+        running = meta.get("recalibration", {})
+        if running.get("status") != "running" and csv_path.exists():  # a finished one: kept, a new one timed
+            os.replace(csv_path, target / f"recalibration-{_stamp()}.csv")
+        if running.get("status") != "running":
+            _supersede_validations(target, meta)
+            meta["recalibration"] = {"status": "running", "started": _now()}
+            stored.save_meta()
+        load_before = _load_1min()
+        drift = key_drift(stored, drift_check, pin_cpu) if drift_check > 0 else None
+        archs = unique_archs(space, int(before["networks"]), int(before.get("seed", 0)))
+        measured = measured_like(stored, csv_path, archs, progress, "recalibrate", jobs, pin_cpu)
+        genes = np.stack([space.to_genes(a) for a in archs])
+        mparams = stored.mparams(space, genes) if "per_mparam_ms" in before else None
+        fit = {**fit_correction(stored.raw_sum(space, genes).latency_ms, stored.pieces(space, genes), measured,
+                                mparams), "seed": int(before.get("seed", 0)), "recalibrated": _now()}
+        meta["corrections"] = [*meta.get("corrections", []), before]
+        meta["correction"] = fit
+        meta["recalibration"] = _conditions({"status": "complete", "started": meta["recalibration"]["started"],
+                                             "finished": _now(), "networks": len(archs)}, load_before, pin_cpu,
+                                            drift)
+        stored.save_meta()
+    return fit
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _supersede_validations(target: Path, meta: dict[str, Any]) -> None:
+    """Move the stored validations of `target` (meta and `validation-s*.csv`) into `superseded-<UTC time>/`."""
+    files = sorted(target.glob("validation-s*.csv"))
+    found = {k: meta.pop(k) for k in ("validation", "validations") if k in meta}
+    if not (files or found):
+        return
+    old = target / f"superseded-{_stamp()}"
+    old.mkdir()
+    atomic_write_bytes(old / "validations.json", (json.dumps(found, indent=2, sort_keys=True) + "\n").encode())
+    for f in files:
+        os.replace(f, old / f.name)
 
 
 def _load_1min() -> float | None:

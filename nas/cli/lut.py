@@ -29,12 +29,15 @@ def _out(args: argparse.Namespace) -> Path:
 def _summary_lines(summary: dict[str, Any]) -> list[str]:
     from latency_tables.validation import describe_share
 
-    load, drift = summary.get("load_1min"), summary.get("key_drift")
+    load, drift, rep = summary.get("load_1min"), summary.get("key_drift"), summary.get("repeat")
+    shaky = " - this machine does not repeat its own timings to +-10%" if rep and rep["within_10"] < 0.95 else ""
     return [f"  seed {summary['seed']}: {describe_share(summary)}; MAPE {summary['mape']:.1%}, RMSPE "
             f"{summary['rmspe']:.1%}, within +-5/15%: {summary['within_5']:.0%} / {summary['within_15']:.0%}, "
             f"Kendall tau {summary['kendall_tau']:.3f} (MACs alone: {summary['macs_kendall_tau']:.3f})"
             + (f"; load {load[0]:.2f} -> {load[1]:.2f}" if load else "")
-            + (f"; {drift['keys']} keys re-timed at {drift['ratio']:.3f}x the table's" if drift else "")]
+            + (f"; {drift['keys']} keys re-timed at {drift['ratio']:.3f}x the table's" if drift else "")
+            + (f"; {rep['subnets']} subnets timed twice agree within +-10% for {rep['within_10']:.0%} (median "
+               f"{rep['median_ratio']:.3f}x){shaky}" if rep else "")]
 
 
 def cmd_lut_build(args: argparse.Namespace) -> None:
@@ -65,10 +68,23 @@ def cmd_lut_validate(args: argparse.Namespace) -> None:
 
     summary = validate_table(args.table, args.samples, seed=args.seed, progress=not args.no_progress,
                              jobs=args.jobs, save=args.save, out=args.out, pin_cpu=args.pin_cpu,
-                             drift_check=args.drift_check)
+                             drift_check=args.drift_check, repeat=args.repeat)
     stored = f" (stored in {args.out or args.table})" if args.save else " (not stored; --save stores it)"
     print(json.dumps(summary, indent=2) if args.json else "\n".join([f"table {args.table}{stored}:"] +
                                                                      _summary_lines(summary)))
+
+
+def cmd_lut_recalibrate(args: argparse.Namespace) -> None:
+    from latency_tables.validation import recalibrate_table
+
+    fit = recalibrate_table(args.table, args.out, progress=not args.no_progress, jobs=args.jobs,
+                            pin_cpu=args.pin_cpu, drift_check=args.drift_check)
+    where = args.out or args.table
+    lines = [f"table {where}: correction fitted on {fit['networks']} networks timed now: latency = "
+             f"{fit['scale']:.3f} x sum {fit['per_piece_ms'] * 1000:+.2f} us x pieces {fit['offset_ms']:+.4f} ms"
+             + (f" {fit['per_mparam_ms'] * 1000:+.2f} us x M weights" if "per_mparam_ms" in fit else "")
+             + f" (fit MAPE {fit['fit_mape']:.1%}); validate it now: hwnas lut validate --table {where} --save"]
+    print(json.dumps({"table": str(where), "correction": fit}, indent=2) if args.json else "\n".join(lines))
 
 
 def cmd_lut_show(args: argparse.Namespace) -> None:
@@ -83,7 +99,9 @@ def cmd_lut_show(args: argparse.Namespace) -> None:
     if "correction" in meta:
         fit = meta["correction"]
         lines.append(f"  correction: scale {fit['scale']:.3f}, per piece {fit.get('per_piece_ms', 0) * 1000:+.2f} us, "
-                     f"offset {fit['offset_ms']:+.4f} ms (fitted on {fit['networks']} networks)")
+                     f"offset {fit['offset_ms']:+.4f} ms (fitted on {fit['networks']} networks"
+                     + (f" timed again on {fit['recalibrated']}, `hwnas lut recalibrate`" if fit.get("recalibrated")
+                        else " timed when the table was built") + ")")
     if "validation" in meta:
         lines += _summary_lines(meta["validation"])
     print(json.dumps({"table": str(args.table), "rows": len(table.rows), **meta}, indent=2) if args.json
@@ -159,7 +177,20 @@ def register(groups: Any) -> None:
                      help="time on this CPU instead of the one in the table's protocol (an idle one)")
     val.add_argument("--drift-check", type=int, default=24, metavar="N",
                      help="first time N of the table's keys again and report how far they moved (default 24; 0: no)")
+    val.add_argument("--repeat", type=int, default=20, metavar="N",
+                     help="then time the first N subnets again and report how far the machine repeats its own "
+                          "timings (default 20; 0: no)")
     val.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rec = add_command(lut, "recalibrate", cmd_lut_recalibrate,
+                      "time the table's correction networks again now and refit its correction (keys untouched)")
+    rec.add_argument("--table", required=True, help="table directory")
+    rec.add_argument("--out", help="a copy of the table to recalibrate (needed for a shipped table)")
+    rec.add_argument("--jobs", type=int, default=1, help="processes converting the networks (default 1)")
+    rec.add_argument("--pin-cpu", type=int, metavar="CPU",
+                     help="time on this CPU instead of the one in the table's protocol (an idle one)")
+    rec.add_argument("--drift-check", type=int, default=24, metavar="N",
+                     help="first time N of the table's keys again and record how far they moved (default 24; 0: no)")
+    rec.add_argument("--no-progress", action="store_true", help="no progress bars")
     show = add_command(lut, "show", cmd_lut_show, "describe a table")
     show.add_argument("table", help="table directory")
     kit = add_command(lut, "kit-export", cmd_lut_kit_export,

@@ -61,3 +61,27 @@ def test_the_library_stores_nothing_unless_asked(tmp_path):
     before = snapshot(table)
     summary = validate_table(table, samples=2, seed=7, progress=False, out=copy)
     assert summary["samples"] == 2 and snapshot(table) == before and not copy.exists()
+
+
+def test_a_validation_times_its_first_subnets_again_and_says_how_far_they_repeat(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from latency_tables import validation
+
+    real, timed = validation.measured_like, {}
+
+    def measured_like(table, csv_path, archs, progress, desc, jobs=1, pin_cpu=None):
+        got = real(table, csv_path, archs, progress, desc, jobs, pin_cpu)
+        timed[desc] = got
+        # the second timing: the first subnet as before, the second 20% slower (a burst of load elsewhere)
+        return timed["validate"][: len(archs)] * np.array([1.0, 1.2]) if desc == "repeat" else got
+
+    monkeypatch.setattr(validation, "measured_like", measured_like)
+    summary = validate_table(shipped_ort(), samples=3, seed=7, progress=False, pin_cpu=0, repeat=2)
+    assert len(timed["validate"]) == 3 and len(timed["repeat"]) == 2  # the first 2 of the 3 timed again
+    assert summary["repeat"] == {"subnets": 2, "within_10": 0.5, "median_ratio": 1.1}
+    code = main(["lut", "validate", "--table", str(shipped_ort()), "--samples", "2", "--seed", "7", "--repeat",
+                 "2", "--no-progress", "--pin-cpu", "0"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "2 subnets timed twice agree within +-10% for 50% (median 1.100x)" in out
+    assert "this machine does not repeat its own timings to +-10%" in out

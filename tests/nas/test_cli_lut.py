@@ -45,6 +45,16 @@ def test_build_show_validate(capsys, tmp_path):
     summary = json.loads(text)
     assert code == 0 and {"mape", "rmspe", "within_5", "within_10", "within_15", "kendall_tau"} <= set(summary)
     assert json.loads((out / "meta.json").read_text())["validation"] == summary
+    # recalibrated into a copy: the copy's correction is timed now, the table itself is untouched
+    before = (out / "meta.json").read_bytes()
+    code, text, _ = run(capsys, "lut", "recalibrate", "--table", str(out), "--out", str(tmp_path / "now"),
+                        "--drift-check", "2", "--no-progress")
+    assert code == 0 and f"table {tmp_path / 'now'}: correction fitted on 4 networks timed now" in text
+    assert (out / "meta.json").read_bytes() == before
+    code, text, _ = run(capsys, "lut", "show", str(tmp_path / "now"))
+    assert code == 0 and "(fitted on 4 networks timed again on 20" in text and "hwnas lut recalibrate" in text
+    code, _, err = run(capsys, "lut", "recalibrate", "--table", str(tmp_path / "none"), "--no-progress")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
 
 
 def test_bad_tables_exit_2_naming_the_problem(capsys, tmp_path):
