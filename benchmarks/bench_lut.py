@@ -156,7 +156,7 @@ share of the first 20 subnets whose timing, taken again right after, agrees with
 {chr(10).join(rows)}
 
 Targets: >= 95% within +-10% on every seed and Kendall tau >= 0.9 per table; build of the small space < 30 min.
-Tables the issue asks for that are not built yet: {missing}.
+Tables the issue asks for that are not in this section: {missing}.
 
 `LatencyTable.predict` on 100,000 small-space architectures, one core: **{predict_s:.3f} s** (target < 1 s);
 {with_sampling:.3f} s including drawing the genes (1-minute load {load:.2f}).
