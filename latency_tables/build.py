@@ -30,6 +30,7 @@ from latency_tables.table import (
     DeviceProfile,
     LatencyTable,
     TableError,
+    checked_rows,
     cpu_model,
     current_revisions,
     default_device,
@@ -99,7 +100,7 @@ def read_networks(path: Path) -> dict[str, tuple[str, float, float, int]]:
     if tuple(reader.fieldnames or ()) != NETWORK_COLUMNS:
         raise TableError(f"{path} has columns {reader.fieldnames}; expected {', '.join(NETWORK_COLUMNS)}")
     out = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in checked_rows(path, reader, NETWORK_COLUMNS):
         try:
             out[row["arch_key"]] = (row["arch"], float(row["latency_ms_median"]), float(row["latency_ms_iqr"]),
                                     int(row["runs"]))

@@ -19,7 +19,7 @@ import os
 import platform
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,18 @@ def header_line() -> str:
     return ",".join(COLUMNS) + "\n"
 
 
+def checked_rows(path: Path, reader: csv.DictReader, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV whose header was checked; a `TableError` naming the line for a row with more or
+    fewer fields than the header (an extra field would otherwise be dropped without a word)."""
+    for line, row in enumerate(reader, start=2):
+        if None in row or any(value is None for value in row.values()):
+            fields = len(columns) + len(row.get(None) or []) if None in row else \
+                sum(value is not None for value in row.values())
+            raise TableError(f"{path} line {line} is corrupt: it has {fields} fields; expected {len(columns)} "
+                             f"({', '.join(columns)})")
+        yield line, row
+
+
 def read_rows(path: Path) -> dict[LutKey, tuple[float, float, int]]:
     """Parse `table.csv`; a `TableError` naming the file, the line and what is wrong."""
     path = Path(path)
@@ -139,7 +151,7 @@ def read_rows(path: Path) -> dict[LutKey, tuple[float, float, int]]:
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise TableError(f"{path} has columns {reader.fieldnames}; expected {', '.join(COLUMNS)}")
     rows: dict[LutKey, tuple[float, float, int]] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in checked_rows(path, reader, COLUMNS):
         try:
             key = LutKey.from_row(row)
             if key.to_str() != row["key"]:

@@ -92,3 +92,21 @@ def test_find_table_warns_naming_both_devices_when_only_another_devices_table_ma
     message = str(caught[0].message)
     assert "'amd-epyc-2c'" in message and "AMD EPYC" in message and "'apple-m2-8c'" in message and "Apple M2" in message
     assert len(caught) == 1
+
+
+@pytest.mark.parametrize(("name", "change", "expected"), [
+    ("table.csv", lambda line: line.rstrip("\n") + ",extra\n", "line 6 is corrupt: it has 15 fields; expected 14"),
+    ("table.csv", lambda line: line.rsplit(",", 1)[0] + "\n", "line 6 is corrupt: it has 13 fields; expected 14"),
+    ("networks.csv", lambda line: line.rstrip("\n") + ",1\n", "line 6 is corrupt: it has 6 fields; expected 5"),
+])
+def test_a_csv_row_with_more_or_fewer_fields_than_its_header_is_refused(tmp_path, name, change, expected):
+    from latency_tables.build import read_networks
+
+    table = tmp_path / "t"
+    shutil.copytree(next(p for p in shipped_tables() if p.name == "small-amd-epyc-2c-ort-fp32-t1"), table)
+    lines = (table / name).read_text().splitlines(True)
+    lines[5] = change(lines[5])  # line 6 of the file
+    (table / name).write_text("".join(lines))
+    with pytest.raises(TableError) as err:
+        LatencyTable.load(table) if name == "table.csv" else read_networks(table / name)
+    assert expected in str(err.value) and str(table / name) in str(err.value)
