@@ -84,8 +84,8 @@ def main() -> None:
     from latency_tables.validation import describe_share, recalibrate_table, validate_table
     from search_spaces import get_space
 
-    dirs = [Path(t) for t in args.tables] if args.tables else sorted(
-        p for p in (ROOT / "latency_tables" / "data").iterdir() if (p / "meta.json").is_file())
+    shipped = sorted(p for p in (ROOT / "latency_tables" / "data").iterdir() if (p / "meta.json").is_file())
+    dirs = [Path(t) for t in args.tables] if args.tables else shipped
     rows, have = [], set()
     for path in dirs:
         if args.recalibrate:
@@ -114,8 +114,7 @@ def main() -> None:
             head = "| | | | | | |"
 
     # predict speed: 100,000 architectures of the small space, one core, the first table that covers it
-    shipped = sorted(p for p in (ROOT / "latency_tables" / "data").iterdir() if (p / "meta.json").is_file())
-    table = next(LatencyTable.load(p) for p in [*dirs, *shipped] if LatencyTable.load(p).space_name == "small")
+    table = next(t for t in map(LatencyTable.load, [*dirs, *shipped]) if t.space_name == "small")
     space = get_space("small")
     genes = space.sample_genes(np.random.default_rng(0), 100_000)
     table.predict(space, genes[:10])  # builds the space index once, as any search does before its loop

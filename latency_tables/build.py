@@ -116,6 +116,16 @@ def network_line(arch: ArchConfig, m: Measurement) -> str:
     return buf.getvalue()
 
 
+def utc_now() -> str:
+    """Now, UTC, to the second (ISO 8601): the dates tables record."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def utc_stamp() -> str:
+    """Now, UTC, as a file-name stamp (`20261201T063333Z`): superseded folders and kept files."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
 def measure_networks(path: Path, archs: Iterable[ArchConfig], runtime: str, precision: str, protocol: Protocol,
                      *, progress: bool = True, desc: str = "networks", jobs: int = 1
                      ) -> dict[str, tuple[str, float, float, int]]:
@@ -218,7 +228,7 @@ def table_lock(out: Path) -> Iterator[None]:
             holder = (out / LOCK_NAME).read_text(encoding="utf-8", errors="replace").strip() or "unknown holder"
             raise TableError(f"{out} is in use by another hwnas run ({holder}); run this again once that one "
                              f"finishes, or pick another --out") from None
-        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        started = utc_now()
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started {started}\n".encode())
         yield
@@ -272,8 +282,7 @@ def remeasured_drift(done: dict[LutKey, tuple[float, float, int]], runtime: str,
 
 def _supersede(out: Path, meta: dict[str, Any]) -> Path:
     """Move the measured files of `out` into `out/superseded-<UTC time>/` and restart the table's meta."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    old = out / f"superseded-{stamp}"
+    old = out / f"superseded-{utc_stamp()}"
     old.mkdir()
     write_meta(old, meta)
     for path in [out / "table.csv", out / "networks.csv", *sorted(out.glob("validation-s*.csv"))]:
@@ -282,7 +291,7 @@ def _supersede(out: Path, meta: dict[str, Any]) -> Path:
     for name in ("correction", "validation", "build"):
         meta.pop(name, None)
     meta["status"] = "building"
-    meta["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta["date"] = utc_now()
     atomic_write_text(out / "table.csv", header_line())
     write_meta(out, meta)
     return old
@@ -415,8 +424,7 @@ def _start_meta(out: Path, space: SearchSpace, profile: DeviceProfile, protocol:
     meta = {"space": space.name, "space_definition": space.to_dict(), "profile": profile.to_dict(),
             "table_id": profile.table_id, "protocol": protocol.to_dict(), "status": "building", "keys": keys,
             "revisions": current_revisions(profile.runtime, profile.precision),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "format": "hwnas latency table 1"}
+            "date": utc_now(), "format": "hwnas latency table 1"}
     write_meta(out, meta)
     return meta
 
@@ -439,12 +447,19 @@ def fit_correction_for(table: LatencyTable, space: SearchSpace, networks: int, s
     assert table.path is not None
     archs = unique_archs(space, networks, seed)
     measured = measured_like(table, table.path / "networks.csv", archs, progress, "fit networks", jobs, pin_cpu)
-    genes = np.stack([space.to_genes(a) for a in archs])
-    raw = table.raw_sum(space, genes).latency_ms
-    mparams = table.mparams(space, genes) if networks >= WEIGHTS_TERM_NETWORKS else None
-    table.meta["correction"] = {**fit_correction(raw, table.pieces(space, genes), measured, mparams), "seed": seed}
+    fit = correction_on(table, space, archs, measured, weights=networks >= WEIGHTS_TERM_NETWORKS)
+    table.meta["correction"] = {**fit, "seed": seed}
     table.save_meta()
     return table.meta["correction"]
+
+
+def correction_on(table: LatencyTable, space: SearchSpace, archs: Sequence[ArchConfig], measured: np.ndarray, *,
+                  weights: bool) -> dict[str, float]:
+    """`fit_correction` of the table's key sums and piece counts for `archs` against their `measured` latencies
+    (with the term per million weights when `weights`)."""
+    genes = np.stack([space.to_genes(a) for a in archs])
+    mparams = table.mparams(space, genes) if weights else None
+    return fit_correction(table.raw_sum(space, genes).latency_ms, table.pieces(space, genes), measured, mparams)
 
 
 def accuracy_summary(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

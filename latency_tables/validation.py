@@ -8,7 +8,6 @@ only when asked, beside the table or in a copy of it elsewhere. A table shipped 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import math
 import os
@@ -20,14 +19,17 @@ import numpy as np
 
 from latency_tables.build import (
     accuracy_summary,
+    correction_on,
     measured_like,
     read_networks,
     remeasured_drift,
     table_lock,
     unique_archs,
+    utc_now,
+    utc_stamp,
 )
 from latency_tables.runtimes import Protocol
-from latency_tables.table import LatencyTable, TableError, fit_correction, is_shipped, kendall_tau
+from latency_tables.table import LatencyTable, TableError, is_shipped, kendall_tau
 from search_spaces import SearchSpace, get_space
 from search_spaces.errors import HwnasError
 from search_spaces.files import atomic_write_bytes
@@ -127,36 +129,25 @@ def recalibrate_table(path: str | Path, out: str | Path | None = None, *, progre
         stored = LatencyTable.load(target)
         meta, csv_path = stored.meta, target / RECALIBRATION_CSV
         before = dict(meta["correction"])
-        running = meta.get("recalibration", {})
-        if running.get("status") != "running" and csv_path.exists():  # a finished one: kept, a new one timed
-            os.replace(csv_path, target / f"recalibration-{_stamp()}.csv")
-        if running.get("status") != "running":
+        if meta.get("recalibration", {}).get("status") != "running":  # else: an interrupted one, resumed
+            if csv_path.exists():  # a finished one: kept, a new one timed
+                os.replace(csv_path, target / f"recalibration-{utc_stamp()}.csv")
             _supersede_validations(target, meta)
-            meta["recalibration"] = {"status": "running", "started": _now()}
+            meta["recalibration"] = {"status": "running", "started": utc_now()}
             stored.save_meta()
         load_before = _load_1min()
         drift = key_drift(stored, drift_check, pin_cpu) if drift_check > 0 else None
         archs = unique_archs(space, int(before["networks"]), int(before.get("seed", 0)))
         measured = measured_like(stored, csv_path, archs, progress, "recalibrate", jobs, pin_cpu)
-        genes = np.stack([space.to_genes(a) for a in archs])
-        mparams = stored.mparams(space, genes) if "per_mparam_ms" in before else None
-        fit = {**fit_correction(stored.raw_sum(space, genes).latency_ms, stored.pieces(space, genes), measured,
-                                mparams), "seed": int(before.get("seed", 0)), "recalibrated": _now()}
+        fit = {**correction_on(stored, space, archs, measured, weights="per_mparam_ms" in before),
+               "seed": int(before.get("seed", 0)), "recalibrated": utc_now()}
         meta["corrections"] = [*meta.get("corrections", []), before]
         meta["correction"] = fit
         meta["recalibration"] = _conditions({"status": "complete", "started": meta["recalibration"]["started"],
-                                             "finished": _now(), "networks": len(archs)}, load_before, pin_cpu,
+                                             "finished": utc_now(), "networks": len(archs)}, load_before, pin_cpu,
                                             drift)
         stored.save_meta()
     return fit
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _stamp() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _supersede_validations(target: Path, meta: dict[str, Any]) -> None:
@@ -165,7 +156,7 @@ def _supersede_validations(target: Path, meta: dict[str, Any]) -> None:
     found = {k: meta.pop(k) for k in ("validation", "validations") if k in meta}
     if not (files or found):
         return
-    old = target / f"superseded-{_stamp()}"
+    old = target / f"superseded-{utc_stamp()}"
     old.mkdir()
     atomic_write_bytes(old / "validations.json", (json.dumps(found, indent=2, sort_keys=True) + "\n").encode())
     for f in files:
@@ -241,7 +232,7 @@ def validation_summary(table: LatencyTable, space: SearchSpace, genes: np.ndarra
     summary = {**accuracy_summary(predicted, measured), "macs_kendall_tau": kendall_tau(macs, measured),
                "samples": len(measured), "seed": seed, "within_10_ci95": share_interval(measured, predicted),
                "measured_ms_range": [float(measured.min()), float(measured.max())],
-               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+               "date": utc_now()}
     earlier = table.meta.get("validation")  # a table validated before per-seed records were kept keeps its own
     table.meta.setdefault("validations", {str(earlier["seed"]): earlier} if earlier else {})[str(seed)] = summary
     table.meta["validation"] = summary

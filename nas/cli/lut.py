@@ -135,6 +135,16 @@ def register(groups: Any) -> None:
 
     lut = add_group(groups, "lut", "measured latency lookup tables")
 
+    def retimed(sub: argparse.ArgumentParser, what: str) -> None:
+        """The options of a command that times a finished table's models again (validate, recalibrate)."""
+        sub.add_argument("--jobs", type=int, default=1, help=f"processes converting the {what} (default 1)")
+        sub.add_argument("--pin-cpu", type=int, metavar="CPU",
+                         help="time on this CPU instead of the one in the table's protocol (an idle one)")
+        sub.add_argument("--drift-check", type=int, default=24, metavar="N",
+                         help="first time N of the table's keys again and report how far they moved (default 24; "
+                              "0: no)")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     def measured(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--space", default="small", help=f"search space ({', '.join(SPACES)}; default small)")
         sub.add_argument("--runtime", default="ort", choices=list(RUNTIMES), help="runtime (default ort)")
@@ -169,28 +179,18 @@ def register(groups: Any) -> None:
     val.add_argument("--table", required=True, help="table directory")
     val.add_argument("--samples", type=int, default=100, help="subnets to measure (default 100)")
     val.add_argument("--seed", type=int, default=1, help="seed of the subnets (default 1)")
-    val.add_argument("--jobs", type=int, default=1, help="processes converting the subnets (default 1)")
     val.add_argument("--save", action="store_true", help="store the validation (meta.json, validation-s<seed>.csv)"
                      " beside the table, or with --out in a copy of it (needed for a shipped table)")
     val.add_argument("--out", help="with --save: a directory for a copy of the table with this validation")
-    val.add_argument("--pin-cpu", type=int, metavar="CPU",
-                     help="time on this CPU instead of the one in the table's protocol (an idle one)")
-    val.add_argument("--drift-check", type=int, default=24, metavar="N",
-                     help="first time N of the table's keys again and report how far they moved (default 24; 0: no)")
+    retimed(val, "subnets")
     val.add_argument("--repeat", type=int, default=20, metavar="N",
                      help="then time the first N subnets again and report how far the machine repeats its own "
                           "timings (default 20; 0: no)")
-    val.add_argument("--no-progress", action="store_true", help="no progress bars")
     rec = add_command(lut, "recalibrate", cmd_lut_recalibrate,
                       "time the table's correction networks again now and refit its correction (keys untouched)")
     rec.add_argument("--table", required=True, help="table directory")
     rec.add_argument("--out", help="a copy of the table to recalibrate (needed for a shipped table)")
-    rec.add_argument("--jobs", type=int, default=1, help="processes converting the networks (default 1)")
-    rec.add_argument("--pin-cpu", type=int, metavar="CPU",
-                     help="time on this CPU instead of the one in the table's protocol (an idle one)")
-    rec.add_argument("--drift-check", type=int, default=24, metavar="N",
-                     help="first time N of the table's keys again and record how far they moved (default 24; 0: no)")
-    rec.add_argument("--no-progress", action="store_true", help="no progress bars")
+    retimed(rec, "networks")
     show = add_command(lut, "show", cmd_lut_show, "describe a table")
     show.add_argument("table", help="table directory")
     kit = add_command(lut, "kit-export", cmd_lut_kit_export,

@@ -52,7 +52,7 @@ def test_recalibration_times_the_fit_networks_again_and_fits_on_them(tiny_space,
         "validations"]
 
     # a second recalibration keeps the first one's timings and times the networks afresh
-    monkeypatch.setattr("latency_tables.validation._stamp", lambda: "20261201T000000Z")
+    monkeypatch.setattr("latency_tables.validation.utc_stamp", lambda: "20261201T000000Z")
     recalibrate_table(out, progress=False, drift_check=0)
     assert rows(out / "recalibration-20261201T000000Z.csv") == timed
     assert len(rows(out / RECALIBRATION_CSV)) == 4 and len(LatencyTable.load(out).meta["corrections"]) == 2
@@ -65,13 +65,13 @@ def test_an_interrupted_recalibration_times_only_what_is_missing(tiny_space, tmp
                 log=lambda _: None)
     import latency_tables.validation as validation
 
-    real = validation.fit_correction
-    monkeypatch.setattr(validation, "fit_correction", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    real = validation.correction_on  # interrupted after timing every network, before the fit
+    monkeypatch.setattr(validation, "correction_on", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         recalibrate_table(out, progress=False, drift_check=0)
     first = rows(out / RECALIBRATION_CSV)
     assert len(first) == 4 and LatencyTable.load(out).meta["recalibration"]["status"] == "running"
-    monkeypatch.setattr(validation, "fit_correction", real)
+    monkeypatch.setattr(validation, "correction_on", real)
     fit = recalibrate_table(out, progress=False, drift_check=0)
     assert rows(out / RECALIBRATION_CSV) == first  # nothing timed twice
     assert fit == fit_correction_of(out)
